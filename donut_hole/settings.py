@@ -1,0 +1,92 @@
+"""Service settings: one pydantic-settings class read from ``DONUT_HOLE_*`` environment variables.
+
+The defaults are the embedded ones (``make demo``): a SQLite file, a local object-store directory, a
+server-less Celery transport and the student model shipped in ``models/``. Production overrides them::
+
+    DONUT_HOLE_DATABASE_URL=postgresql+psycopg://user:pw@db/donut
+    DONUT_HOLE_BROKER_URL=redis://redis:6379/0
+    DONUT_HOLE_STORAGE_URL=s3://scans
+    DONUT_HOLE_MODEL_PATH=/models/donut-hole-small
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_PATH = REPO_ROOT / "models" / "donut-hole-small"
+
+
+class SettingsError(ValueError):
+    """The environment holds a setting that cannot be used; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DONUT_HOLE_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(Path("var"), description="Working directory of the embedded defaults.")
+    database_url: str = Field("", description="SQLAlchemy URL; default: SQLite file in data_dir.")
+    broker_url: str = Field("", description="Celery broker URL; default: server-less SQLite transport.")
+    storage_url: str = Field(
+        "", description="s3://bucket[/prefix] or a local directory; default: data_dir/store."
+    )
+    s3_endpoint_url: str | None = Field(None, description="Endpoint override for MinIO or moto.")
+    s3_region: str = "us-east-1"
+    allowed_buckets: list[str] = Field(
+        default_factory=list, description="Buckets the API may read; [] = any."
+    )
+
+    model_path: Path = Field(DEFAULT_MODEL_PATH, description="Folder of a saved DONUT checkpoint.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int = Field(
+        0, ge=0, description="torch.set_num_threads per worker process; 0 = torch default."
+    )
+    max_new_tokens: int = Field(256, ge=1, le=4096)
+
+    batch_size: int = Field(4, ge=1, le=256, description="Documents per forward pass in a worker.")
+    batch_wait_s: float = Field(0.5, ge=0.0, le=60.0, description="Longest wait to fill a batch.")
+    max_image_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Largest scan accepted, in bytes.")
+    max_image_pixels: int = Field(64_000_000, ge=1024, description="Decompression-bomb guard, in pixels.")
+    task_time_limit_s: int = Field(600, ge=1)
+    max_retries: int = Field(5, ge=0)
+    queue: str = "cpu"
+
+    api_keys: list[str] = Field(default_factory=list, description="Bearer keys the API accepts.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> Settings:
+        data = self.data_dir.resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{data / 'donut_hole.sqlite3'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{data / 'broker.sqlite3'}"
+        if not self.storage_url:
+            self.storage_url = str(data / "store")
+        if not (self.database_url.startswith(("sqlite", "postgresql"))):
+            raise ValueError(
+                f"DONUT_HOLE_DATABASE_URL must be a sqlite or postgresql URL, got {self.database_url!r}"
+            )
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; a bad environment raises :class:`SettingsError` naming the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"DONUT_HOLE_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from exc
