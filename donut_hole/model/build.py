@@ -1,0 +1,261 @@
+"""Build DONUT models from config presets and load saved checkpoints from local folders.
+
+A DONUT is a ``VisionEncoderDecoderModel``: a DonutSwin image encoder and an mBART decoder
+(``MBartForCausalLM`` with cross-attention). A checkpoint folder holds the model (``config.json`` +
+safetensors) and its processor (``processor_config.json``, or ``preprocessor_config.json`` in older
+folders, + tokenizer files), as ``save_pretrained``
+writes them; the published ``naver-clova-ix/donut-base`` folder has exactly this layout.
+
+Presets (random weights):
+
+==========  =======================  ===========  ==========================================
+preset      Swin depths / embed      window       decoder
+==========  =======================  ===========  ==========================================
+tiny        2,2,2,2 / 32             5            2 layers, d_model 256 (a few M parameters)
+donut-base  2,2,14,2 / 128           10           4 layers, d_model 1024, vocab 57525
+==========  =======================  ===========  ==========================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    DonutImageProcessorPil,
+    DonutProcessor,
+    DonutSwinConfig,
+    MBartConfig,
+    PreTrainedTokenizerBase,
+    VisionEncoderDecoderConfig,
+    VisionEncoderDecoderModel,
+)
+
+from donut_hole.model.tokens import DEFAULT_TASK_TOKEN
+
+
+class ModelLoadError(RuntimeError):
+    """A model folder is missing, incomplete or not a DONUT checkpoint."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Architecture of a DONUT; ``image_size`` is (height, width) as in DONUT's configs."""
+
+    image_size: tuple[int, int]
+    embed_dim: int
+    depths: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    window_size: int
+    decoder_layers: int
+    d_model: int
+    decoder_heads: int
+    decoder_ffn_dim: int
+    max_position_embeddings: int
+    vocab_size: int = 0  # 0: taken from the tokenizer
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        image_size=(320, 240),
+        embed_dim=32,
+        depths=(2, 2, 2, 2),
+        num_heads=(1, 2, 4, 8),
+        window_size=5,
+        decoder_layers=2,
+        d_model=256,
+        decoder_heads=4,
+        decoder_ffn_dim=1024,
+        max_position_embeddings=512,
+    ),
+    "donut-base": Preset(
+        image_size=(2560, 1920),
+        embed_dim=128,
+        depths=(2, 2, 14, 2),
+        num_heads=(4, 8, 16, 32),
+        window_size=10,
+        decoder_layers=4,
+        d_model=1024,
+        decoder_heads=16,
+        decoder_ffn_dim=4096,
+        max_position_embeddings=1536,
+        vocab_size=57525,
+    ),
+}
+
+
+def check_image_size(preset: Preset) -> None:
+    """Swin's last stage must still hold one attention window: min(H, W) / (4 * 2**(stages-1)) >= window."""
+    stride = 4 * 2 ** (len(preset.depths) - 1)
+    smallest = min(preset.image_size) // stride
+    if smallest < preset.window_size:
+        raise ValueError(
+            f"image size {preset.image_size} is too small for window {preset.window_size}: the last Swin "
+            f"stage is {smallest} patches wide; use a side of at least {stride * preset.window_size} pixels"
+        )
+
+
+def model_config(
+    preset: Preset,
+    *,
+    vocab_size: int,
+    pad_token_id: int,
+    bos_token_id: int,
+    eos_token_id: int,
+    decoder_start_token_id: int,
+) -> VisionEncoderDecoderConfig:
+    """The ``VisionEncoderDecoderConfig`` of a preset, with the tokenizer's special ids."""
+    check_image_size(preset)
+    encoder = DonutSwinConfig(
+        image_size=list(preset.image_size),
+        patch_size=4,
+        embed_dim=preset.embed_dim,
+        depths=list(preset.depths),
+        num_heads=list(preset.num_heads),
+        window_size=preset.window_size,
+        drop_path_rate=0.0,
+    )
+    decoder = MBartConfig(
+        vocab_size=vocab_size,
+        d_model=preset.d_model,
+        decoder_layers=preset.decoder_layers,
+        decoder_attention_heads=preset.decoder_heads,
+        decoder_ffn_dim=preset.decoder_ffn_dim,
+        encoder_layers=0,
+        max_position_embeddings=preset.max_position_embeddings,
+        scale_embedding=True,
+        add_final_layer_norm=True,
+        is_decoder=True,
+        add_cross_attention=True,
+        dropout=0.0,
+        attention_dropout=0.0,
+        pad_token_id=pad_token_id,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        decoder_start_token_id=decoder_start_token_id,
+        forced_eos_token_id=eos_token_id,
+        tie_word_embeddings=True,
+    )
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.pad_token_id = pad_token_id
+    config.eos_token_id = eos_token_id
+    config.decoder_start_token_id = decoder_start_token_id
+    return config
+
+
+def make_processor(tokenizer: PreTrainedTokenizerBase, image_size: tuple[int, int]) -> DonutProcessor:
+    """A DONUT processor: DONUT's resize-to-fit + pad + normalise, and the given tokenizer."""
+    height, width = image_size
+    image_processor = DonutImageProcessorPil(
+        size={"height": height, "width": width},
+        do_align_long_axis=False,
+        do_thumbnail=True,
+        do_pad=True,
+        do_normalize=True,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    return DonutProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def build_model(
+    preset: str | Preset,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    task_token: str = DEFAULT_TASK_TOKEN,
+    image_size: tuple[int, int] | None = None,
+    seed: int = 0,
+) -> tuple[VisionEncoderDecoderModel, DonutProcessor]:
+    """A randomly initialised DONUT of ``preset`` for ``tokenizer`` (whose vocabulary sets the head size).
+
+    >>> model, processor = build_model("tiny", tokenizer)        # doctest: +SKIP
+    >>> model.save_pretrained(out); processor.save_pretrained(out)  # doctest: +SKIP
+    """
+    spec = PRESETS[preset] if isinstance(preset, str) else preset
+    if image_size is not None:
+        spec = Preset(**{**spec.__dict__, "image_size": tuple(image_size)})
+    start_id = tokenizer.convert_tokens_to_ids(task_token)
+    if start_id is None or start_id == tokenizer.unk_token_id:
+        raise ModelLoadError(f"the tokenizer has no task token {task_token!r}; add it as a special token")
+    config = model_config(
+        spec,
+        vocab_size=max(spec.vocab_size, len(tokenizer)),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=start_id,
+    )
+    torch.manual_seed(seed)
+    model = VisionEncoderDecoderModel(config=config)
+    model.eval()
+    return model, make_processor(tokenizer, spec.image_size)
+
+
+def load_model(
+    path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> tuple[VisionEncoderDecoderModel, DonutProcessor]:
+    """Load a saved DONUT checkpoint and its processor from a local folder (never the hub)."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{folder} is not a model folder: config.json is missing")
+    if not any((folder / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
+        raise ModelLoadError(
+            f"{folder} has no processor: processor_config.json / preprocessor_config.json missing"
+        )
+    try:
+        model = VisionEncoderDecoderModel.from_pretrained(folder, local_files_only=True, dtype=dtype)
+        processor = DonutProcessor.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load a DONUT checkpoint from {folder}: {exc}") from exc
+    model.to(device)
+    model.eval()
+    return model, processor
+
+
+def save_model(model: VisionEncoderDecoderModel, processor: DonutProcessor, path: str | Path) -> Path:
+    """Save model (safetensors) and processor into one folder that :func:`load_model` reads."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def task_token_of(model: VisionEncoderDecoderModel, processor: DonutProcessor) -> str:
+    """The decoder's start token (e.g. ``<s_logistics>`` or ``<s_cord-v2>``)."""
+    start_id = model.config.decoder_start_token_id
+    if start_id is None:
+        start_id = model.config.decoder.decoder_start_token_id
+    return str(processor.tokenizer.convert_ids_to_tokens(int(start_id)))
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def new_model(
+    preset: str | Preset,
+    *,
+    documents: list[dict[str, Any]],
+    corpus_vocab_size: int = 0,
+    task_token: str = DEFAULT_TASK_TOKEN,
+    image_size: tuple[int, int] | None = None,
+    seed: int = 0,
+) -> tuple[VisionEncoderDecoderModel, DonutProcessor]:
+    """A fresh DONUT whose tokenizer knows the field tags of ``documents`` (ground-truth parses).
+
+    With ``corpus_vocab_size > 0`` the tokenizer also learns BPE merges on the printed values, which
+    shortens sequences; otherwise it is character level.
+    """
+    from donut_hole.model.tokens import build_tokenizer, field_tokens, leaf_values
+
+    tokenizer = build_tokenizer(
+        field_special_tokens=field_tokens(documents),
+        corpus=leaf_values(documents),
+        vocab_size=corpus_vocab_size,
+        task_token=task_token,
+    )
+    return build_model(preset, tokenizer, task_token=task_token, image_size=image_size, seed=seed)

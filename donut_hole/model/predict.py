@@ -1,0 +1,222 @@
+"""Read documents: image loading, DONUT preprocessing, batched greedy generation, JSON parsing.
+
+One entry point serves the worker and the evaluator alike::
+
+    reader = DonutReader.from_path("models/donut-hole-small")
+    reader.predict([Path("label.jpg"), png_bytes])        # -> [{"tracking_number": ...}, {...}]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import re
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from transformers import DonutProcessor, VisionEncoderDecoderModel
+
+from donut_hole.model.build import load_model, task_token_of
+from donut_hole.model.tokens import token2json
+
+ImageInput = bytes | str | Path | Image.Image
+
+DEFAULT_MAX_PIXELS = 64_000_000
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+
+
+class DocumentError(ValueError):
+    """A scan that cannot be read; ``reason`` is meant for the person who sent it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def load_image(
+    source: ImageInput,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    target_size: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Decode a scan into an upright RGB image, or raise :class:`DocumentError`.
+
+    EXIF orientation is applied (phone photos are often stored sideways), transparency is flattened on
+    white, and images larger than ``max_pixels`` are refused before decoding (decompression bombs).
+    With ``target_size`` (height, width) a JPEG is decoded at a reduced scale that still covers it,
+    which makes 12-megapixel photos cheap.
+    """
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        data = _read_bytes(source, max_bytes=max_bytes)
+        if not data:
+            raise DocumentError("empty file: no image data")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(data))
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise DocumentError(
+                        f"image too large: {width}x{height} pixels exceeds the limit of {max_pixels:,}"
+                    )
+                if target_size is not None and image.format in ("JPEG", "MPO"):
+                    side = max(target_size)
+                    image.draft("RGB", (side, side))
+                image.load()
+        except DocumentError:
+            raise
+        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DocumentError(f"not a readable image: {_short(exc)}") from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DocumentError(f"corrupt image: {_short(exc)}") from exc
+    # A broken EXIF block is no reason to refuse a readable image.
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        image = ImageOps.exif_transpose(image) or image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def _read_bytes(source: bytes | str | Path, *, max_bytes: int) -> bytes:
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+    else:
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise DocumentError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        if size > max_bytes:
+            raise DocumentError(f"file too large: {size:,} bytes exceeds the limit of {max_bytes:,}")
+        data = path.read_bytes()
+    if len(data) > max_bytes:
+        raise DocumentError(f"file too large: {len(data):,} bytes exceeds the limit of {max_bytes:,}")
+    return data
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+@dataclass
+class Prediction:
+    """One document's reading: parsed fields, the raw sequence and how sure the model was."""
+
+    data: dict[str, Any]
+    sequence: str
+    confidence: float  # geometric mean of the chosen tokens' probabilities, in [0, 1]
+    token_probs: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage of the last call (for benchmarks and worker metrics)."""
+
+    preprocess_s: float = 0.0
+    encode_s: float = 0.0
+    generate_s: float = 0.0
+
+
+class DonutReader:
+    """A loaded DONUT and the one way to run it: images in, parsed documents out."""
+
+    def __init__(
+        self,
+        model: VisionEncoderDecoderModel,
+        processor: DonutProcessor,
+        *,
+        max_new_tokens: int = 256,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.max_new_tokens = max_new_tokens
+        self.max_pixels = max_pixels
+        self.task_token = task_token_of(model, processor)
+        self.device = next(model.parameters()).device
+        size = processor.image_processor.size
+        self.image_size = (int(size["height"]), int(size["width"]))
+        self.timings = Timings()
+
+    @classmethod
+    def from_path(cls, path: str | Path, *, device: str = "cpu", **kwargs: Any) -> DonutReader:
+        model, processor = load_model(path, device=device)
+        return cls(model, processor, **kwargs)
+
+    def load(self, source: ImageInput) -> Image.Image:
+        return load_image(source, max_pixels=self.max_pixels, target_size=self.image_size)
+
+    def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """DONUT preprocessing (resize to fit, pad, normalise): (B, 3, H, W) float tensor."""
+        batch = self.processor.image_processor(list(images), return_tensors="pt")
+        return batch["pixel_values"].to(self.device, dtype=self.model.dtype)
+
+    def predict(self, images: Sequence[ImageInput], *, batch_size: int = 8) -> list[dict[str, Any]]:
+        """Parsed fields for each image; an unreadable image raises :class:`DocumentError`."""
+        return [p.data for p in self.predict_detailed(images, batch_size=batch_size)]
+
+    def predict_detailed(self, images: Sequence[ImageInput], *, batch_size: int = 8) -> list[Prediction]:
+        out: list[Prediction] = []
+        self.timings = Timings()
+        for start in range(0, len(images), batch_size):
+            t0 = time.perf_counter()
+            decoded = [self.load(src) for src in images[start : start + batch_size]]
+            pixels = self.pixel_values(decoded)
+            self.timings.preprocess_s += time.perf_counter() - t0
+            out.extend(self.generate(pixels))
+        return out
+
+    @torch.inference_mode()
+    def generate(self, pixel_values: torch.Tensor) -> list[Prediction]:
+        """Greedy decoding with a KV cache for a batch of preprocessed images."""
+        batch = pixel_values.shape[0]  # (B, 3, H, W)
+        t0 = time.perf_counter()
+        encoder_outputs = self.model.encoder(pixel_values=pixel_values)
+        t1 = time.perf_counter()
+        tokenizer = self.processor.tokenizer
+        start_id = tokenizer.convert_tokens_to_ids(self.task_token)
+        prompt = torch.full((batch, 1), start_id, dtype=torch.long, device=self.device)  # (B, 1)
+        result = self.model.generate(
+            encoder_outputs=encoder_outputs,
+            decoder_input_ids=prompt,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            use_cache=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bad_words_ids=[[tokenizer.unk_token_id]],
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
+        self.timings.encode_s += t1 - t0
+        self.timings.generate_s += time.perf_counter() - t1
+        sequences = result.sequences[:, 1:]  # (B, T) without the prompt
+        scores = torch.stack(result.scores, dim=1).float()  # (B, T, V)
+        chosen = torch.log_softmax(scores, dim=-1).gather(-1, sequences[:, : scores.shape[1], None])[..., 0]
+        return [self._parse(seq, logp) for seq, logp in zip(sequences, chosen, strict=True)]
+
+    def _parse(self, ids: torch.Tensor, logp: torch.Tensor) -> Prediction:
+        tokenizer = self.processor.tokenizer
+        eos = tokenizer.eos_token_id
+        ids_list = ids.tolist()
+        length = ids_list.index(eos) + 1 if eos in ids_list else len(ids_list)
+        probs = logp[:length].exp().tolist()
+        text = tokenizer.decode(ids_list[:length], skip_special_tokens=False)
+        text = text.replace(tokenizer.eos_token, "").replace(tokenizer.pad_token, "").strip()
+        text = re.sub(r"^<s_[^>]*>", "", text, count=1) if text.startswith(self.task_token) else text
+        confidence = math.exp(sum(math.log(max(p, 1e-12)) for p in probs) / len(probs)) if probs else 0.0
+        return Prediction(data=token2json(text), sequence=text, confidence=confidence, token_probs=probs)

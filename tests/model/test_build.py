@@ -1,0 +1,62 @@
+import json
+
+import pytest
+import torch
+
+from donut_hole.model.build import (
+    PRESETS,
+    ModelLoadError,
+    count_parameters,
+    load_model,
+    model_config,
+    new_model,
+)
+
+
+def test_tiny_preset_is_small_and_well_formed():
+    model, processor = new_model("tiny", documents=[{"a": "1"}])
+    n = count_parameters(model)
+    assert 1_000_000 < n < 10_000_000
+    assert model.config.encoder.model_type == "donut-swin"
+    assert model.config.decoder.model_type == "mbart"
+    assert model.config.decoder.add_cross_attention
+    assert processor.tokenizer.convert_ids_to_tokens(model.config.decoder_start_token_id) == "<s_logistics>"
+    assert "<s_a>" in processor.tokenizer.get_vocab()
+
+
+def test_donut_base_layout_config():
+    spec = PRESETS["donut-base"]
+    config = model_config(
+        spec, vocab_size=57525, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=0
+    )
+    assert list(config.encoder.depths) == [2, 2, 14, 2]
+    assert config.encoder.embed_dim == 128 and config.encoder.window_size == 10
+    assert list(config.encoder.image_size) == [2560, 1920]
+    assert config.encoder.hidden_size == config.decoder.d_model == 1024
+    assert config.decoder.decoder_layers == 4 and config.decoder.vocab_size == 57525
+
+
+def test_save_and_reload_gives_the_same_model(tiny_model_dir):
+    model, processor = load_model(tiny_model_dir)
+    again, _ = load_model(tiny_model_dir)
+    pixels = torch.randn(1, 3, 160, 160)
+    ids = torch.tensor([[model.config.decoder_start_token_id]])
+    with torch.no_grad():
+        a = model(pixel_values=pixels, decoder_input_ids=ids).logits
+        b = again(pixel_values=pixels, decoder_input_ids=ids).logits
+    assert torch.equal(a, b)
+    assert processor.image_processor.size == {"height": 160, "width": 160}
+    assert list(tiny_model_dir.glob("*.safetensors"))
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"config\.json is missing"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vision-encoder-decoder"}))
+    with pytest.raises(ModelLoadError, match="no processor"):
+        load_model(tmp_path)
+
+
+def test_image_too_small_for_the_window_is_refused():
+    with pytest.raises(ValueError, match="too small for window"):
+        new_model("tiny", documents=[{"a": "1"}], image_size=(96, 96))
