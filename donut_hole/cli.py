@@ -1,0 +1,168 @@
+"""The ``donut-hole`` command: a thin shell over the package's plain functions.
+
+Heavy imports (torch, transformers) happen inside the commands so that ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="donut-hole",
+    help="DONUT-hole: compress DONUT document readers and run them over queues of logistics scans.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="Output folder (DONUT dataset format).")],
+    kind: Annotated[list[str] | None, typer.Option(help="Document type; repeat for a mix, or 'all'.")] = None,
+    n: Annotated[int, typer.Option(min=1, help="Number of scans.")] = 100,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
+    width: Annotated[int | None, typer.Option(help="Image width (default per document type).")] = None,
+    height: Annotated[int | None, typer.Option(help="Image height (default per document type).")] = None,
+) -> None:
+    """Generate synthetic logistics scans with ground truth (images + metadata.jsonl)."""
+    from donut_hole.documents.schemas import DOCUMENT_TYPES
+    from donut_hole.documents.synth import generate
+
+    kind = kind or ["shipping_label"]
+    kinds = sorted(DOCUMENT_TYPES) if kind == ["all"] else kind
+    unknown = [k for k in kinds if k not in DOCUMENT_TYPES]
+    if unknown:
+        raise _fail(f"unknown document type {unknown[0]!r}; choose from {', '.join(sorted(DOCUMENT_TYPES))}")
+    size = (width, height) if width and height else None
+    generate(kinds, n=n, out=out, seed=seed, image_size=size)
+    console.print(f"wrote {n} scans ({', '.join(kinds)}) to {out}")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option(help="Model folder (save_pretrained layout).")],
+    data: Annotated[Path, typer.Option(help="DONUT dataset folder with metadata.jsonl.")],
+    out: Annotated[Path | None, typer.Option(help="Where to write the JSON report.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N samples.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+) -> None:
+    """Score a model on a dataset: field F1, nTED accuracy and per-field exact match."""
+    from donut_hole.dataset import DatasetError, read_dataset
+    from donut_hole.evaluate import evaluate_reader
+    from donut_hole.model.build import ModelLoadError
+    from donut_hole.model.predict import DonutReader
+
+    try:
+        samples = read_dataset(data, limit=limit)
+        reader = DonutReader.from_path(model, max_new_tokens=max_new_tokens)
+    except (DatasetError, ModelLoadError) as exc:
+        raise _fail(str(exc)) from exc
+    evaluation = evaluate_reader(reader, samples, batch_size=batch_size)
+    result = evaluation.result
+    table = Table(title=f"{model} on {data} ({result.n} documents)")
+    table.add_column("field")
+    table.add_column("exact match", justify="right")
+    for name, score in result.field_exact_match.items():
+        table.add_row(name, f"{score:.3f}")
+    console.print(table)
+    errors = sum(1 for r in evaluation.records if r["error"])
+    console.print(
+        f"field F1 [bold]{result.f1:.4f}[/]  nTED accuracy [bold]{result.ted_accuracy:.4f}[/]  "
+        f"unreadable {errors}  {evaluation.docs_per_s:.2f} docs/s"
+    )
+    path = evaluation.write_json(out or Path(model) / "evaluation.json")
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Option(help="Model folder.")],
+    images: Annotated[list[Path], typer.Argument(help="Scans to read.")],
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+) -> None:
+    """Read scans and print one JSON line per image ({"file", "fields", "confidence"} or {"error"})."""
+    from donut_hole.model.build import ModelLoadError
+    from donut_hole.model.predict import DocumentError, DonutReader
+
+    try:
+        reader = DonutReader.from_path(model, max_new_tokens=max_new_tokens)
+    except ModelLoadError as exc:
+        raise _fail(str(exc)) from exc
+    failed = 0
+    for path in images:
+        try:
+            pred = reader.predict_detailed([path], batch_size=batch_size)[0]
+            line = {"file": str(path), "fields": pred.data, "confidence": round(pred.confidence, 4)}
+        except DocumentError as exc:
+            failed += 1
+            line = {"file": str(path), "error": exc.reason}
+        typer.echo(json.dumps(line, ensure_ascii=False))
+    if failed:
+        raise typer.Exit(1)
+
+
+def _overrides(steps: int | None, device: str | None) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if steps is not None:
+        out["train.steps"] = steps
+    if device is not None:
+        out["train.device"] = device
+    return out
+
+
+@app.command()
+def train(
+    recipe: Annotated[Path, typer.Option(help="Teacher recipe YAML (e.g. configs/teacher-small.yaml).")],
+    train_data: Annotated[Path, typer.Option("--train", help="Training dataset folder.")],
+    val_data: Annotated[Path, typer.Option("--val", help="Validation dataset folder.")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoint, history, model/.")],
+    steps: Annotated[int | None, typer.Option(min=0, help="Override train.steps.")] = None,
+    device: Annotated[str | None, typer.Option(help="Override train.device (auto, cpu, cuda).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt if present.")] = False,
+) -> None:
+    """Train (from a preset) or fine-tune (from a model folder) a DONUT teacher."""
+    from donut_hole.compression.recipe import RecipeError, TeacherRecipe, load_recipe
+    from donut_hole.compression.teacher import train_teacher
+    from donut_hole.dataset import DatasetError
+    from donut_hole.model.build import ModelLoadError
+
+    try:
+        spec = load_recipe(recipe, TeacherRecipe, overrides=_overrides(steps, device))
+        history = train_teacher(spec, train_dir=train_data, val_dir=val_data, out_dir=out, resume=resume)
+    except (RecipeError, DatasetError, ModelLoadError) as exc:
+        raise _fail(str(exc)) from exc
+    last = history[-1] if history else {}
+    console.print(
+        f"saved {out / 'model'}  step {last.get('step', 0)}  "
+        f"F1 {last.get('f1', float('nan')):.4f}  nTED acc {last.get('ted_accuracy', float('nan')):.4f}"
+    )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,70 @@
+"""The ``donut-hole`` command end to end on tiny data (real files, real model, no mocks)."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from donut_hole.cli import app
+from donut_hole.documents.synth import generate
+from donut_hole.model.build import new_model, save_model
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "val"
+    generate(["shipping_label", "delivery_note"], n=3, out=out, seed=7, progress=False)
+    (out / "000002.jpg").write_bytes(b"not a jpeg")  # one corrupt scan
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> Path:
+    from donut_hole.dataset import read_dataset
+
+    docs = [s.gt_parse for s in read_dataset(dataset)]
+    model, processor = new_model("tiny", documents=docs, image_size=(160, 160))
+    return save_model(model, processor, tmp_path_factory.mktemp("m") / "model")
+
+
+def test_synth_writes_a_dataset(tmp_path):
+    result = runner.invoke(app, ["synth", "--kind", "all", "--n", "3", "--out", str(tmp_path), "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert len((tmp_path / "metadata.jsonl").read_text().splitlines()) == 3
+    assert len(list(tmp_path.glob("*.jpg"))) == 3
+
+
+def test_synth_rejects_unknown_kind(tmp_path):
+    result = runner.invoke(app, ["synth", "--kind", "pizza", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "unknown document type 'pizza'" in result.output
+
+
+def test_evaluate_prints_table_and_writes_json(tmp_path, dataset, model_dir):
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "--model", str(model_dir), "--data", str(dataset), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--max-new-tokens", "8"])
+    assert result.exit_code == 0, result.output
+    assert "field F1" in result.output and "unreadable 1" in result.output
+    report = json.loads(out.read_text())
+    assert report["n"] == 3 and report["errors"] == 1
+    corrupt = report["documents"][2]
+    assert corrupt["prediction"] == {} and "not a readable image" in corrupt["error"]
+    assert 0.0 <= report["f1"] <= 1.0
+
+
+def test_evaluate_missing_model_is_a_clear_error(tmp_path, dataset):
+    result = runner.invoke(app, ["evaluate", "--model", str(tmp_path), "--data", str(dataset)])
+    assert result.exit_code == 2
+    assert "config.json is missing" in result.output
+
+
+def test_predict_prints_json_lines_and_fails_bad_files(dataset, model_dir):
+    images = [str(dataset / "000000.jpg"), str(dataset / "000002.jpg")]
+    result = runner.invoke(app, ["predict", "--model", str(model_dir), *images, "--max-new-tokens", "4"])
+    assert result.exit_code == 1
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert "fields" in lines[0] and "error" in lines[1]
