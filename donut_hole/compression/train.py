@@ -1,0 +1,338 @@
+"""The one training loop: fine-tune/train a teacher, or distill (and prune) a student.
+
+Order of each step, fixed and visible (as in nanoGPT): set lr → evaluate/checkpoint every N →
+forward + loss → backward → clip → optimizer step → pruning masks → log. The learning rate is the pure
+function :func:`get_lr`; a checkpoint is a plain dict; data order depends only on (seed, step), so a
+resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from transformers import DonutProcessor, VisionEncoderDecoderModel
+
+from donut_hole.compression.distill import ce_loss, shift_for_decoder
+from donut_hole.dataset import Sample
+from donut_hole.model.build import save_model, task_token_of
+from donut_hole.model.predict import DonutReader, load_image
+from donut_hole.model.tokens import json2token
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainConfig(BaseModel):
+    """Optimisation settings shared by teacher training and student distillation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(1000, ge=0, description="Optimizer steps; 0 skips training.")
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final lr as a fraction of lr (cosine floor).")
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    eval_every: int = Field(200, ge=1)
+    eval_samples: int = Field(64, ge=1, description="Validation documents scored at each evaluation.")
+    checkpoint_every: int = Field(200, ge=1)
+    log_every: int = Field(10, ge=1)
+    max_length: int = Field(256, ge=8, description="Longest target sequence in tokens.")
+    max_new_tokens: int = Field(256, ge=1)
+    seed: int = 0
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    device: str = Field("auto", description="auto, cpu or cuda")
+    bf16: bool = Field(True, description="bf16 autocast when training on CUDA.")
+
+
+def get_lr(step: int, *, lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """Linear warmup, then cosine decay to ``lr * min_lr_ratio``.
+
+    >>> get_lr(0, lr=1.0, warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
+    0.1
+    >>> get_lr(110, lr=1.0, warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
+    0.1
+    """
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if step >= total_steps:
+        return lr * min_lr_ratio
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def target_sequence(gt_parse: dict[str, Any], *, task_token: str, eos_token: str) -> str:
+    """What the decoder learns to write: ``<task><s_key>value</s_key>...</s>`` (DONUT's layout)."""
+    return task_token + json2token(gt_parse) + eos_token
+
+
+class DonutDataset(Dataset):
+    """(pixel_values (3, H, W), token ids (T,)) pairs for a list of samples."""
+
+    def __init__(
+        self, samples: Sequence[Sample], processor: DonutProcessor, *, task_token: str, max_length: int
+    ):
+        self.samples = list(samples)
+        self.processor = processor
+        self.task_token = task_token
+        self.max_length = max_length
+        size = processor.image_processor.size
+        self.image_size = (int(size["height"]), int(size["width"]))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = self.samples[index]
+        image = load_image(sample.image_path, target_size=self.image_size)
+        pixels = self.processor.image_processor(image, return_tensors="pt")["pixel_values"][0]
+        tokenizer = self.processor.tokenizer
+        text = target_sequence(sample.gt_parse, task_token=self.task_token, eos_token=tokenizer.eos_token)
+        ids = tokenizer(text, add_special_tokens=False, truncation=True, max_length=self.max_length)[
+            "input_ids"
+        ]
+        return pixels, torch.tensor(ids, dtype=torch.long)
+
+
+def collate(batch: list[tuple[torch.Tensor, torch.Tensor]], *, pad_token_id: int) -> dict[str, torch.Tensor]:
+    pixels = torch.stack([p for p, _ in batch])  # (B, 3, H, W)
+    longest = max(len(ids) for _, ids in batch)
+    ids = torch.full((len(batch), longest), pad_token_id, dtype=torch.long)  # (B, T)
+    for row, (_, seq) in enumerate(batch):
+        ids[row, : len(seq)] = seq
+    return {"pixel_values": pixels, "input_ids": ids}
+
+
+class StepSampler(Sampler[list[int]]):
+    """Batches of indices that depend only on (seed, step): resuming at step k replays from k."""
+
+    def __init__(self, n: int, *, batch_size: int, seed: int, start: int, stop: int):
+        self.n, self.batch_size, self.seed, self.start, self.stop = n, batch_size, seed, start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        per_epoch = max(1, self.n // self.batch_size)
+        for step in range(self.start, self.stop):
+            epoch, slot = divmod(step, per_epoch)
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            picked = order[slot * self.batch_size : (slot + 1) * self.batch_size]
+            if len(picked) < self.batch_size:  # fewer samples than one batch
+                picked = np.resize(order, self.batch_size)
+            yield picked.tolist()
+
+
+class Objective(Protocol):
+    """Loss of one batch: returns the scalar to minimise and named parts to log."""
+
+    def __call__(
+        self, model: VisionEncoderDecoderModel, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+class CrossEntropyObjective:
+    """Teacher training: next-token cross-entropy, with the shift done here (not by the model)."""
+
+    def __init__(self, *, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(
+        self, model: VisionEncoderDecoderModel, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        decoder_input_ids, labels = shift_for_decoder(batch["input_ids"], pad_token_id=self.pad_token_id)
+        logits = model(pixel_values=batch["pixel_values"], decoder_input_ids=decoder_input_ids).logits
+        loss = ce_loss(logits, labels)
+        return loss, {"ce": float(loss.detach())}
+
+
+class Pruner(Protocol):
+    def step(self, step: int) -> Any: ...
+
+    def apply_(self) -> Any: ...
+
+
+def score_model(
+    model: VisionEncoderDecoderModel,
+    processor: DonutProcessor,
+    samples: Sequence[Sample],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+) -> dict[str, Any]:
+    """Field F1 / nTED accuracy of the in-memory model on ``samples`` (no save needed)."""
+    from donut_hole.evaluate import evaluate_reader
+
+    was_training = model.training
+    reader = DonutReader(model, processor, max_new_tokens=max_new_tokens)
+    evaluation = evaluate_reader(reader, samples, batch_size=batch_size, progress=False)
+    model.train(was_training)
+    return {"f1": evaluation.result.f1, "ted_accuracy": evaluation.result.ted_accuracy}
+
+
+def train(
+    model: VisionEncoderDecoderModel,
+    processor: DonutProcessor,
+    *,
+    train_samples: Sequence[Sample],
+    val_samples: Sequence[Sample],
+    config: TrainConfig,
+    out_dir: Path,
+    objective: Objective | None = None,
+    pruner: Pruner | None = None,
+    on_eval: Callable[[int], dict[str, Any]] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train ``model`` in place for ``config.steps`` steps; return the evaluation history.
+
+    ``out_dir`` receives ``checkpoint.pt`` (resumable), ``history.jsonl`` and the final model in
+    ``out_dir/model``. ``on_eval(step)`` adds fields (e.g. density) to each evaluation record.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model.to(device).train()
+    tokenizer = processor.tokenizer
+    objective = objective or CrossEntropyObjective(pad_token_id=tokenizer.pad_token_id)
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+        betas=(0.9, 0.98),
+    )
+    history: list[dict[str, Any]] = []
+    start = 0
+    checkpoint_path = out_dir / CHECKPOINT
+    if resume and checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, history = state["step"], state["history"]
+        if pruner is not None:
+            pruner.step(start)
+        log.info("resumed from %s at step %d", checkpoint_path, start)
+
+    dataset = DonutDataset(
+        train_samples, processor, task_token=task_token_of(model, processor), max_length=config.max_length
+    )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=StepSampler(
+            len(dataset), batch_size=config.batch_size, seed=config.seed, start=start, stop=config.steps
+        ),
+        collate_fn=functools.partial(collate, pad_token_id=tokenizer.pad_token_id),
+        num_workers=config.num_workers,
+        persistent_workers=False,
+    )
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda" and config.bf16
+        else nullcontext()
+    )
+    eval_set = list(val_samples)[: config.eval_samples]
+
+    def evaluate_now(step: int, train_loss: float | None) -> None:
+        record: dict[str, Any] = {"step": step, "train_loss": train_loss}
+        if eval_set:
+            model.eval()
+            record.update(
+                score_model(
+                    model,
+                    processor,
+                    eval_set,
+                    batch_size=config.batch_size,
+                    max_new_tokens=config.max_new_tokens,
+                )
+            )
+            model.train()
+        if on_eval is not None:
+            record.update(on_eval(step))
+        history.append(record)
+        with (out_dir / "history.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        log.info("eval %s", record)
+
+    def checkpoint(step: int) -> None:
+        state = {
+            "step": step,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "history": history,
+            "config": config.model_dump(),
+        }
+        tmp = checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(checkpoint_path)  # atomic: a crash never leaves half a checkpoint
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    running: list[float] = []
+    started = time.perf_counter()
+    with Progress(*columns, TextColumn("{task.fields[status]}"), disable=not progress) as bar:
+        task = bar.add_task("training", total=config.steps, completed=start, status="")
+        step = start
+        for step, batch in enumerate(loader, start=start):
+            lr = get_lr(
+                step,
+                lr=config.lr,
+                warmup_steps=config.warmup_steps,
+                total_steps=config.steps,
+                min_lr_ratio=config.min_lr_ratio,
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if step > start and step % config.eval_every == 0:
+                evaluate_now(step, float(np.mean(running[-config.log_every :])) if running else None)
+            if step > start and step % config.checkpoint_every == 0:
+                checkpoint(step)
+            if pruner is not None:
+                pruner.step(step)
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with autocast:
+                loss, parts = objective(model, batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if pruner is not None:
+                pruner.apply_()
+            running.append(float(loss.detach()))
+            if step % config.log_every == 0:
+                rate = (step + 1 - start) / max(1e-9, time.perf_counter() - started) * config.batch_size
+                parts_text = " ".join(f"{k} {v:.3f}" for k, v in parts.items())
+                bar.update(
+                    task,
+                    status=f"loss {np.mean(running[-config.log_every :]):.3f} {parts_text} "
+                    f"lr {lr:.1e} {rate:.1f} img/s",
+                )
+                log.debug("step %d loss %.4f lr %.2e", step, running[-1], lr)
+            bar.advance(task)
+        if config.steps > start:
+            evaluate_now(config.steps, float(np.mean(running[-config.log_every :])) if running else None)
+            checkpoint(config.steps)
+    model.eval()
+    save_model(model, processor, out_dir / "model")
+    return history

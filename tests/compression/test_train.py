@@ -1,0 +1,139 @@
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from donut_hole.compression.train import StepSampler, TrainConfig, collate, get_lr, target_sequence, train
+from donut_hole.dataset import read_dataset
+from donut_hole.documents.synth import generate
+from donut_hole.model.build import load_model, new_model
+
+
+def test_get_lr_warmup_then_cosine():
+    kw = {"lr": 1.0, "warmup_steps": 10, "total_steps": 110, "min_lr_ratio": 0.1}
+    assert get_lr(0, **kw) == pytest.approx(0.1)
+    assert get_lr(9, **kw) == pytest.approx(1.0)
+    assert get_lr(10, **kw) == pytest.approx(1.0)
+    assert get_lr(60, **kw) == pytest.approx(0.55)  # half way down the cosine: 0.1 + 0.9 * 0.5
+    assert get_lr(110, **kw) == pytest.approx(0.1)
+    assert get_lr(500, **kw) == pytest.approx(0.1)
+    lrs = [get_lr(s, **kw) for s in range(10, 110)]
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
+
+
+def test_step_sampler_depends_only_on_seed_and_step():
+    full = list(StepSampler(10, batch_size=3, seed=1, start=0, stop=8))
+    resumed = list(StepSampler(10, batch_size=3, seed=1, start=5, stop=8))
+    assert full[5:] == resumed
+    assert all(len(b) == 3 for b in full)
+    assert sorted(full[0] + full[1] + full[2]) == sorted(
+        set(full[0] + full[1] + full[2])
+    )  # no repeat in an epoch
+    assert len(next(iter(StepSampler(2, batch_size=4, seed=0, start=0, stop=1)))) == 4
+
+
+def test_target_sequence_and_collate():
+    assert target_sequence({"a": "1"}, task_token="<s_x>", eos_token="</s>") == "<s_x><s_a>1</s_a></s>"
+    batch = collate(
+        [(torch.zeros(3, 2, 2), torch.tensor([5, 6, 7])), (torch.ones(3, 2, 2), torch.tensor([5]))],
+        pad_token_id=0,
+    )
+    assert batch["pixel_values"].shape == (2, 3, 2, 2)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    generate("shipping_label", n=4, out=root / "train", seed=0, progress=False)
+    return root / "train"
+
+
+def _fresh(data: Path):
+    docs = [s.gt_parse for s in read_dataset(data)]
+    return new_model("tiny", documents=docs, image_size=(160, 160), seed=0)
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path, data):
+    samples = read_dataset(data)
+    config = TrainConfig(
+        steps=4,
+        batch_size=2,
+        warmup_steps=1,
+        eval_every=100,
+        checkpoint_every=2,
+        eval_samples=1,
+        max_new_tokens=4,
+    )
+    model, processor = _fresh(data)
+    train(
+        model,
+        processor,
+        train_samples=samples,
+        val_samples=[],
+        config=config,
+        out_dir=tmp_path / "a",
+        progress=False,
+    )
+
+    model, processor = _fresh(data)
+    half = config.model_copy(update={"steps": 2})
+    train(
+        model,
+        processor,
+        train_samples=samples,
+        val_samples=[],
+        config=half,
+        out_dir=tmp_path / "b",
+        progress=False,
+    )
+    model, processor = _fresh(data)  # a new process would start from scratch and load the checkpoint
+    train(
+        model,
+        processor,
+        train_samples=samples,
+        val_samples=[],
+        config=config,
+        out_dir=tmp_path / "b",
+        resume=True,
+        progress=False,
+    )
+
+    straight, _ = load_model(tmp_path / "a" / "model")
+    resumed, _ = load_model(tmp_path / "b" / "model")
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["step"] == 4
+
+
+def test_training_lowers_the_loss_and_records_history(tmp_path, data):
+    samples = read_dataset(data)[:2]
+    config = TrainConfig(
+        steps=24,
+        batch_size=2,
+        lr=1e-3,
+        warmup_steps=2,
+        eval_every=12,
+        checkpoint_every=100,
+        eval_samples=1,
+        max_new_tokens=4,
+        log_every=4,
+    )
+    model, processor = _fresh(data)
+    history = train(
+        model,
+        processor,
+        train_samples=samples,
+        val_samples=samples,
+        config=config,
+        out_dir=tmp_path,
+        progress=False,
+    )
+    assert [h["step"] for h in history] == [12, 24]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert {"f1", "ted_accuracy"} <= set(history[-1])
+    lines = (tmp_path / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [12, 24]
+    assert (tmp_path / "model" / "config.json").is_file()
