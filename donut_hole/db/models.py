@@ -1,0 +1,224 @@
+"""The tables of the online pipeline, as SQLAlchemy 2.0 typed declarative models.
+
+Schema (PostgreSQL in production, SQLite for the embedded default)::
+
+    models       (id, name, path, sha256, density, metrics, created_at)      UNIQUE(name, sha256)
+    batches      (id, source, status, error, created_at)
+    documents    (id, batch_id → batches, uri, sha256, status, error, attempts,
+                  created_at, updated_at, started_at, finished_at)           UNIQUE(batch_id, uri)
+    extractions  (id, document_id → documents, model_id → models, raw_sequence, data, confidence,
+                  latency_ms, created_at)                                    UNIQUE(document_id, model_id)
+    fields       (id, extraction_id → extractions, name, value, confidence)  INDEX(name, value)
+
+Batch and document ids are UUID strings so that they can be handed to users; the others are integers.
+Timestamps are timezone-aware UTC on both backends. Deleting a batch deletes its documents, their
+extractions and fields; a model that still has extractions cannot be deleted.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# JSONB on PostgreSQL (indexable, compact), the JSON1 text type on SQLite.
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+# 64-bit ids where rows are many; SQLite only auto-increments an INTEGER PRIMARY KEY.
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+FIELD_NAME_MAX = 255
+FIELD_VALUE_MAX = 512  # keeps (name, value) under PostgreSQL's B-tree row limit; full values live in data
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """``TIMESTAMP WITH TIME ZONE``; values are stored as UTC and always read back timezone-aware.
+
+    SQLite keeps no zone, so naive values read from it are UTC by construction.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: give a timezone-aware value")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class DocumentStatus(enum.StrEnum):
+    queued = "queued"
+    processing = "processing"
+    done = "done"
+    failed = "failed"
+
+
+class BatchStatus(enum.StrEnum):
+    """Whether a batch's document rows are all written; per-document progress is counted, not stored."""
+
+    expanding = "expanding"  # documents are still being listed (an S3 prefix expanded by a task)
+    accepted = "accepted"  # every document row exists
+    failed = "failed"  # listing failed; ``error`` says why
+
+
+def _str_enum(cls: type[enum.StrEnum], name: str) -> Enum:
+    # VARCHAR + CHECK on both backends (no native PostgreSQL ENUM: adding a value needs no type migration).
+    return Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+    )
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSONType, datetime: UTCDateTime}
+
+
+class Model(Base):
+    """A model checkpoint that produced extractions; identified by name and content hash."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("name", "sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    density: Mapped[float | None] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    source: Mapped[str] = mapped_column(Text)
+    status: Mapped[BatchStatus] = mapped_column(_str_enum(BatchStatus, "batch_status"))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
+
+    documents: Mapped[list[Document]] = relationship(
+        back_populates="batch", cascade="all, delete-orphan", passive_deletes=True, order_by="Document.uri"
+    )
+
+
+class Document(Base):
+    __tablename__ = "documents"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "uri"),  # one document per scan per batch: re-listing adds nothing
+        Index("ix_documents_batch_id_status", "batch_id", "status"),
+        Index("ix_documents_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    uri: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[DocumentStatus] = mapped_column(
+        _str_enum(DocumentStatus, "document_status"),
+        default=DocumentStatus.queued,
+        server_default=DocumentStatus.queued.value,
+    )
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, server_default=func.now())
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    batch: Mapped[Batch] = relationship(back_populates="documents")
+    extractions: Mapped[list[Extraction]] = relationship(
+        back_populates="document", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Extraction(Base):
+    """One model's reading of one document; (document_id, model_id) is the idempotency key."""
+
+    __tablename__ = "extractions"
+    __table_args__ = (UniqueConstraint("document_id", "model_id"),)
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    document_id: Mapped[str] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"), index=True)
+    raw_sequence: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any]]
+    confidence: Mapped[float | None] = mapped_column(Float)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())  # last write
+
+    document: Mapped[Document] = relationship(back_populates="extractions")
+    model: Mapped[Model] = relationship()
+    fields: Mapped[list[Field]] = relationship(
+        back_populates="extraction", cascade="all, delete-orphan", passive_deletes=True, order_by="Field.id"
+    )
+
+
+class Field(Base):
+    """One flattened key path of an extraction (``"consignee.name"``) and its value, for search."""
+
+    __tablename__ = "fields"
+    __table_args__ = (Index("ix_fields_name_value", "name", "value"),)
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    extraction_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("extractions.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(FIELD_NAME_MAX))
+    value: Mapped[str] = mapped_column(Text)
+    confidence: Mapped[float | None] = mapped_column(Float)
+
+    extraction: Mapped[Extraction] = relationship(back_populates="fields")
+
+
+metadata = Base.metadata

@@ -1,0 +1,429 @@
+"""Repository functions: every read and write of the pipeline's tables, as plain functions of a session.
+
+They flush but never commit: the caller owns the transaction (``with session_scope(factory) as session``),
+so several calls can form one unit of work. They know nothing of Celery or HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, TypedDict
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, selectinload
+
+from donut_hole.db.models import (
+    FIELD_NAME_MAX,
+    FIELD_VALUE_MAX,
+    Batch,
+    BatchStatus,
+    Document,
+    DocumentStatus,
+    Extraction,
+    Field,
+    Model,
+    new_id,
+    utcnow,
+)
+
+ERROR_MAX = 4000  # characters of a failure reason kept in documents.error / batches.error
+_CHUNK = 500  # rows per IN (...) list
+
+
+class RepositoryError(Exception):
+    """Base of the errors this module raises on purpose."""
+
+
+class NotFound(RepositoryError, LookupError):
+    pass
+
+
+class BatchNotFound(NotFound):
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"batch {batch_id!r} does not exist")
+        self.batch_id = batch_id
+
+
+class DocumentNotFound(NotFound):
+    def __init__(self, document_id: str) -> None:
+        super().__init__(f"document {document_id!r} does not exist")
+        self.document_id = document_id
+
+
+class InvalidInput(RepositoryError, ValueError):
+    """Arguments that cannot be stored (duplicate URIs, mismatched lengths, an over-long field name)."""
+
+
+class ResultRow(TypedDict):
+    """One document of a batch, flat enough for a table, JSON or CSV.
+
+    ``fields`` maps each key path to its value, or to the list of values when the path repeats
+    (list items: ``{"items.name": ["bolt", "nut"]}``). It comes from the document's latest extraction.
+    """
+
+    document_id: str
+    uri: str
+    status: str
+    error: str | None
+    attempts: int
+    model_id: int | None
+    confidence: float | None
+    fields: dict[str, str | list[str]]
+
+
+# ---------------------------------------------------------------------------------------------- batches
+
+
+def create_batch(
+    session: Session,
+    *,
+    source: str,
+    uris: Sequence[str],
+    sha256s: Sequence[str | None] | None = None,
+    expanding: bool = False,
+) -> Batch:
+    """A batch and one ``queued`` document per URI, in the caller's transaction.
+
+    ``expanding=True`` makes a batch whose documents a task will list later (:func:`add_documents`); it
+    may start with no URIs. The returned batch's ``documents`` are in the order of ``uris``.
+    """
+    if not uris and not expanding:
+        raise InvalidInput("a batch needs at least one document URI")
+    pairs = _pairs(uris, sha256s)
+    batch = Batch(
+        id=new_id(),
+        source=source,
+        status=BatchStatus.expanding if expanding else BatchStatus.accepted,
+        documents=[
+            Document(id=new_id(), uri=uri, sha256=sha, status=DocumentStatus.queued) for uri, sha in pairs
+        ],
+    )
+    session.add(batch)
+    session.flush()
+    return batch
+
+
+def add_documents(
+    session: Session, *, batch_id: str, uris: Sequence[str], sha256s: Sequence[str | None] | None = None
+) -> list[str]:
+    """Add ``queued`` documents to a batch, skipping URIs it already holds; safe to call again.
+
+    Returns the ids of the given URIs' documents that are still ``queued`` (new or not), in ``uris`` order:
+    the ones to send to the queue, so that a retried listing re-sends rather than loses messages.
+    """
+    _batch_or_raise(session, batch_id)
+    pairs = _pairs(uris, sha256s)
+    if not pairs:
+        return []
+    now = utcnow()
+    rows = [
+        {
+            "id": new_id(),
+            "batch_id": batch_id,
+            "uri": uri,
+            "sha256": sha,
+            "status": DocumentStatus.queued,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for uri, sha in pairs
+    ]
+    stmt = _dialect_insert(session, Document).on_conflict_do_nothing(index_elements=["batch_id", "uri"])
+    session.execute(stmt, rows)
+    queued: dict[str, str] = {}
+    for chunk in _chunks([uri for uri, _ in pairs]):
+        found = session.execute(
+            select(Document.uri, Document.id).where(
+                Document.batch_id == batch_id,
+                Document.uri.in_(chunk),
+                Document.status == DocumentStatus.queued,
+            )
+        )
+        queued.update({uri: doc_id for uri, doc_id in found})
+    return [queued[uri] for uri, _ in pairs if uri in queued]
+
+
+def set_batch_status(
+    session: Session, *, batch_id: str, status: BatchStatus, error: str | None = None
+) -> Batch:
+    """Record the end of a batch's listing: ``accepted``, or ``failed`` with a reason."""
+    batch = _batch_or_raise(session, batch_id)
+    batch.status = BatchStatus(status)
+    batch.error = _clip(error, ERROR_MAX)
+    session.flush()
+    return batch
+
+
+def get_batch(session: Session, *, batch_id: str) -> Batch | None:
+    return session.get(Batch, batch_id)
+
+
+def batch_progress(session: Session, *, batch_id: str) -> dict[str, int]:
+    """Documents per status and in total.
+
+    ``{"queued": 1, "processing": 0, "done": 2, "failed": 1, "total": 4}``
+    """
+    _batch_or_raise(session, batch_id)
+    counts = {status.value: 0 for status in DocumentStatus}
+    rows = session.execute(
+        select(Document.status, func.count()).where(Document.batch_id == batch_id).group_by(Document.status)
+    )
+    for status, count in rows:
+        counts[DocumentStatus(status).value] = count
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def results_for_batch(session: Session, *, batch_id: str) -> list[ResultRow]:
+    """One :class:`ResultRow` per document of the batch, ordered by URI."""
+    _batch_or_raise(session, batch_id)
+    documents = session.scalars(
+        select(Document).where(Document.batch_id == batch_id).order_by(Document.uri, Document.id)
+    )
+    latest: dict[
+        str, tuple[int, int, float | None]
+    ] = {}  # document id -> (extraction id, model id, confidence)
+    extractions = session.execute(
+        select(Extraction.document_id, Extraction.id, Extraction.model_id, Extraction.confidence)
+        .join(Document)
+        .where(Document.batch_id == batch_id)
+        .order_by(Extraction.created_at, Extraction.id)
+    )
+    for document_id, extraction_id, model_id, confidence in extractions:
+        latest[document_id] = (extraction_id, model_id, confidence)
+    wanted = {extraction_id for extraction_id, _, _ in latest.values()}
+    fields: dict[int, dict[str, str | list[str]]] = {}
+    field_rows = session.execute(
+        select(Field.extraction_id, Field.name, Field.value)
+        .join(Extraction)
+        .join(Document)
+        .where(Document.batch_id == batch_id)
+        .order_by(Field.id)
+    )
+    for extraction_id, name, value in field_rows:
+        if extraction_id in wanted:
+            _put_field(fields.setdefault(extraction_id, {}), name, value)
+    rows: list[ResultRow] = []
+    for document in documents:
+        found = latest.get(document.id)
+        rows.append(
+            ResultRow(
+                document_id=document.id,
+                uri=document.uri,
+                status=DocumentStatus(document.status).value,
+                error=document.error,
+                attempts=document.attempts,
+                model_id=found[1] if found else None,
+                confidence=found[2] if found else None,
+                fields=fields.get(found[0], {}) if found else {},
+            )
+        )
+    return rows
+
+
+# -------------------------------------------------------------------------------------------- documents
+
+
+def get_document(session: Session, *, document_id: str) -> Document | None:
+    return session.get(Document, document_id)
+
+
+def mark_processing(session: Session, *, document_id: str) -> Document:
+    """Start an attempt: status ``processing``, ``attempts`` + 1, ``started_at`` now, old error cleared.
+
+    It does not look at the current status; a task that must not redo finished work checks it first.
+    """
+    document = _lock_document(session, document_id)
+    document.status = DocumentStatus.processing
+    document.attempts = Document.attempts + 1  # in SQL, so that concurrent attempts all count
+    document.started_at = utcnow()
+    document.finished_at = None
+    document.error = None
+    session.flush()
+    session.refresh(document, ["attempts"])
+    return document
+
+
+def mark_failed(session: Session, *, document_id: str, error: str) -> Document:
+    """End the document as ``failed`` with a reason a user can read (clipped to ``ERROR_MAX`` characters)."""
+    document = _lock_document(session, document_id)
+    document.status = DocumentStatus.failed
+    document.error = _clip(error, ERROR_MAX) or "unknown error"
+    document.finished_at = utcnow()
+    session.flush()
+    return document
+
+
+def save_extraction(
+    session: Session,
+    *,
+    document_id: str,
+    model_id: int,
+    raw_sequence: str,
+    data: dict[str, Any],
+    confidence: float | None,
+    latency_ms: float | None,
+    fields: Iterable[tuple[str, str, float | None]],
+) -> Extraction:
+    """Store one model's reading of a document and mark the document ``done``; idempotent.
+
+    Keyed by ``(document_id, model_id)``: a second call for the same key overwrites the extraction row and
+    replaces its fields instead of adding rows (``INSERT ... ON CONFLICT DO UPDATE`` on PostgreSQL and
+    SQLite; the unique constraint is the guard even between concurrent writers). ``fields`` are
+    ``(key path, value, confidence)``; values longer than ``FIELD_VALUE_MAX`` characters are clipped in the
+    search table (``data`` keeps them whole).
+    """
+    field_rows = [_field_row(name, value, field_confidence) for name, value, field_confidence in fields]
+    document = _lock_document(session, document_id)  # lock order everywhere: document, then its extraction
+    now = utcnow()
+    values = {
+        "raw_sequence": raw_sequence,
+        "data": data,
+        "confidence": confidence,
+        "latency_ms": latency_ms,
+        "created_at": now,
+    }
+    stmt = _dialect_insert(session, Extraction).values(document_id=document_id, model_id=model_id, **values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["document_id", "model_id"], set_={key: stmt.excluded[key] for key in values}
+    ).returning(Extraction.id)
+    extraction_id = session.execute(stmt).scalar_one()
+    session.execute(delete(Field).where(Field.extraction_id == extraction_id))
+    if field_rows:
+        session.execute(insert(Field), [{"extraction_id": extraction_id, **row} for row in field_rows])
+    document.status = DocumentStatus.done
+    document.error = None
+    document.finished_at = now
+    session.flush()
+    return session.scalars(
+        select(Extraction)
+        .where(Extraction.id == extraction_id)
+        .options(selectinload(Extraction.fields))
+        .execution_options(populate_existing=True)
+    ).one()
+
+
+def search_fields(session: Session, *, name: str, value: str, limit: int = 100) -> list[Document]:
+    """Documents with a field ``name`` (a key path such as ``"consignee.name"``) equal to ``value``.
+
+    Exact match on the indexed ``(name, value)`` pair; values are compared as stored (clipped to
+    ``FIELD_VALUE_MAX`` characters). Oldest documents first, at most ``limit``.
+    """
+    if not 1 <= limit <= 10_000:
+        raise InvalidInput(f"limit must be between 1 and 10000, got {limit}")
+    matching = (
+        select(Extraction.document_id)
+        .join(Field)
+        .where(Field.name == name, Field.value == value[:FIELD_VALUE_MAX])
+    )
+    return list(
+        session.scalars(
+            select(Document)
+            .where(Document.id.in_(matching))
+            .order_by(Document.created_at, Document.id)
+            .limit(limit)
+        )
+    )
+
+
+# ----------------------------------------------------------------------------------------------- models
+
+
+def get_or_create_model(
+    session: Session,
+    *,
+    name: str,
+    path: str,
+    sha256: str,
+    density: float | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Model:
+    """The ``models`` row for this checkpoint (``name`` + ``sha256``), created if absent.
+
+    Safe when several workers start at once: the insert does nothing on conflict, then the row is read.
+    An existing row is returned as it is (``path``, ``density`` and ``metrics`` are not overwritten).
+    """
+    stmt = (
+        _dialect_insert(session, Model)
+        .values(name=name, path=path, sha256=sha256, density=density, metrics=metrics, created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["name", "sha256"])
+    )
+    session.execute(stmt)
+    return session.scalars(select(Model).where(Model.name == name, Model.sha256 == sha256)).one()
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _dialect_insert(session: Session, entity: type[Any]) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(entity)
+    if dialect == "sqlite":
+        return sqlite.insert(entity)
+    raise RepositoryError(f"unsupported database dialect {dialect!r}")
+
+
+def _batch_or_raise(session: Session, batch_id: str) -> Batch:
+    batch = session.get(Batch, batch_id)
+    if batch is None:
+        raise BatchNotFound(batch_id)
+    return batch
+
+
+def _lock_document(session: Session, document_id: str) -> Document:
+    """The document row, locked until the transaction ends (``FOR UPDATE`` on PostgreSQL)."""
+    document = session.scalars(
+        select(Document)
+        .where(Document.id == document_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if document is None:
+        raise DocumentNotFound(document_id)
+    return document
+
+
+def _pairs(uris: Sequence[str], sha256s: Sequence[str | None] | None) -> list[tuple[str, str | None]]:
+    if isinstance(uris, str):
+        raise InvalidInput("uris must be a list of strings, not one string")
+    shas: Sequence[str | None] = sha256s if sha256s is not None else [None] * len(uris)
+    if len(shas) != len(uris):
+        raise InvalidInput(f"{len(uris)} URIs but {len(shas)} sha256 values")
+    seen: set[str] = set()
+    for uri in uris:
+        if not uri:
+            raise InvalidInput("a document URI is empty")
+        if uri in seen:
+            raise InvalidInput(f"URI {uri!r} appears twice")
+        seen.add(uri)
+    return list(zip(uris, shas, strict=True))
+
+
+def _field_row(name: str, value: str, confidence: float | None) -> dict[str, Any]:
+    if not name or len(name) > FIELD_NAME_MAX:
+        raise InvalidInput(
+            f"field name must have 1 to {FIELD_NAME_MAX} characters, got {len(name)}: {name[:40]!r}"
+        )
+    return {"name": name, "value": str(value)[:FIELD_VALUE_MAX], "confidence": confidence}
+
+
+def _put_field(fields: dict[str, str | list[str]], name: str, value: str) -> None:
+    if name not in fields:
+        fields[name] = value
+        return
+    current = fields[name]
+    fields[name] = [*current, value] if isinstance(current, list) else [current, value]
+
+
+def _clip(text: str | None, limit: int) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
+
+
+def _chunks(items: list[str], size: int = _CHUNK) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

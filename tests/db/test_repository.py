@@ -1,0 +1,305 @@
+"""Repository functions against SQLite and PostgreSQL (the ``db_url`` fixture runs each test on both)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from donut_hole.db import (
+    Batch,
+    BatchStatus,
+    Document,
+    DocumentStatus,
+    Extraction,
+    Field,
+    repository,
+    session_scope,
+)
+from donut_hole.db.models import FIELD_VALUE_MAX
+
+Factory = sessionmaker[Session]
+
+
+def _batch(factory: Factory, uris: list[str], **kwargs: Any) -> tuple[str, list[str]]:
+    with session_scope(factory) as session:
+        batch = repository.create_batch(session, source="test", uris=uris, **kwargs)
+        return batch.id, [document.id for document in batch.documents]
+
+
+def _model(factory: Factory, name: str = "donut-hole-small", sha256: str = "a" * 64) -> int:
+    with session_scope(factory) as session:
+        return repository.get_or_create_model(session, name=name, path=f"/models/{name}", sha256=sha256).id
+
+
+def _save(
+    factory: Factory, document_id: str, model_id: int, fields: list[tuple[str, str, float | None]]
+) -> int:
+    with session_scope(factory) as session:
+        extraction = repository.save_extraction(
+            session,
+            document_id=document_id,
+            model_id=model_id,
+            raw_sequence="<s_name>x</s_name>",
+            data={name: value for name, value, _ in fields},
+            confidence=0.9,
+            latency_ms=12.5,
+            fields=fields,
+        )
+        return extraction.id
+
+
+def _count(factory: Factory, entity: type[Any]) -> int:
+    with session_scope(factory) as session:
+        return session.scalar(select(func.count()).select_from(entity)) or 0
+
+
+def test_create_batch_writes_queued_documents_in_one_transaction(factory: Factory) -> None:
+    batch_id, document_ids = _batch(
+        factory, ["s3://scans/b.png", "s3://scans/a.png"], sha256s=["1" * 64, None]
+    )
+
+    with session_scope(factory) as session:
+        batch = repository.get_batch(session, batch_id=batch_id)
+        assert batch is not None and batch.status == BatchStatus.accepted and batch.source == "test"
+        first = repository.get_document(session, document_id=document_ids[0])
+        assert first is not None
+        assert (first.uri, first.sha256, first.status, first.attempts) == (
+            "s3://scans/b.png",
+            "1" * 64,
+            "queued",
+            0,
+        )
+        assert first.created_at.tzinfo is not None
+        assert repository.batch_progress(session, batch_id=batch_id) == {
+            "queued": 2,
+            "processing": 0,
+            "done": 0,
+            "failed": 0,
+            "total": 2,
+        }
+
+
+@pytest.mark.parametrize(
+    ("uris", "sha256s", "message"),
+    [
+        ([], None, "at least one"),
+        (["s3://a/x", "s3://a/x"], None, "twice"),
+        (["s3://a/x"], ["1", "2"], "sha256"),
+        ([""], None, "empty"),
+    ],
+)
+def test_create_batch_rejects_bad_input_and_writes_nothing(
+    factory: Factory, uris: list[str], sha256s: list[str] | None, message: str
+) -> None:
+    with pytest.raises(repository.InvalidInput, match=message), session_scope(factory) as session:
+        repository.create_batch(session, source="test", uris=uris, sha256s=sha256s)
+    assert _count(factory, Batch) == 0
+    assert _count(factory, Document) == 0
+
+
+def test_expanding_batch_adds_documents_idempotently(factory: Factory) -> None:
+    batch_id, _ = _batch(factory, [], expanding=True)
+    with session_scope(factory) as session:
+        first = repository.add_documents(session, batch_id=batch_id, uris=["s3://a/1", "s3://a/2"])
+    with session_scope(factory) as session:
+        repository.mark_processing(session, document_id=first[0])
+    with session_scope(factory) as session:  # a retried listing: nothing duplicated, still-queued ids again
+        again = repository.add_documents(
+            session, batch_id=batch_id, uris=["s3://a/1", "s3://a/2", "s3://a/3"]
+        )
+        repository.set_batch_status(session, batch_id=batch_id, status=BatchStatus.accepted)
+    assert len(again) == 2 and again[0] == first[1]
+    with session_scope(factory) as session:
+        assert repository.batch_progress(session, batch_id=batch_id)["total"] == 3
+        batch = repository.get_batch(session, batch_id=batch_id)
+        assert batch is not None and batch.status == BatchStatus.accepted
+
+
+def test_mark_processing_counts_attempts(factory: Factory) -> None:
+    _, (document_id,) = _batch(factory, ["s3://scans/a.png"])
+    for _ in range(2):
+        with session_scope(factory) as session:
+            document = repository.mark_processing(session, document_id=document_id)
+    assert document.status == DocumentStatus.processing
+    assert document.attempts == 2
+    assert document.started_at is not None and document.started_at.tzinfo is not None
+
+
+def test_save_extraction_twice_keeps_one_row_and_replaces_fields(factory: Factory) -> None:
+    batch_id, (document_id,) = _batch(factory, ["s3://scans/a.png"])
+    model_id = _model(factory)
+    first = _save(factory, document_id, model_id, [("shipper.name", "ACME", 0.9), ("weight", "12 kg", 0.8)])
+    second = _save(factory, document_id, model_id, [("shipper.name", "ACME Ltd", 0.95)])
+
+    assert first == second
+    assert _count(factory, Extraction) == 1
+    with session_scope(factory) as session:
+        fields = session.execute(select(Field.name, Field.value)).all()
+        assert [tuple(row) for row in fields] == [("shipper.name", "ACME Ltd")]
+        extraction = session.get(Extraction, first)
+        assert extraction is not None and extraction.data == {"shipper.name": "ACME Ltd"}
+        document = repository.get_document(session, document_id=document_id)
+        assert document is not None and document.status == DocumentStatus.done and document.finished_at
+        assert repository.batch_progress(session, batch_id=batch_id)["done"] == 1
+
+
+def test_save_extraction_returns_loaded_fields(factory: Factory) -> None:
+    _, (document_id,) = _batch(factory, ["s3://scans/a.png"])
+    model_id = _model(factory)
+    with session_scope(factory) as session:
+        extraction = repository.save_extraction(
+            session,
+            document_id=document_id,
+            model_id=model_id,
+            raw_sequence="",
+            data={},
+            confidence=None,
+            latency_ms=None,
+            fields=[("a", "1", None)],
+        )
+    assert [(f.name, f.value) for f in extraction.fields] == [("a", "1")]  # usable after the session closed
+
+
+def test_concurrent_saves_of_one_key_leave_one_extraction(factory: Factory) -> None:
+    _, (document_id,) = _batch(factory, ["s3://scans/a.png"])
+    model_id = _model(factory)
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def save(worker: int) -> None:
+        try:
+            barrier.wait()
+            _save(factory, document_id, model_id, [("worker", str(worker), None), ("n", "x", None)])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert _count(factory, Extraction) == 1
+    assert _count(factory, Field) == 2
+
+
+def test_mark_failed_records_the_reason_and_the_batch_goes_on(factory: Factory) -> None:
+    batch_id, (bad, good, waiting) = _batch(factory, ["s3://a/bad", "s3://a/good", "s3://a/waiting"])
+    model_id = _model(factory)
+    with session_scope(factory) as session:
+        repository.mark_processing(session, document_id=bad)
+        repository.mark_failed(session, document_id=bad, error="object s3://a/bad does not exist")
+    _save(factory, good, model_id, [("x", "1", None)])
+    with session_scope(factory) as session:
+        repository.mark_processing(session, document_id=waiting)
+
+    with session_scope(factory) as session:
+        document = repository.get_document(session, document_id=bad)
+        assert document is not None
+        assert (document.status, document.error) == ("failed", "object s3://a/bad does not exist")
+        assert document.finished_at is not None
+        progress = repository.batch_progress(session, batch_id=batch_id)
+    assert progress == {"queued": 0, "processing": 1, "done": 1, "failed": 1, "total": 3}
+
+
+def test_a_retry_after_failure_clears_the_error(factory: Factory) -> None:
+    _, (document_id,) = _batch(factory, ["s3://a/x"])
+    with session_scope(factory) as session:
+        repository.mark_failed(session, document_id=document_id, error="x" * 10_000)
+    with session_scope(factory) as session:
+        document = repository.get_document(session, document_id=document_id)
+        assert document is not None and document.error is not None
+        assert len(document.error) == repository.ERROR_MAX
+        document = repository.mark_processing(session, document_id=document_id)
+        assert document.error is None and document.finished_at is None
+
+
+def test_search_fields_finds_documents_once(factory: Factory) -> None:
+    _, (a, b, c) = _batch(factory, ["s3://s/a", "s3://s/b", "s3://s/c"])
+    small, large = _model(factory), _model(factory, name="teacher", sha256="b" * 64)
+    _save(factory, a, small, [("consignee.name", "Jane Doe", 0.9), ("ref", "R1", 0.9)])
+    _save(factory, a, large, [("consignee.name", "Jane Doe", 0.99)])  # second model: still one document
+    _save(factory, b, small, [("consignee.name", "John Roe", 0.9)])
+    _save(factory, c, small, [("shipper.name", "Jane Doe", 0.9)])
+
+    with session_scope(factory) as session:
+        found = repository.search_fields(session, name="consignee.name", value="Jane Doe")
+        assert [document.id for document in found] == [a]
+        assert repository.search_fields(session, name="consignee.name", value="nobody") == []
+        with pytest.raises(repository.InvalidInput):
+            repository.search_fields(session, name="x", value="y", limit=0)
+
+
+def test_long_values_are_clipped_for_search_but_kept_in_data(factory: Factory) -> None:
+    _, (document_id,) = _batch(factory, ["s3://s/a"])
+    long_value = "é" * 5000  # beyond PostgreSQL's B-tree row limit if stored whole
+    _save(factory, document_id, _model(factory), [("notes", long_value, None)])
+    with session_scope(factory) as session:
+        assert [d.id for d in repository.search_fields(session, name="notes", value=long_value)] == [
+            document_id
+        ]
+        stored = session.scalar(select(Field.value))
+        assert stored == long_value[:FIELD_VALUE_MAX]
+        assert session.scalar(select(Extraction.data)) == {"notes": long_value}
+
+
+def test_results_for_batch_are_table_rows(factory: Factory) -> None:
+    batch_id, (a, b, c) = _batch(factory, ["s3://s/a", "s3://s/b", "s3://s/c"])
+    model_id = _model(factory)
+    _save(
+        factory, a, model_id, [("items.name", "bolt", 0.9), ("items.name", "nut", 0.8), ("total", "3", 1.0)]
+    )
+    with session_scope(factory) as session:
+        repository.mark_failed(session, document_id=b, error="unreadable image")
+    with session_scope(factory) as session:
+        rows = repository.results_for_batch(session, batch_id=batch_id)
+    assert [row["document_id"] for row in rows] == [a, b, c]
+    assert rows[0]["fields"] == {"items.name": ["bolt", "nut"], "total": "3"}
+    assert (rows[0]["status"], rows[0]["model_id"], rows[0]["confidence"]) == ("done", model_id, 0.9)
+    assert (rows[1]["status"], rows[1]["error"], rows[1]["fields"]) == ("failed", "unreadable image", {})
+    assert (rows[2]["status"], rows[2]["model_id"]) == ("queued", None)
+
+
+def test_results_use_the_latest_extraction(factory: Factory) -> None:
+    batch_id, (document_id,) = _batch(factory, ["s3://s/a"])
+    old, new = _model(factory), _model(factory, name="v2", sha256="c" * 64)
+    _save(factory, document_id, old, [("x", "old", None)])
+    _save(factory, document_id, new, [("x", "new", None)])
+    with session_scope(factory) as session:
+        (row,) = repository.results_for_batch(session, batch_id=batch_id)
+    assert (row["model_id"], row["fields"]) == (new, {"x": "new"})
+
+
+def test_get_or_create_model_is_idempotent(factory: Factory) -> None:
+    first = _model(factory)
+    assert _model(factory) == first
+    assert _model(factory, sha256="d" * 64) != first
+    with session_scope(factory) as session:
+        model = repository.get_or_create_model(
+            session, name="m", path="/m", sha256="e" * 64, density=0.5, metrics={"f1": 0.9}
+        )
+        assert (model.density, model.metrics) == (0.5, {"f1": 0.9})
+
+
+def test_missing_rows_raise_typed_errors(factory: Factory) -> None:
+    with session_scope(factory) as session:
+        assert repository.get_batch(session, batch_id="nope") is None
+        assert repository.get_document(session, document_id="nope") is None
+        with pytest.raises(repository.BatchNotFound, match="nope"):
+            repository.batch_progress(session, batch_id="nope")
+        with pytest.raises(repository.DocumentNotFound, match="nope"):
+            repository.mark_processing(session, document_id="nope")
+        with pytest.raises(repository.DocumentNotFound):
+            repository.mark_failed(session, document_id="nope", error="x")
+
+
+def test_deleting_a_batch_deletes_its_rows(factory: Factory) -> None:
+    batch_id, (document_id,) = _batch(factory, ["s3://s/a"])
+    _save(factory, document_id, _model(factory), [("x", "1", None)])
+    with session_scope(factory) as session:
+        session.delete(session.get(Batch, batch_id))
+    assert [_count(factory, entity) for entity in (Document, Extraction, Field)] == [0, 0, 0]
