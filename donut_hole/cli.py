@@ -164,5 +164,50 @@ def train(
     )
 
 
+@app.command()
+def compress(
+    teacher: Annotated[Path, typer.Option(help="Teacher model folder (any DONUT checkpoint).")],
+    recipe: Annotated[Path, typer.Option(help="Compression recipe YAML (e.g. configs/tiny.yaml).")],
+    val_data: Annotated[Path, typer.Option("--val", help="Validation dataset folder.")],
+    out: Annotated[Path, typer.Option(help="Run folder: model/, report.json, report.md, plots.")],
+    train_data: Annotated[
+        Path | None, typer.Option("--train", help="Training dataset folder (needed when steps > 0).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(min=0, help="Override train.steps (0: no training).")] = None,
+    device: Annotated[str | None, typer.Option(help="Override train.device (auto, cpu, cuda).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt if present.")] = False,
+) -> None:
+    """Build the DONUT-hole student of a teacher: derive, distill, prune, save, report."""
+    from donut_hole.compression.compress import compress as run_compress
+    from donut_hole.compression.recipe import CompressRecipe, RecipeError, load_recipe
+    from donut_hole.compression.student import StudentError
+    from donut_hole.dataset import DatasetError
+    from donut_hole.model.build import ModelLoadError
+
+    try:
+        spec = load_recipe(recipe, CompressRecipe, overrides=_overrides(steps, device))
+        report = run_compress(
+            spec,
+            teacher_path=teacher,
+            train_dir=train_data,
+            val_dir=val_data,
+            out_dir=out,
+            name=recipe.stem,
+            resume=resume,
+        )
+    except (RecipeError, DatasetError, ModelLoadError, StudentError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    t, s = report["teacher"], report["student"]
+    console.print((out / "report.md").read_text(encoding="utf-8").split("\n\n**Global CKA**")[0])
+    console.print(
+        f"\nstudent density {s['density']['prunable_density_vs_teacher']:.4f} of the teacher's prunable "
+        "weights "
+        f"(target {report['target_density']}), global CKA {report['cka']['global']:.4f}, "
+        f"F1 {t['eval']['f1']:.4f} → {s['eval']['f1']:.4f}\nwrote {out / 'report.md'} and {out / 'model'}"
+    )
+
+
+from donut_hole import cli_pipeline  # noqa: E402, F401  (registers the pipeline commands)
+
 if __name__ == "__main__":
     app()

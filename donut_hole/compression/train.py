@@ -204,11 +204,12 @@ def train(
     on_eval: Callable[[int], dict[str, Any]] | None = None,
     resume: bool = False,
     progress: bool = True,
+    save: bool = True,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place for ``config.steps`` steps; return the evaluation history.
 
-    ``out_dir`` receives ``checkpoint.pt`` (resumable), ``history.jsonl`` and the final model in
-    ``out_dir/model``. ``on_eval(step)`` adds fields (e.g. density) to each evaluation record.
+    ``out_dir`` receives ``checkpoint.pt`` (resumable), ``history.jsonl`` and, with ``save``, the final
+    model in ``out_dir/model``. ``on_eval(step)`` adds fields (e.g. density) to each evaluation record.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -334,5 +335,6 @@ def train(
             evaluate_now(config.steps, float(np.mean(running[-config.log_every :])) if running else None)
             checkpoint(config.steps)
     model.eval()
-    save_model(model, processor, out_dir / "model")
+    if save:
+        save_model(model, processor, out_dir / "model")
     return history

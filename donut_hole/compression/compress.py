@@ -1,0 +1,254 @@
+"""``donut-hole compress``: teacher → DONUT-hole student, with the side-by-side report.
+
+load teacher → derive student (fewer Swin blocks and decoder layers, weights copied) → structured FFN
+pruning → distill (CE + KL at temperature T + hidden-state terms) while pruning gradually to the target
+density → make sparsity permanent → save → evaluate teacher and student on the same validation set.
+
+Density target: ``prune.target_density`` is *nonzero prunable weights of the student / prunable weights of
+the teacher*. Fewer layers and FFN removal already lower it; magnitude pruning covers the rest, at a
+density over the student's own prunable weights of ``target × teacher_prunable / student_prunable``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import VisionEncoderDecoderModel
+
+from donut_hole.compression.distill import DistillWeights, distillation_loss, shift_for_decoder
+from donut_hole.compression.prune import (
+    MagnitudePruner,
+    apply_semi_structured_,
+    density_report,
+    prunable_weights,
+    prune_ffn_,
+)
+from donut_hole.compression.recipe import CompressRecipe, save_recipe
+from donut_hole.compression.report import cka_analysis, folder_size, measure_latency, write_report
+from donut_hole.compression.student import LayerMap, StudentSpec, derive_student
+from donut_hole.compression.train import resolve_device, train
+from donut_hole.dataset import Sample, read_dataset
+from donut_hole.evaluate import evaluate_reader
+from donut_hole.model.build import count_parameters, load_model, save_model
+from donut_hole.model.predict import DonutReader
+
+log = logging.getLogger(__name__)
+
+
+class DistillObjective:
+    """Student loss against a frozen teacher on the same batch (teacher forced, shift done here)."""
+
+    def __init__(
+        self,
+        teacher: VisionEncoderDecoderModel,
+        *,
+        weights: DistillWeights,
+        layer_map: LayerMap,
+        pad_token_id: int,
+    ):
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.weights, self.layer_map, self.pad_token_id = weights, layer_map, pad_token_id
+        self.hidden = weights.hidden_encoder > 0 or weights.hidden_decoder > 0
+
+    def __call__(
+        self, model: VisionEncoderDecoderModel, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        decoder_input_ids, labels = shift_for_decoder(batch["input_ids"], pad_token_id=self.pad_token_id)
+        inputs = {"pixel_values": batch["pixel_values"], "decoder_input_ids": decoder_input_ids}
+        with torch.no_grad():
+            teacher_out = self.teacher(**inputs, output_hidden_states=self.hidden)
+        student_out = model(**inputs, output_hidden_states=self.hidden)
+        return distillation_loss(
+            student_out, teacher_out, labels, weights=self.weights, layer_map=self.layer_map
+        )
+
+
+def unstructured_density(*, target: float, teacher_prunable: int, student_prunable: int) -> float:
+    """Density over the student's own prunable weights that meets ``target`` relative to the teacher.
+
+    >>> unstructured_density(target=0.46, teacher_prunable=1000, student_prunable=600)
+    0.7666666666666667
+    """
+    return min(1.0, target * teacher_prunable / student_prunable)
+
+
+def compress(
+    recipe: CompressRecipe,
+    *,
+    teacher_path: Path,
+    train_dir: Path | None,
+    val_dir: Path,
+    out_dir: Path,
+    name: str = "donut-hole",
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build, train and save the student in ``out_dir/model``; write ``out_dir/report.{json,md}``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_recipe(recipe, out_dir / "recipe.yaml")
+    steps = recipe.train.steps
+    if steps > 0 and train_dir is None:
+        raise ValueError("training data (--train) is needed when train.steps > 0")
+    train_samples = read_dataset(train_dir) if steps > 0 and train_dir is not None else []
+    val_samples = read_dataset(val_dir)
+    device = resolve_device(recipe.train.device)
+    teacher, processor = load_model(teacher_path, device=device)
+
+    student, layer_map = derive_student(
+        teacher,
+        StudentSpec(
+            encoder_depths=recipe.student.encoder_depths,
+            decoder_layers=recipe.student.decoder_layers,
+            selection=recipe.student.selection,
+        ),
+    )
+    (out_dir / "layer_map.json").write_text(layer_map.to_json(), encoding="utf-8")
+    structure: dict[str, Any] = {
+        "encoder_depths": recipe.student.encoder_depths,
+        "teacher_encoder_depths": list(teacher.config.encoder.depths),
+        "decoder_layers": layer_map.decoder_layers,
+        "encoder_blocks": layer_map.encoder_blocks,
+        "parameters_after_layer_selection": count_parameters(student),
+    }
+    if recipe.prune.ffn_keep_ratio < 1.0:
+        structure["ffn_pruning"] = {
+            k: v
+            for k, v in prune_ffn_(student, keep_ratio=recipe.prune.ffn_keep_ratio).items()
+            if k != "kept"
+        }
+
+    teacher_prunable = sum(w.numel() for w in prunable_weights(teacher).values())
+    student_prunable = sum(w.numel() for w in prunable_weights(student).values())
+    density = unstructured_density(
+        target=recipe.prune.target_density,
+        teacher_prunable=teacher_prunable,
+        student_prunable=student_prunable,
+    )
+    structure["unstructured_density_over_student"] = density
+    pruner = None
+    if density < 1.0:
+        start = int(recipe.prune.start_fraction * steps)
+        end = max(start, int(recipe.prune.end_fraction * steps))
+        pruner = MagnitudePruner(
+            student, final_density=density, start_step=start, end_step=end, scope=recipe.prune.scope
+        )
+
+    history: list[dict[str, Any]] = []
+    if steps > 0:
+        weights = DistillWeights(**recipe.distill.model_dump())
+        objective = DistillObjective(
+            teacher, weights=weights, layer_map=layer_map, pad_token_id=processor.tokenizer.pad_token_id
+        )
+        history = train(
+            student,
+            processor,
+            train_samples=train_samples,
+            val_samples=val_samples,
+            config=recipe.train,
+            out_dir=out_dir,
+            objective=objective,
+            pruner=pruner,
+            on_eval=lambda _step: {
+                "density": density_report(student, teacher=teacher)["prunable_density_vs_teacher"]
+            },
+            resume=resume,
+            progress=progress,
+            save=False,
+        )
+    elif pruner is not None:
+        pruner.step(pruner.end_step)  # one shot: no training, straight to the target density
+    if pruner is not None:
+        pruner.make_permanent_()
+    if recipe.prune.semi_structured:
+        structure["semi_structured"] = {
+            k: v for k, v in apply_semi_structured_(student).items() if k != "skipped"
+        }
+    student.eval()
+    student_dir = save_model(student, processor, out_dir / "model")
+
+    report = build_report(
+        teacher,
+        student,
+        processor,
+        val_samples,
+        recipe=recipe,
+        layer_map=layer_map,
+        history=history,
+        structure=structure,
+        teacher_path=Path(teacher_path),
+        student_path=student_dir,
+        val_dir=Path(val_dir),
+        name=name,
+    )
+    write_report(report, out_dir)
+    return report
+
+
+def build_report(
+    teacher: VisionEncoderDecoderModel,
+    student: VisionEncoderDecoderModel,
+    processor: Any,
+    val_samples: list[Sample],
+    *,
+    recipe: CompressRecipe,
+    layer_map: LayerMap,
+    history: list[dict[str, Any]],
+    structure: dict[str, Any],
+    teacher_path: Path,
+    student_path: Path,
+    val_dir: Path,
+    name: str,
+) -> dict[str, Any]:
+    """Measure both models on the same documents, in this run."""
+    cfg = recipe.report
+    evaluated = val_samples[: cfg.eval_samples] if cfg.eval_samples else val_samples
+    sides: dict[str, dict[str, Any]] = {}
+    for side, model, path in (("teacher", teacher, teacher_path), ("student", student, student_path)):
+        reader = DonutReader(model, processor, max_new_tokens=recipe.train.max_new_tokens)
+        evaluation = evaluate_reader(reader, evaluated, batch_size=cfg.batch_size, progress=False)
+        sides[side] = {
+            "parameters": count_parameters(model),
+            "density": density_report(model, teacher=teacher),
+            "file_bytes": folder_size(path),
+            "eval": evaluation.result.to_dict(),
+            "latency": measure_latency(
+                reader,
+                val_samples[: cfg.latency_samples],
+                repeats=cfg.latency_repeats,
+                batch_size=cfg.batch_size,
+            ),
+        }
+        log.info("%s: %s", side, sides[side]["eval"])
+    cka = cka_analysis(
+        teacher,
+        student,
+        processor,
+        val_samples[: cfg.cka_samples],
+        pairs=layer_map.hidden_pairs(),
+        batch_size=cfg.batch_size,
+    )
+    device = next(student.parameters()).device
+    return {
+        "name": name,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads"
+        + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
+        "latency_device": device.type,
+        "teacher_path": str(teacher_path),
+        "student_path": str(student_path),
+        "val_dir": str(val_dir),
+        "recipe": json.loads(recipe.model_dump_json()),
+        "teacher": sides["teacher"],
+        "student": sides["student"],
+        "cka": cka,
+        "history": history,
+        "student_structure": structure,
+        "target_density": recipe.prune.target_density,
+    }

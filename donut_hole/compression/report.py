@@ -1,0 +1,270 @@
+"""Teacher vs student, side by side on the same validation set: ``report.json``, ``report.md`` and plots.
+
+Every figure is measured in the run that writes the report: parameters, density (over prunable weights
+and over all parameters, relative to the teacher), file size, field F1, nTED accuracy, per-field exact
+match, CKA (per layer pair and global), latency per document (CPU, and GPU when present).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import DonutProcessor, VisionEncoderDecoderModel
+
+from donut_hole.compression.cka import cka_matrix, global_cka, pool_tokens
+from donut_hole.compression.distill import shift_for_decoder
+from donut_hole.compression.train import collate, target_sequence
+from donut_hole.dataset import Sample
+from donut_hole.model.build import task_token_of
+from donut_hole.model.predict import DonutReader, load_image
+
+
+def folder_size(path: Path) -> int:
+    """Bytes of the weight files (safetensors / bin) in a model folder."""
+    return sum(f.stat().st_size for f in Path(path).glob("*") if f.suffix in (".safetensors", ".bin"))
+
+
+@torch.inference_mode()
+def layer_features(
+    model: VisionEncoderDecoderModel,
+    processor: DonutProcessor,
+    samples: Sequence[Sample],
+    *,
+    batch_size: int = 8,
+    max_length: int = 256,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Pooled (N, D) features of every Swin stage output and decoder layer output, teacher-forced on the
+    ground-truth sequences: encoder tokens are mean-pooled over the image, decoder tokens over the valid
+    (non-pad) positions. Index ``i`` of each list is hidden-state index ``i + 1`` (0 = embeddings, left out).
+    """
+    device = next(model.parameters()).device
+    tokenizer = processor.tokenizer
+    task = task_token_of(model, processor)
+    size = processor.image_processor.size
+    target = (int(size["height"]), int(size["width"]))
+    enc: list[list[torch.Tensor]] = []
+    dec: list[list[torch.Tensor]] = []
+    for start in range(0, len(samples), batch_size):
+        items = []
+        for sample in samples[start : start + batch_size]:
+            pixels = processor.image_processor(
+                load_image(sample.image_path, target_size=target), return_tensors="pt"
+            )
+            text = target_sequence(sample.gt_parse, task_token=task, eos_token=tokenizer.eos_token)
+            ids = tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_length)[
+                "input_ids"
+            ]
+            items.append((pixels["pixel_values"][0], torch.tensor(ids)))
+        batch = collate(items, pad_token_id=tokenizer.pad_token_id)
+        decoder_input_ids, _ = shift_for_decoder(batch["input_ids"], pad_token_id=tokenizer.pad_token_id)
+        out = model(
+            pixel_values=batch["pixel_values"].to(device, dtype=model.dtype),
+            decoder_input_ids=decoder_input_ids.to(device),
+            output_hidden_states=True,
+        )
+        mask = (decoder_input_ids != tokenizer.pad_token_id).to(device)  # (B, T)
+        if not enc:
+            enc = [[] for _ in out.encoder_hidden_states[1:]]
+            dec = [[] for _ in out.decoder_hidden_states[1:]]
+        for i, h in enumerate(out.encoder_hidden_states[1:]):
+            enc[i].append(pool_tokens(h.float()).cpu())  # (B, C_stage)
+        for i, h in enumerate(out.decoder_hidden_states[1:]):
+            dec[i].append(pool_tokens(h.float(), mask).cpu())  # (B, d_model)
+    return [torch.cat(x).numpy() for x in enc], [torch.cat(x).numpy() for x in dec]
+
+
+def cka_analysis(
+    teacher: VisionEncoderDecoderModel,
+    student: VisionEncoderDecoderModel,
+    processor: DonutProcessor,
+    samples: Sequence[Sample],
+    *,
+    pairs: dict[str, list[tuple[int, int]]],
+    batch_size: int = 8,
+) -> dict[str, Any]:
+    """The teacher×student linear-CKA matrix over all layers (encoder stages, then decoder layers) and the
+    global CKA index: the mean CKA over the mapped pairs (``LayerMap.hidden_pairs()``)."""
+    t_enc, t_dec = layer_features(teacher, processor, samples, batch_size=batch_size)
+    s_enc, s_dec = layer_features(student, processor, samples, batch_size=batch_size)
+    matrix = cka_matrix(t_enc + t_dec, s_enc + s_dec)
+    mapped = [(t - 1, s - 1) for t, s in pairs["encoder"]]
+    mapped += [(len(t_enc) + t - 1, len(s_enc) + s - 1) for t, s in pairs["decoder"]]
+    names_t = [f"enc.stage{i}" for i in range(len(t_enc))] + [f"dec.layer{i}" for i in range(len(t_dec))]
+    names_s = [f"enc.stage{i}" for i in range(len(s_enc))] + [f"dec.layer{i}" for i in range(len(s_dec))]
+    return {
+        "global": global_cka(matrix, mapped),
+        "global_encoder": global_cka(matrix, mapped[: len(pairs["encoder"])]),
+        "global_decoder": global_cka(matrix, mapped[len(pairs["encoder"]) :]),
+        "matrix": matrix.tolist(),
+        "teacher_layers": names_t,
+        "student_layers": names_s,
+        "pairs": [(names_t[t], names_s[s], float(matrix[t, s])) for t, s in mapped],
+        "samples": len(samples),
+        "definition": "mean linear CKA (Kornblith et al. 2019) over the mapped teacher/student layer pairs; "
+        "token maps mean-pooled per example",
+    }
+
+
+def measure_latency(
+    reader: DonutReader, samples: Sequence[Sample], *, repeats: int, batch_size: int
+) -> dict[str, float]:
+    """Median seconds per document at batch 1 and at ``batch_size`` (images decoded once, beforehand)."""
+    images = [reader.load(s.image_path) for s in samples]
+    reader.predict_detailed(images[:1], batch_size=1)  # warm-up
+    single, batched = [], []
+    for _ in range(repeats):
+        for image in images:
+            t0 = time.perf_counter()
+            reader.predict_detailed([image], batch_size=1)
+            single.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        reader.predict_detailed(images, batch_size=batch_size)
+        batched.append((time.perf_counter() - t0) / len(images))
+    return {
+        "ms_per_doc_batch1_p50": 1000 * statistics.median(single),
+        "ms_per_doc_batch1_p95": 1000 * float(np.percentile(single, 95)),
+        f"ms_per_doc_batch{batch_size}_p50": 1000 * statistics.median(batched),
+    }
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """``report.json`` (everything) and ``report.md`` (the side-by-side tables), plus the PNG plots."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(report, out_dir)
+    report = {**report, "plots": plots}
+    json_path = out_dir / "report.json"
+    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    md_path = out_dir / "report.md"
+    md_path.write_text(render_markdown(report), encoding="utf-8")
+    return json_path, md_path
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return format(value, spec)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    t, s = report["teacher"], report["student"]
+    rows = [
+        ("parameters", t["parameters"], s["parameters"]),
+        ("nonzero parameters", t["density"]["all_nonzero"], s["density"]["all_nonzero"]),
+        ("density, prunable weights (vs teacher)", 1.0, s["density"]["prunable_density_vs_teacher"]),
+        (
+            "density, all parameters (vs teacher)",
+            t["density"]["all_density"],
+            s["density"]["all_density_vs_teacher"],
+        ),
+        ("weights file (MB)", t["file_bytes"] / 1e6, s["file_bytes"] / 1e6),
+        ("field F1", t["eval"]["f1"], s["eval"]["f1"]),
+        ("nTED accuracy", t["eval"]["ted_accuracy"], s["eval"]["ted_accuracy"]),
+    ]
+    for key in t["latency"]:
+        rows.append((f"{key} ({report['latency_device']})", t["latency"][key], s["latency"].get(key)))
+    lines = [
+        f"# DONUT-hole compression report: {report['name']}",
+        "",
+        f"Teacher `{report['teacher_path']}` → student `{report['student_path']}`, measured on "
+        f"{t['eval']['n']} validation documents of `{report['val_dir']}` in one run "
+        f"({report['created_at']}, {report['machine']}).",
+        "",
+        "| | teacher | DONUT-hole student | student / teacher |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, tv, sv in rows:
+        ratio = sv / tv if isinstance(tv, int | float) and isinstance(sv, int | float) and tv else None
+        lines.append(f"| {name} | {_fmt(tv)} | {_fmt(sv)} | {_fmt(ratio, '.3f')} |")
+    cka = report["cka"]
+    lines += [
+        "",
+        f"**Global CKA** {cka['global']:.4f} (encoder {cka['global_encoder']:.4f}, decoder "
+        f"{cka['global_decoder']:.4f}) over {cka['samples']} documents: {cka['definition']}.",
+        "",
+        "| teacher layer | student layer | linear CKA |",
+        "|---|---|---:|",
+        *[f"| {a} | {b} | {v:.4f} |" for a, b, v in cka["pairs"]],
+        "",
+        "## Per-field exact match",
+        "",
+        "| field | teacher | student |",
+        "|---|---:|---:|",
+    ]
+    fields = sorted(set(t["eval"]["field_exact_match"]) | set(s["eval"]["field_exact_match"]))
+    t_match, s_match = t["eval"]["field_exact_match"], s["eval"]["field_exact_match"]
+    lines += [f"| {f} | {_fmt(t_match.get(f))} | {_fmt(s_match.get(f))} |" for f in fields]
+    lines += ["", "## Student", "", "```json", json.dumps(report["student_structure"], indent=2), "```", ""]
+    for title, file in report.get("plots", {}).items():
+        lines += [f"![{title}]({file})", ""]
+    return "\n".join(lines)
+
+
+def write_plots(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
+    """CKA heatmap, density per layer, accuracy vs density over the pruning schedule (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: dict[str, str] = {}
+    cka = report["cka"]
+    fig, ax = plt.subplots(
+        figsize=(1 + 0.6 * len(cka["student_layers"]), 1 + 0.45 * len(cka["teacher_layers"]))
+    )
+    image = ax.imshow(np.array(cka["matrix"]), vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(
+        range(len(cka["student_layers"])), cka["student_layers"], rotation=60, ha="right", fontsize=7
+    )
+    ax.set_yticks(range(len(cka["teacher_layers"])), cka["teacher_layers"], fontsize=7)
+    ax.set_xlabel("student")
+    ax.set_ylabel("teacher")
+    ax.set_title(f"linear CKA (global {cka['global']:.3f})", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    fig.savefig(out_dir / "cka_heatmap.png", dpi=110)
+    plt.close(fig)
+    written["CKA heatmap"] = "cka_heatmap.png"
+
+    layers = report["student"]["density"]["layers"]
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.bar(range(len(layers)), list(layers.values()), color="tab:blue")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("density")
+    ax.set_xlabel(f"prunable layer (0..{len(layers) - 1}: encoder stages, then decoder)")
+    ax.set_title("student density per layer (nonzero / weights)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_dir / "density_per_layer.png", dpi=110)
+    plt.close(fig)
+    written["density per layer"] = "density_per_layer.png"
+
+    history = [h for h in report.get("history", []) if h.get("density") is not None and "f1" in h]
+    if history:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        dens = [h["density"] for h in history]
+        ax.plot(dens, [h["f1"] for h in history], "o-", label="field F1")
+        ax.plot(dens, [h["ted_accuracy"] for h in history], "s--", label="nTED accuracy")
+        for h in history:
+            ax.annotate(str(h["step"]), (h["density"], h["f1"]), fontsize=6)
+        ax.invert_xaxis()
+        ax.set_xlabel("density vs teacher (prunable weights)")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=8)
+        ax.set_title("accuracy over the pruning schedule (labels: step)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out_dir / "accuracy_vs_density.png", dpi=110)
+        plt.close(fig)
+        written["accuracy vs density"] = "accuracy_vs_density.png"
+    return written

@@ -1,0 +1,179 @@
+"""`donut-hole compress` end to end: tiny teacher with training, donut-base layout without (--steps 0)."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from donut_hole.cli import app
+from donut_hole.compression.compress import compress, unstructured_density
+from donut_hole.compression.recipe import CompressRecipe, load_recipe
+from donut_hole.dataset import read_dataset
+from donut_hole.documents.synth import generate
+from donut_hole.model.build import load_model, new_model, save_model
+from donut_hole.model.predict import DonutReader
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_unstructured_density_covers_what_layer_removal_did_not():
+    assert unstructured_density(target=0.46, teacher_prunable=1000, student_prunable=460) == 1.0
+    assert unstructured_density(target=0.46, teacher_prunable=1000, student_prunable=920) == pytest.approx(
+        0.5
+    )
+    assert unstructured_density(target=0.5, teacher_prunable=1000, student_prunable=400) == 1.0
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("compress")
+    train_dir = generate(["shipping_label", "delivery_note"], n=8, out=root / "train", seed=0, progress=False)
+    val_dir = generate(["shipping_label", "delivery_note"], n=4, out=root / "val", seed=1, progress=False)
+    docs = [s.gt_parse for s in read_dataset(train_dir)]
+    model, processor = new_model("tiny", documents=docs, image_size=(160, 160))
+    return {
+        "root": root,
+        "train": train_dir,
+        "val": val_dir,
+        "teacher": save_model(model, processor, root / "t"),
+    }
+
+
+def test_compress_tiny_end_to_end(tiny_setup):
+    recipe = load_recipe(
+        CONFIGS / "tiny.yaml",
+        CompressRecipe,
+        overrides={
+            "train.steps": 10,
+            "train.eval_every": 5,
+            "train.eval_samples": 2,
+            "train.max_new_tokens": 8,
+            "report.cka_samples": 4,
+            "report.latency_samples": 2,
+            "report.latency_repeats": 1,
+        },
+    )
+    out = tiny_setup["root"] / "run"
+    report = compress(
+        recipe,
+        teacher_path=tiny_setup["teacher"],
+        train_dir=tiny_setup["train"],
+        val_dir=tiny_setup["val"],
+        out_dir=out,
+        progress=False,
+    )
+
+    student, density = report["student"], report["student"]["density"]
+    assert abs(density["prunable_density_vs_teacher"] - recipe.prune.target_density) < 0.01
+    assert density["all_density_vs_teacher"] < 1.0
+    assert student["parameters"] < report["teacher"]["parameters"]  # fewer blocks, FFN neurons removed
+    assert (
+        report["student_structure"]["ffn_pruning"]["params_after"]
+        < report["student_structure"]["ffn_pruning"]["params_before"]
+    )
+    for side in ("teacher", "student"):
+        assert {"f1", "ted_accuracy", "field_exact_match", "n"} <= set(report[side]["eval"])
+        assert report[side]["latency"]["ms_per_doc_batch1_p50"] > 0
+        assert report[side]["file_bytes"] > 0
+    assert 0.0 <= report["cka"]["global"] <= 1.0
+    assert len(report["cka"]["matrix"]) == 6 and len(report["cka"]["matrix"][0]) == 5  # 4+2 × 4+1 layers
+    assert [h["step"] for h in report["history"]] == [5, 10]
+    assert all(h["density"] is not None for h in report["history"])
+    for name in (
+        "report.json",
+        "report.md",
+        "cka_heatmap.png",
+        "density_per_layer.png",
+        "accuracy_vs_density.png",
+        "recipe.yaml",
+        "layer_map.json",
+    ):
+        assert (out / name).is_file(), name
+    assert "Global CKA" in (out / "report.md").read_text()
+
+    # The saved student reloads with from_pretrained, has no pruning hooks or masks, and predicts.
+    model, processor = load_model(out / "model")
+    assert not any("mask" in key or "orig" in key for key in model.state_dict())
+    assert model.config.decoder.decoder_layers == 1 and list(model.config.encoder.depths) == [2, 1, 1, 2]
+    reader = DonutReader(model, processor, max_new_tokens=4)
+    assert len(reader.predict([s.image_path for s in read_dataset(tiny_setup["val"])[:2]])) == 2
+
+
+def test_compress_cli_reports_clear_errors(tiny_setup, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("student: {encoder_depths: [1, 1, 1, 1], decoder_layers: 1}\ntrain: {stepz: 3}\n")
+    result = CliRunner().invoke(
+        app,
+        [
+            "compress",
+            "--teacher",
+            str(tiny_setup["teacher"]),
+            "--recipe",
+            str(bad),
+            "--val",
+            str(tiny_setup["val"]),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "train.stepz" in result.output
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("student: {encoder_depths: [1, 1, 1], decoder_layers: 1}\n")
+    result = CliRunner().invoke(
+        app,
+        [
+            "compress",
+            "--teacher",
+            str(tiny_setup["teacher"]),
+            "--recipe",
+            str(wrong),
+            "--val",
+            str(tiny_setup["val"]),
+            "--out",
+            str(tmp_path / "o"),
+            "--steps",
+            "0",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "Swin stages" in result.output
+
+
+@pytest.mark.slow
+def test_donut_base_layout_steps_zero(tmp_path):
+    """The published layout (random weights): derive, prune one-shot, save, report — no training."""
+    val_dir = generate("shipping_label", n=4, out=tmp_path / "val", seed=2, progress=False)
+    docs = [s.gt_parse for s in read_dataset(val_dir)]
+    model, processor = new_model("donut-base", documents=docs, image_size=(1280, 960))
+    teacher_dir = save_model(model, processor, tmp_path / "teacher")
+    del model
+    recipe = load_recipe(
+        CONFIGS / "donut-base.yaml",
+        CompressRecipe,
+        overrides={
+            "train.steps": 0,
+            "train.max_new_tokens": 4,
+            "report.cka_samples": 4,
+            "report.latency_samples": 1,
+            "report.latency_repeats": 1,
+            "report.eval_samples": 2,
+        },
+    )
+    report = compress(
+        recipe,
+        teacher_path=teacher_dir,
+        train_dir=None,
+        val_dir=val_dir,
+        out_dir=tmp_path / "run",
+        progress=False,
+    )
+    t, s = report["teacher"], report["student"]
+    assert s["parameters"] < 0.75 * t["parameters"]
+    assert abs(s["density"]["prunable_density_vs_teacher"] - 0.46) < 0.01
+    assert s["latency"]["ms_per_doc_batch1_p50"] < t["latency"]["ms_per_doc_batch1_p50"]
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["history"] == []
+    reloaded, _ = load_model(tmp_path / "run" / "model")
+    assert list(reloaded.config.encoder.depths) == [2, 2, 6, 2]
+    assert reloaded.config.decoder.decoder_layers == 2
