@@ -1,8 +1,274 @@
-"""Pipeline commands of ``donut-hole`` (demo, worker, api, enqueue, results, migrate).
+"""Pipeline commands of ``donut-hole``: demo, worker, enqueue, results, migrate, api.
 
-Registered on the main :data:`donut_hole.cli.app` when :mod:`donut_hole.cli` is imported.
+Registered on the main :data:`donut_hole.cli.app` when :mod:`donut_hole.cli` is imported. Each command is
+a thin shell over :mod:`donut_hole.worker.enqueue`, :mod:`donut_hole.db` and :mod:`donut_hole.demo`.
 """
 
 from __future__ import annotations
 
-from donut_hole.cli import app  # noqa: F401
+import csv
+import enum
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from donut_hole.cli import _fail, app, console, err_console
+from donut_hole.settings import Settings, SettingsError, get_settings
+
+
+def _database_problem(settings: Settings, exc: Any) -> str:
+    where = settings.database_url.split("@")[-1]
+    return f"cannot use the database {where}: {exc.orig}; is it running, and migrated (donut-hole migrate)?"
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        raise _fail(str(exc)) from exc
+
+
+class OutputFormat(enum.StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+@app.command()
+def demo(
+    n: Annotated[int, typer.Option(min=1, max=500, help="Synthetic scans to read.")] = 12,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic scans.")] = 0,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Worker processes (default: 2).")] = None,
+    timeout: Annotated[float, typer.Option(min=1, help="Give up after this many seconds.")] = 300.0,
+) -> None:
+    """Run the pipeline end to end on the embedded defaults: scans → queue → workers → SQLite → table."""
+    from donut_hole.demo import DemoError, run_demo
+    from donut_hole.worker.enqueue import BrokerUnavailable, EnqueueError
+
+    try:
+        run_demo(_settings(), n=n, seed=seed, concurrency=concurrency, timeout_s=timeout, console=console)
+    except (DemoError, EnqueueError, BrokerUnavailable) as exc:
+        raise _fail(str(exc), code=1) from exc
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Pool processes (default: one per core).")
+    ] = None,
+    queues: Annotated[
+        str | None, typer.Option(help="Comma-separated queues to consume (default: DONUT_HOLE_QUEUE).")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Serve Prometheus /metrics on this port.")
+    ] = None,
+    loglevel: Annotated[
+        str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR (default: DONUT_HOLE_LOG_LEVEL).")
+    ] = None,
+) -> None:
+    """Run a Celery worker: one model per pool process, one group of documents per forward pass."""
+    settings = _settings()
+    if metrics_port:
+        # Before prometheus_client is imported: the pool processes then write their samples to files.
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="donut-hole-metrics-"))
+    from donut_hole.worker.app import make_celery
+    from donut_hole.worker.metrics import start_metrics_server
+
+    celery = make_celery(settings)
+    if metrics_port:
+        start_metrics_server(metrics_port)
+    argv = [
+        "worker",
+        "--queues",
+        queues or settings.queue,
+        "--loglevel",
+        (loglevel or settings.log_level).upper(),
+    ]
+    argv += ["--prefetch-multiplier", "1", "--without-gossip", "--without-mingle"]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    celery.worker_main(argv)
+
+
+def _is_prefix(target: str) -> bool:
+    return target.startswith("s3://") and (target.endswith("/") or "/" not in target[len("s3://") :])
+
+
+def _local_files(targets: list[str]) -> list[Path]:
+    from donut_hole.dataset import DatasetError, read_dataset
+    from donut_hole.worker.process import is_image_uri
+
+    files: list[Path] = []
+    for target in targets:
+        path = Path(target)
+        if path.is_dir():
+            if (path / "metadata.jsonl").is_file():
+                try:
+                    files.extend(sample.image_path for sample in read_dataset(path))
+                except DatasetError as exc:
+                    raise _fail(str(exc)) from exc
+            else:
+                files.extend(sorted(p for p in path.iterdir() if p.is_file() and is_image_uri(p.name)))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise _fail(f"{target} is neither an s3:// URI nor an existing file or folder")
+    if not files:
+        raise _fail(f"no images in {', '.join(targets)}")
+    return files
+
+
+@app.command()
+def enqueue(
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="s3://bucket/prefix/ (listed by a task), s3:// object URIs, a folder of scans (or a DONUT "
+            "dataset folder) or scan files; local files are uploaded to the object store first."
+        ),
+    ] = None,
+    resend: Annotated[
+        str | None, typer.Option(help="Send the still-queued documents of this batch again.")
+    ] = None,
+) -> None:
+    """Queue scans for reading; prints the batch id."""
+    from sqlalchemy.exc import OperationalError
+
+    from donut_hole.worker.enqueue import (
+        BrokerUnavailable,
+        EnqueueError,
+        resend_queued,
+        submit_files,
+        submit_prefix,
+        submit_uris,
+    )
+
+    settings = _settings()
+    targets = targets or []
+    try:
+        if resend:
+            if targets:
+                raise _fail("--resend takes no other arguments")
+            sent = resend_queued(settings=settings, batch_id=resend)
+            err_console.print(f"sent {sent} queued documents of batch {resend} again")
+            return
+        if not targets:
+            raise _fail("give an s3:// prefix, s3:// URIs, a folder or files to enqueue")
+        if any(t.startswith("s3://") for t in targets):
+            if not all(t.startswith("s3://") for t in targets):
+                raise _fail("do not mix s3:// URIs and local files in one call")
+            if len(targets) == 1 and _is_prefix(targets[0]):
+                batch_id = submit_prefix(settings=settings, prefix_uri=targets[0])
+            else:
+                batch_id = submit_uris(settings=settings, uris=targets, source="cli")
+        else:
+            batch_id = submit_files(settings=settings, paths=_local_files(targets), source="cli")
+    except (EnqueueError, BrokerUnavailable) as exc:
+        raise _fail(str(exc)) from exc
+    except OperationalError as exc:
+        raise _fail(_database_problem(settings, exc)) from exc
+    typer.echo(batch_id)
+    err_console.print(f"follow it with: donut-hole results --batch {batch_id}")
+
+
+def _csv_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    names = sorted({name for row in rows for name in row["fields"]})
+    header = ["document_id", "uri", "status", "error", "attempts", "model_id", "confidence", *names]
+    out = []
+    for row in rows:
+        flat = {key: row[key] for key in header[:7]}
+        for name in names:
+            value = row["fields"].get(name, "")
+            flat[name] = " | ".join(value) if isinstance(value, list) else value
+        out.append(flat)
+    return header, out
+
+
+@app.command()
+def results(
+    batch: Annotated[str, typer.Option("--batch", help="Batch id (printed by enqueue).")],
+    format: Annotated[
+        OutputFormat, typer.Option("--format", help="table, json or csv.")
+    ] = OutputFormat.table,
+) -> None:
+    """Show a batch's documents: status, error, confidence and extracted fields."""
+    from sqlalchemy.exc import OperationalError
+
+    from donut_hole.db import make_engine, repository, session_factory, session_scope
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(session_factory(engine)) as session:
+            found = repository.get_batch(session, batch_id=batch)
+            if found is None:
+                raise _fail(f"batch {batch!r} does not exist in {settings.database_url.split('@')[-1]}")
+            status, error = found.status.value, found.error
+            counts = repository.batch_progress(session, batch_id=batch)
+            rows: list[dict[str, Any]] = [
+                dict(row) for row in repository.results_for_batch(session, batch_id=batch)
+            ]
+    except OperationalError as exc:
+        raise _fail(_database_problem(settings, exc)) from exc
+    finally:
+        engine.dispose()
+    if format is OutputFormat.json:
+        typer.echo(
+            json.dumps(
+                {"batch_id": batch, "status": status, "error": error, "counts": counts, "documents": rows},
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+        return
+    if format is OutputFormat.csv:
+        header, flat = _csv_rows(rows)
+        writer = csv.DictWriter(sys.stdout, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(flat)
+        return
+    table = Table(title=f"batch {batch} ({status})")
+    for column in ("document", "status", "confidence", "fields", "error"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        fields = "; ".join(f"{k}={v}" for k, v in row["fields"].items())
+        confidence = f"{row['confidence']:.3f}" if row["confidence"] is not None else ""
+        table.add_row(
+            row["uri"].rsplit("/", 1)[-1], row["status"], confidence, fields[:200], row["error"] or ""
+        )
+    console.print(table)
+    summary = ", ".join(f"{k} {v}" for k, v in counts.items())
+    console.print(f"{summary}" + (f"; listing failed: {error}" if error else ""), highlight=False)
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database tables (Alembic migrations to the newest revision)."""
+    from donut_hole.db import migrate as migrations
+
+    settings = _settings()
+    if settings.database_url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrations.upgrade(settings.database_url)
+    console.print(
+        f"database at revision {migrations.head_revision()}: {settings.database_url.split('@')[-1]}"
+    )
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
+) -> None:
+    """Serve the HTTP API (uvicorn, donut_hole.api.main:create_app)."""
+    import uvicorn
+
+    _settings()  # fail here, with the variable's name, rather than inside uvicorn
+    uvicorn.run("donut_hole.api.main:create_app", factory=True, host=host, port=port, workers=workers)

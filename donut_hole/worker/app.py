@@ -1,0 +1,121 @@
+"""The Celery application, configured from :class:`~donut_hole.settings.Settings`.
+
+Run a worker with ``donut-hole worker`` or ``celery -A donut_hole.worker.app:celery_app worker -Q cpu``.
+
+Delivery guarantees come from the configuration, not from the tasks:
+
+* ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged after its documents are
+  stored; a pool process that dies hands its message back to the broker.
+* ``worker_prefetch_multiplier = 1``: one group per pool process in flight (see :mod:`.batching`).
+* Redis: ``visibility_timeout`` longer than the hard time limit plus the longest retry delay, so a message is
+  redelivered only when its worker is really gone (then the tasks' idempotent writes make redelivery safe).
+* The embedded broker (``sqla+sqlite:///var/broker.sqlite3``, kombu's SQLAlchemy transport, polled every
+  0.1 s: :mod:`.broker`) needs no server. It redelivers what a worker had not finished when the worker
+  shuts down, but not after the worker is killed (``kill -9``): that needs Redis or RabbitMQ, as in
+  production. Delivered messages stay in its table (``visible = 0``); delete the file to start afresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Celery, signals
+
+from donut_hole.settings import Settings, get_settings
+from donut_hole.worker.broker import broker_url_for_celery
+
+TASK_PROCESS = "donut_hole.process_documents"
+TASK_EXPAND = "donut_hole.expand_prefix"
+HARD_LIMIT_GRACE_S = 30  # the hard time limit kills the pool process this long after the soft one
+MAX_RETRY_DELAY_S = 300.0  # longest backoff between two retries of a document (see tasks.backoff_s)
+
+
+def time_limits(settings: Settings) -> tuple[int, int]:
+    """``(soft, hard)`` seconds for one task: ``task_time_limit_s`` and a grace period after it."""
+    soft = settings.task_time_limit_s
+    return soft, soft + max(HARD_LIMIT_GRACE_S, soft // 10)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery settings of the pipeline, as a plain dict (also what the tests inspect)."""
+    soft, hard = time_limits(settings)
+    config: dict[str, Any] = {
+        "broker_url": broker_url_for_celery(settings.broker_url),
+        "broker_connection_retry_on_startup": True,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_acks_on_failure_or_timeout": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_default_queue": settings.queue,
+        "task_routes": {"donut_hole.*": {"queue": settings.queue}},
+        "task_soft_time_limit": soft,
+        "task_time_limit": hard,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "broker_transport_options": _transport_options(settings.broker_url, hard_limit_s=hard),
+    }
+    return config
+
+
+def _transport_options(broker_url: str, *, hard_limit_s: int) -> dict[str, Any]:
+    if broker_url.startswith(("redis://", "rediss://", "sentinel://")):
+        # A message unacknowledged this long is given to another consumer: keep it well above the longest
+        # task, and above the longest countdown of a retry (the broker holds those messages too).
+        return {"visibility_timeout": max(3600, int(2 * hard_limit_s + MAX_RETRY_DELAY_S))}
+    if broker_url.startswith(("sqla+sqlite", "sqlalchemy+sqlite")):
+        # These options go to sqlalchemy.create_engine: wait for the file lock instead of failing at once.
+        return {"connect_args": {"timeout": 30}}
+    return {}
+
+
+def make_celery(settings: Settings | None = None, *, overrides: Mapping[str, Any] | None = None) -> Celery:
+    """A Celery app for ``settings`` (the process settings by default); ``overrides`` win over the defaults.
+
+    >>> app = make_celery(Settings(broker_url="redis://127.0.0.1:6379/0"))  # doctest: +SKIP
+    """
+    settings = settings or get_settings()
+    app = Celery("donut_hole", include=["donut_hole.worker.tasks"])
+    config = celery_config(settings)
+    config.update(overrides or {})
+    app.conf.update(config)
+    app.donut_hole_settings = settings  # type: ignore[attr-defined]  # read by tasks.settings_of
+    return app
+
+
+@signals.worker_init.connect
+def _share_cores(sender: Any = None, **_: Any) -> None:
+    """With ``torch_threads = 0``, give each pool process an equal share of the cores (at least one).
+
+    Several processes that each start one torch thread per core oversubscribe the CPU badly (a measured
+    30x slowdown with 2 processes on 2 cores), so the default divides the cores instead.
+    """
+    from donut_hole.worker import runtime
+
+    concurrency = int(getattr(sender, "concurrency", 0) or 1)
+    runtime.default_threads = max(1, runtime.cpu_count() // concurrency)
+
+
+@signals.setup_logging.connect
+def _json_logging(loglevel: Any = None, **_: Any) -> None:
+    """Replace Celery's log setup: every line of the worker is a JSON object (see :mod:`.logging`)."""
+    from donut_hole.worker.logging import configure_json_logging
+
+    configure_json_logging(loglevel or get_settings().log_level)
+
+
+def __getattr__(name: str) -> Any:
+    """``celery_app``: the app of the process settings, made on first use (importing this module is cheap)."""
+    if name == "celery_app":
+        global celery_app
+        celery_app = make_celery()
+        return celery_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+celery_app: Celery

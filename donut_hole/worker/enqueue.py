@@ -1,0 +1,327 @@
+"""Submit work: write the batch and its documents, commit, and only then send messages carrying ids.
+
+The API and the CLI call these functions; they are the only way work enters the queue::
+
+    batch_id = submit_uris(settings=s, uris=["s3://scans/a.jpg", "s3://scans/b.jpg"], source="api")
+    batch_id = submit_prefix(settings=s, prefix_uri="s3://scans/2025-01-07/")
+    batch_id, document_id = submit_upload(settings=s, data=jpeg_bytes, filename="label.jpg")
+
+Each message carries a group of up to ``batch_size`` document ids (one forward pass; see
+:mod:`.batching`). Bad input raises :class:`EnqueueError` (a ``ValueError``) before anything is written.
+When the broker cannot be reached after the rows are committed, :class:`BrokerUnavailable` names the batch;
+:func:`resend_queued` (``donut-hole enqueue --resend ID``) sends its queued documents again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from donut_hole.db import DocumentStatus, make_engine, repository, session_factory, session_scope
+from donut_hole.settings import Settings
+from donut_hole.storage import (
+    InvalidLocation,
+    LocalStore,
+    ObjectStore,
+    S3Store,
+    check_key,
+    open_store,
+    parse_s3_uri,
+)
+from donut_hole.worker.app import TASK_EXPAND, TASK_PROCESS, make_celery
+from donut_hole.worker.batching import chunked
+from donut_hole.worker.logging import log_event
+
+log = logging.getLogger("donut_hole.enqueue")
+
+MAX_DOCUMENTS = 100_000  # per call; larger sets go through an S3 prefix
+UPLOAD_PREFIX = "uploads"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0}
+
+
+class EnqueueError(ValueError):
+    """The request cannot be queued as given; the message says what to change."""
+
+
+class BrokerUnavailable(RuntimeError):
+    """The batch is stored but its messages could not be sent; ``batch_id`` can be re-sent later."""
+
+    def __init__(self, batch_id: str, error: BaseException) -> None:
+        super().__init__(
+            f"batch {batch_id} is stored but the broker is unreachable ({error}); its documents stay "
+            f"queued: run `donut-hole enqueue --resend {batch_id}` once the broker is back"
+        )
+        self.batch_id = batch_id
+
+
+# ------------------------------------------------------------------------------------------ entry points
+
+
+def submit_uris(*, settings: Settings, uris: list[str], source: str) -> str:
+    """Queue the scans at ``uris`` (``s3://bucket/key`` or keys of the configured store) as one batch."""
+    batch_id, _ = _submit(settings, _resolve_all(settings, uris), source=source)
+    return batch_id
+
+
+def submit_prefix(*, settings: Settings, prefix_uri: str) -> str:
+    """Queue every image under ``prefix_uri``; a task lists it, so this returns at once.
+
+    The batch starts ``expanding`` and becomes ``accepted`` once every document row exists (``failed``
+    with a reason when the prefix cannot be listed or holds no image).
+    """
+    prefix = _resolve_prefix(settings, prefix_uri)
+    with session_scope(_sessions(settings)) as session:
+        batch = repository.create_batch(session, source=f"prefix {prefix}", uris=[], expanding=True)
+        batch_id = batch.id
+    try:
+        _celery(settings).send_task(
+            TASK_EXPAND,
+            args=[batch_id, prefix],
+            queue=settings.queue,
+            retry=True,
+            retry_policy=_PUBLISH_RETRY,
+        )
+    except Exception as exc:  # kombu raises several connection error types
+        raise BrokerUnavailable(batch_id, exc) from exc
+    log_event(log, "batch.submitted", batch_id=batch_id, prefix=prefix)
+    return batch_id
+
+
+def submit_upload(*, settings: Settings, data: bytes, filename: str) -> tuple[str, str]:
+    """Store one uploaded scan under ``uploads/<uuid>/<safe filename>``, then queue it: (batch, document)."""
+    _check_upload(settings, data, filename)
+    store = _store(settings)
+    uri = store.put(f"{UPLOAD_PREFIX}/{uuid.uuid4()}/{safe_filename(filename)}", data)
+    batch_id, document_ids = _submit(
+        settings, [_resolve(store, settings, uri)], source="upload", sha256s=[_sha256(data)]
+    )
+    return batch_id, document_ids[0]
+
+
+def submit_files(*, settings: Settings, paths: Sequence[Path], source: str = "cli") -> str:
+    """Upload local scans to the store (``uploads/<uuid>/<name>``) and queue them as one batch."""
+    if not paths:
+        raise EnqueueError("no files to submit")
+    if len(paths) > MAX_DOCUMENTS:
+        raise EnqueueError(f"{len(paths)} files is more than {MAX_DOCUMENTS}; upload them and use a prefix")
+    store = _store(settings)
+    folder = f"{UPLOAD_PREFIX}/{uuid.uuid4()}"
+    names: dict[str, Path] = {}
+    for path in paths:
+        name = safe_filename(path.name)
+        if name in names:
+            raise EnqueueError(f"two files would be stored as {name!r}: {names[name]} and {path}")
+        names[name] = path
+    uris, shas = [], []
+    for name, path in names.items():
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise EnqueueError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        _check_upload(settings, data, str(path))
+        uris.append(_resolve(store, settings, store.put(f"{folder}/{name}", data)))
+        shas.append(_sha256(data))
+    batch_id, _ = _submit(settings, uris, source=source, sha256s=shas)
+    return batch_id
+
+
+def resend_queued(*, settings: Settings, batch_id: str) -> int:
+    """Send messages again for the batch's documents that are still ``queued``; returns how many."""
+    with session_scope(_sessions(settings)) as session:
+        try:
+            rows = repository.results_for_batch(session, batch_id=batch_id)
+        except repository.BatchNotFound as exc:
+            raise EnqueueError(str(exc)) from exc
+    queued = [row["document_id"] for row in rows if row["status"] == DocumentStatus.queued.value]
+    send_groups(settings, queued, batch_id=batch_id)
+    return len(queued)
+
+
+# --------------------------------------------------------------------------------------------- sending
+
+
+def send_group(app: Celery, settings: Settings, document_ids: list[str]) -> None:
+    """One message: a group of document ids for one forward pass, on the settings' queue."""
+    app.send_task(
+        TASK_PROCESS, args=[document_ids], queue=settings.queue, retry=True, retry_policy=_PUBLISH_RETRY
+    )
+
+
+def send_groups(settings: Settings, document_ids: list[str], *, batch_id: str) -> None:
+    """Send ``document_ids`` in groups of ``batch_size`` over one broker connection."""
+    app = _celery(settings)
+    try:
+        with app.producer_or_acquire() as producer:
+            for group in chunked(document_ids, settings.batch_size):
+                app.send_task(
+                    TASK_PROCESS,
+                    args=[group],
+                    queue=settings.queue,
+                    producer=producer,
+                    retry=True,
+                    retry_policy=_PUBLISH_RETRY,
+                )
+    except Exception as exc:  # kombu raises several connection error types
+        raise BrokerUnavailable(batch_id, exc) from exc
+
+
+def _submit(
+    settings: Settings, uris: list[str], *, source: str, sha256s: Sequence[str | None] | None = None
+) -> tuple[str, list[str]]:
+    with session_scope(_sessions(settings)) as session:
+        batch = repository.create_batch(session, source=source, uris=uris, sha256s=sha256s)
+        batch_id, document_ids = batch.id, [document.id for document in batch.documents]
+    # Committed: a worker that takes a message is sure to find its rows.
+    send_groups(settings, document_ids, batch_id=batch_id)
+    log_event(log, "batch.submitted", batch_id=batch_id, documents=len(document_ids), source=source)
+    return batch_id, document_ids
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def safe_filename(filename: str) -> str:
+    """A file name safe as the last part of a key: ``"../My Scan (1).JPG"`` → ``"My_Scan_1_.JPG"``."""
+    name = PurePosixPath(str(filename).replace("\\", "/")).name
+    name = _UNSAFE.sub("_", name).strip("._")[-120:]
+    return name or "upload"
+
+
+def _check_upload(settings: Settings, data: bytes, filename: str) -> None:
+    if not isinstance(data, bytes | bytearray) or not data:
+        raise EnqueueError(f"{filename or 'the upload'} is empty")
+    if len(data) > settings.max_image_bytes:
+        raise EnqueueError(
+            f"{filename or 'the upload'} is {len(data):,} bytes; the limit is {settings.max_image_bytes:,}"
+        )
+
+
+def _resolve_all(settings: Settings, uris: list[str]) -> list[str]:
+    if isinstance(uris, str) or not isinstance(uris, list | tuple):
+        raise EnqueueError("uris must be a list of URIs")
+    if not uris:
+        raise EnqueueError("no documents: give at least one URI")
+    if len(uris) > MAX_DOCUMENTS:
+        raise EnqueueError(
+            f"{len(uris)} URIs is more than {MAX_DOCUMENTS} per batch; submit a prefix instead"
+        )
+    store = _store(settings)
+    resolved: list[str] = []
+    seen: dict[str, str] = {}
+    for uri in uris:
+        full = _resolve(store, settings, uri)
+        if full in seen:
+            raise EnqueueError(f"duplicate document: {uri!r} and {seen[full]!r} name the same object")
+        seen[full] = uri
+        resolved.append(full)
+    return resolved
+
+
+def _resolve(store: ObjectStore, settings: Settings, uri: object) -> str:
+    """The full URI of a document (``s3://bucket/key`` or ``file:///...``) that the workers can read."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise EnqueueError(f"a document URI is empty or not a string: {uri!r}")
+    if uri != uri.strip() or any(ch in uri for ch in "\r\n\t\x00"):
+        raise EnqueueError(f"malformed URI {uri!r}: it has surrounding whitespace or control characters")
+    try:
+        if uri.startswith("s3://"):
+            bucket, key = parse_s3_uri(uri)
+            if key.endswith("/"):
+                raise EnqueueError(f"{uri!r} names a prefix, not an object; submit it as a prefix")
+            _check_s3(store, settings, bucket, uri)
+            return uri
+        if uri.startswith("file://"):
+            if not isinstance(store, LocalStore):
+                raise EnqueueError(f"{uri!r} is a local file, but the object store is {store.url}")
+            return store.path_for(uri).as_uri()
+        if "://" in uri:
+            raise EnqueueError(f"unsupported URI {uri!r}: use s3://bucket/key or a key of the object store")
+        key = check_key(uri)
+        if isinstance(store, S3Store):
+            bucket, full_key = store.locate(key)
+            return f"s3://{bucket}/{full_key}"
+        if isinstance(store, LocalStore):
+            return store.path_for(key).as_uri()
+    except InvalidLocation as exc:
+        raise EnqueueError(f"malformed URI: {exc}") from exc
+    raise EnqueueError(f"cannot resolve {uri!r} against the store {store.url}")
+
+
+def _resolve_prefix(settings: Settings, prefix_uri: object) -> str:
+    if not isinstance(prefix_uri, str) or not prefix_uri.strip():
+        raise EnqueueError("the prefix is empty: give s3://bucket/prefix/")
+    store = _store(settings)
+    try:
+        if prefix_uri.startswith("s3://"):
+            bucket, _ = parse_s3_uri(prefix_uri, require_key=False)
+            _check_s3(store, settings, bucket, prefix_uri)
+            return prefix_uri
+        if prefix_uri.startswith("file://"):
+            if not isinstance(store, LocalStore):
+                raise EnqueueError(f"{prefix_uri!r} is local, but the object store is {store.url}")
+            store.path_for(prefix_uri)
+            return prefix_uri
+        if "://" in prefix_uri:
+            raise EnqueueError(f"unsupported prefix {prefix_uri!r}: use s3://bucket/prefix/")
+        check_key(prefix_uri)
+        return prefix_uri
+    except InvalidLocation as exc:
+        raise EnqueueError(f"malformed prefix: {exc}") from exc
+
+
+def _check_s3(store: ObjectStore, settings: Settings, bucket: str, uri: str) -> None:
+    if not isinstance(store, S3Store):
+        raise EnqueueError(
+            f"{uri!r} is in S3, but the object store is the local directory {store.url}; "
+            "set DONUT_HOLE_STORAGE_URL=s3://bucket to read from S3"
+        )
+    allowed = settings.allowed_buckets
+    if allowed and bucket not in allowed and bucket != store.bucket:
+        raise EnqueueError(f"bucket {bucket!r} is not allowed; allowed: {', '.join(allowed)}")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# -------------------------------------------------------------------------------------- shared clients
+
+_lock = threading.Lock()
+_session_makers: dict[str, sessionmaker[Session]] = {}
+_stores: dict[tuple[str, str | None, str], ObjectStore] = {}
+_apps: dict[tuple[str, str], Celery] = {}
+
+
+def _sessions(settings: Settings) -> sessionmaker[Session]:
+    with _lock:
+        if settings.database_url not in _session_makers:
+            _session_makers[settings.database_url] = session_factory(make_engine(settings.database_url))
+        return _session_makers[settings.database_url]
+
+
+def _store(settings: Settings) -> ObjectStore:
+    key = (settings.storage_url, settings.s3_endpoint_url, settings.s3_region)
+    with _lock:
+        if key not in _stores:
+            try:
+                _stores[key] = open_store(key[0], endpoint_url=key[1], region=key[2])
+            except InvalidLocation as exc:
+                raise EnqueueError(f"DONUT_HOLE_STORAGE_URL: {exc}") from exc
+        return _stores[key]
+
+
+def _celery(settings: Settings) -> Celery:
+    key = (settings.broker_url, settings.queue)
+    with _lock:
+        if key not in _apps:
+            _apps[key] = make_celery(settings)
+        return _apps[key]

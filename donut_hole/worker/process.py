@@ -1,0 +1,332 @@
+"""The work itself, as plain functions of a :class:`~donut_hole.worker.runtime.Runtime` (no Celery here).
+
+:func:`process_group` reads one group of documents in one forward pass::
+
+    claim      one transaction: skip documents already done by this model or failed (a redelivered message),
+               give up on documents tried too often, mark the rest ``processing`` (attempts + 1)
+    fetch      bytes from the store       ObjectNotFound / ObjectTooLarge / StorageError → failed
+                                          TransientStorageError → retried later (failed on the last try)
+    decode     bytes → upright RGB image  DocumentError → failed
+    predict    one batched generate call for every decoded image of the group
+    validate   the parse against its document schema: a mismatch is a *note*, not a failure
+    persist    one transaction per document: idempotent upsert of the extraction and its fields, ``done``
+
+A failed document never stops the rest of its group. Schema mismatches: the extraction is stored and the
+document is ``done``, with ``documents.error`` set to ``"schema: <reason>"``, because a partial or
+unexpected reading is still worth searching and reviewing; ``status = 'failed'`` is kept for documents that
+could not be read at all.
+
+:func:`expand_prefix` lists an S3 prefix (or a local directory) into a batch and sends its groups.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from donut_hole.db import DocumentStatus, repository, session_scope
+from donut_hole.db.models import BatchStatus
+from donut_hole.documents.schemas import SchemaError, detect_kind, validate_document
+from donut_hole.storage import (
+    ObjectNotFound,
+    ObjectTooLarge,
+    StorageError,
+    TransientStorageError,
+)
+from donut_hole.worker import metrics
+from donut_hole.worker.batching import Grouper, chunked
+from donut_hole.worker.fields import field_rows
+from donut_hole.worker.logging import log_event
+from donut_hole.worker.runtime import Runtime
+
+log = logging.getLogger("donut_hole.worker")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+LISTING_PAGE = 256  # URIs written per transaction while a prefix is expanded
+
+
+@dataclass
+class _Job:
+    document_id: str
+    batch_id: str
+    uri: str
+    attempts: int
+    data: bytes = b""
+    image: Any = None
+
+
+@dataclass
+class GroupOutcome:
+    """What happened to each document of a group; ``retry`` maps ids to the transient error to retry on."""
+
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    retry: dict[str, str] = field(default_factory=dict)
+
+
+def is_image_uri(uri: str) -> bool:
+    """Whether a listed object looks like a scan (by its suffix); ``metadata.jsonl`` and the like are not."""
+    name = uri.rsplit("/", 1)[-1]
+    return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def process_group(rt: Runtime, document_ids: Sequence[str], *, last_try: bool = False) -> GroupOutcome:
+    """Read and store a group of documents (see the module docstring); safe to run again on the same ids.
+
+    ``last_try``: transient errors fail the document instead of asking for a retry. Database errors
+    (``sqlalchemy.exc.OperationalError``) propagate: the caller retries the whole group, and documents
+    finished before the error are skipped on that retry.
+    """
+    started = time.perf_counter()
+    outcome = GroupOutcome()
+    jobs = _claim(rt, document_ids, outcome)
+    fetched = [job for job in jobs if _fetch(rt, job, outcome, last_try=last_try)]
+    ready = [job for job in fetched if _decode(rt, job, outcome)]
+    if not ready:
+        return outcome
+    t0 = time.perf_counter()
+    predictions = rt.reader.predict_detailed([job.image for job in ready], batch_size=len(ready))
+    forward_s = time.perf_counter() - t0
+    metrics.FORWARD_SECONDS.observe(forward_s)
+    metrics.BATCH_SIZE.observe(len(ready))
+    log_event(log, "group.forward", documents=len(ready), seconds=round(forward_s, 3))
+    for job, prediction in zip(ready, predictions, strict=True):
+        latency_s = time.perf_counter() - started
+        try:
+            _persist(rt, job, prediction, latency_ms=latency_s * 1000)
+        except repository.DocumentNotFound:  # its batch was deleted meanwhile
+            log_event(log, "document.missing", level=logging.WARNING, **_ids(job))
+            outcome.skipped.append(job.document_id)
+            continue
+        outcome.done.append(job.document_id)
+        metrics.DOCUMENTS_PROCESSED.inc()
+        metrics.DOCUMENT_LATENCY.observe(latency_s)
+    return outcome
+
+
+def _claim(rt: Runtime, document_ids: Sequence[str], outcome: GroupOutcome) -> list[_Job]:
+    max_attempts = rt.settings.max_retries + 1
+    model_id = rt.model_id
+    jobs: list[_Job] = []
+    # Sorted: rows are locked in one order everywhere, so overlapping groups cannot deadlock.
+    with session_scope(rt.sessions) as session:
+        for document_id in sorted(set(document_ids)):
+            document = repository.get_document(session, document_id=document_id)
+            if document is None:
+                log_event(log, "document.missing", level=logging.WARNING, document_id=document_id)
+                outcome.skipped.append(document_id)
+                continue
+            ids: dict[str, Any] = {"batch_id": document.batch_id, "document_id": document_id}
+            finished = document.status == DocumentStatus.failed or (
+                document.status == DocumentStatus.done
+                and any(e.model_id == model_id for e in document.extractions)
+            )
+            if finished:  # a redelivered message: a document's end (done by this model, or failed) is final
+                log_event(log, "document.skipped", reason=f"already {document.status.value}", **ids)
+                outcome.skipped.append(document_id)
+                metrics.DOCUMENTS_SKIPPED.inc()
+                continue
+            if document.attempts >= max_attempts:
+                reason = (
+                    f"gave up after {document.attempts} attempts: the worker stopped while reading this "
+                    "document (crash, out of memory or time limit; see the worker logs)"
+                )
+                repository.mark_failed(session, document_id=document_id, error=reason)
+                _failed(outcome, reason, "retries_exhausted", **ids)
+                continue
+            document = repository.mark_processing(session, document_id=document_id)
+            jobs.append(_Job(document_id, document.batch_id, document.uri, document.attempts))
+    return jobs
+
+
+def _fetch(rt: Runtime, job: _Job, outcome: GroupOutcome, *, last_try: bool) -> bool:
+    """Read the scan's bytes into ``job.data``; False when the document failed or waits for a retry."""
+    try:
+        job.data = rt.store.get(job.uri, max_bytes=rt.settings.max_image_bytes)
+        if job.data:
+            return True
+        _fail(rt, job, outcome, "empty object: the scan has no bytes", "unreadable")
+    except ObjectNotFound:
+        _fail(rt, job, outcome, f"object not found: {job.uri} does not exist in the store", "not_found")
+    except ObjectTooLarge as exc:
+        _fail(rt, job, outcome, f"scan too large: {exc}", "too_large")
+    except TransientStorageError as exc:
+        if last_try:
+            reason = f"gave up after {job.attempts} attempts: {exc}"
+            _fail(rt, job, outcome, reason, "retries_exhausted")
+        else:
+            outcome.retry[job.document_id] = str(exc)
+            log_event(log, "document.retry", reason=str(exc), **_ids(job), level=logging.WARNING)
+    except StorageError as exc:
+        _fail(rt, job, outcome, f"cannot read the scan: {exc}", "storage")
+    return False
+
+
+def _decode(rt: Runtime, job: _Job, outcome: GroupOutcome) -> bool:
+    """Decode ``job.data`` into ``job.image``; False when the document failed (not an image, corrupt)."""
+    from donut_hole.model.predict import DocumentError
+
+    try:
+        job.image = rt.reader.load(job.data)
+    except DocumentError as exc:
+        _fail(rt, job, outcome, exc.reason, "unreadable")
+        return False
+    finally:
+        job.data = b""  # the decoded image is all that is needed from here on
+    return True
+
+
+def schema_note(data: dict[str, Any]) -> str | None:
+    """``None`` when the parse is a valid document of its kind, else ``"schema: <readable reason>"``."""
+    try:
+        validate_document(detect_kind(data), data)
+    except SchemaError as exc:
+        return f"schema: {exc.reason}"
+    return None
+
+
+def _persist(rt: Runtime, job: _Job, prediction: Any, *, latency_ms: float) -> None:
+    rows = field_rows(
+        data=prediction.data,
+        sequence=prediction.sequence,
+        token_probs=prediction.token_probs,
+        confidence=prediction.confidence,
+        tokenizer=rt.reader.processor.tokenizer,
+    )
+    note = schema_note(prediction.data)
+    with session_scope(rt.sessions) as session:
+        extraction = repository.save_extraction(
+            session,
+            document_id=job.document_id,
+            model_id=rt.model_id,
+            raw_sequence=prediction.sequence,
+            data=prediction.data,
+            confidence=prediction.confidence,
+            latency_ms=round(latency_ms, 3),
+            fields=rows,
+        )
+        if note:
+            # Stopgap until the repository takes a note: the document is done, the note says what is off.
+            extraction.document.error = note
+            session.flush()
+    log_event(
+        log,
+        "document.done",
+        fields=len(rows),
+        confidence=round(prediction.confidence, 4),
+        latency_ms=round(latency_ms, 1),
+        note=note,
+        **_ids(job),
+    )
+
+
+def fail_unfinished(rt: Runtime, document_ids: Sequence[str], *, reason: str, kind: str) -> list[str]:
+    """Mark the documents of a group that are neither ``done`` nor ``failed`` as ``failed`` with ``reason``.
+
+    Used when a group cannot go on (time limit, retries used up, an unexpected error). Returns their ids.
+    """
+    failed: list[str] = []
+    with session_scope(rt.sessions) as session:
+        for document_id in sorted(set(document_ids)):
+            document = repository.get_document(session, document_id=document_id)
+            if document is None or document.status in (DocumentStatus.done, DocumentStatus.failed):
+                continue
+            repository.mark_failed(session, document_id=document_id, error=reason)
+            failed.append(document_id)
+            metrics.DOCUMENTS_FAILED.labels(reason=kind).inc()
+            log_event(
+                log,
+                "document.failed",
+                level=logging.WARNING,
+                reason=reason,
+                batch_id=document.batch_id,
+                document_id=document_id,
+            )
+    return failed
+
+
+def expand_prefix(rt: Runtime, *, batch_id: str, prefix_uri: str, send: Callable[[list[str]], None]) -> int:
+    """List ``prefix_uri`` into ``batch_id`` and send its documents in groups; returns the images found.
+
+    Safe to run again (a retry after a transient error): listed URIs are added once
+    (``repository.add_documents``) and documents still queued are sent again. Pages of
+    :data:`LISTING_PAGE` URIs are written per transaction; a partial page is written and sent once its
+    first URI has waited ``batch_wait_s``. Objects that are not images (by suffix) are left out.
+    A listing error that will not pass marks the batch ``failed`` with the reason.
+    """
+    s = rt.settings
+    page_size = s.batch_size * max(1, LISTING_PAGE // s.batch_size)
+    pages = Grouper(size=page_size, max_wait_s=s.batch_wait_s)
+    found = 0
+
+    def write(page: list[str]) -> None:
+        with session_scope(rt.sessions) as session:
+            queued = repository.add_documents(session, batch_id=batch_id, uris=page)
+        for group in chunked(queued, s.batch_size):
+            send(group)
+
+    try:
+        for uri in rt.store.list(prefix_uri):
+            if not is_image_uri(uri):
+                continue
+            found += 1
+            for page in pages.add([uri]):
+                write(page)
+            if pages.due():
+                for page in pages.flush():
+                    write(page)
+        for page in pages.flush():
+            write(page)
+    except TransientStorageError:
+        raise
+    except StorageError as exc:
+        _set_batch(rt, batch_id, BatchStatus.failed, f"cannot list {prefix_uri}: {exc}")
+        return found
+    if found == 0:
+        _set_batch(
+            rt, batch_id, BatchStatus.failed, f"no images under {prefix_uri} (looked for {IMAGE_SUFFIXES})"
+        )
+    else:
+        _set_batch(rt, batch_id, BatchStatus.accepted, None)
+    log_event(log, "batch.expanded", batch_id=batch_id, prefix=prefix_uri, documents=found)
+    return found
+
+
+def mark_batch_failed(rt: Runtime, batch_id: str, reason: str) -> None:
+    """The batch's listing ended for good: status ``failed`` with ``reason``."""
+    _set_batch(rt, batch_id, BatchStatus.failed, reason)
+
+
+def _set_batch(rt: Runtime, batch_id: str, status: BatchStatus, error: str | None) -> None:
+    with session_scope(rt.sessions) as session:
+        repository.set_batch_status(session, batch_id=batch_id, status=status, error=error)
+    if error:
+        log_event(log, "batch.failed", level=logging.WARNING, batch_id=batch_id, reason=error)
+
+
+def _fail(rt: Runtime, job: _Job, outcome: GroupOutcome, reason: str, kind: str) -> None:
+    with session_scope(rt.sessions) as session:
+        repository.mark_failed(session, document_id=job.document_id, error=reason)
+    _failed(outcome, reason, kind, **_ids(job))
+
+
+def _failed(outcome: GroupOutcome, reason: str, kind: str, *, batch_id: str, document_id: str) -> None:
+    outcome.failed[document_id] = reason
+    metrics.DOCUMENTS_FAILED.labels(reason=kind).inc()
+    log_event(
+        log,
+        "document.failed",
+        level=logging.WARNING,
+        reason=reason,
+        kind=kind,
+        batch_id=batch_id,
+        document_id=document_id,
+    )
+
+
+def _ids(job: _Job) -> dict[str, Any]:
+    return {"batch_id": job.batch_id, "document_id": job.document_id}

@@ -1,0 +1,133 @@
+"""What one worker process holds: the database engine, the object store and the model, each made once.
+
+A :class:`Runtime` is created lazily in the process that runs tasks (a Celery pool process), never in the
+parent before ``fork``: engines and torch thread pools do not survive a fork. :func:`get_runtime` returns
+the process's runtime and makes a new one when the process id changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from donut_hole.db import make_engine, repository, session_factory, session_scope
+from donut_hole.settings import Settings
+from donut_hole.storage import ObjectStore, open_store
+from donut_hole.worker.logging import log_event
+
+if TYPE_CHECKING:
+    from donut_hole.model.predict import DonutReader
+
+log = logging.getLogger("donut_hole.worker")
+
+_HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt")
+
+default_threads = 0
+"""torch threads when ``settings.torch_threads`` is 0; a worker sets it to cores / pool processes."""
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (the affinity mask, which containers narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class Runtime:
+    """Engine, session factory, store and model of one process; each made on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pid = os.getpid()
+
+    @cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.settings.database_url)
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        return session_factory(self.engine)
+
+    @cached_property
+    def store(self) -> ObjectStore:
+        s = self.settings
+        return open_store(s.storage_url, endpoint_url=s.s3_endpoint_url, region=s.s3_region)
+
+    @cached_property
+    def reader(self) -> DonutReader:
+        """The model, loaded once per process, on the configured device and thread count."""
+        import torch
+
+        from donut_hole.model.predict import DonutReader
+
+        s = self.settings
+        threads = s.torch_threads or default_threads
+        if threads > 0:
+            torch.set_num_threads(threads)
+        device = s.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        start = time.perf_counter()
+        reader = DonutReader.from_path(
+            s.model_path, device=device, max_new_tokens=s.max_new_tokens, max_pixels=s.max_image_pixels
+        )
+        log_event(
+            log,
+            "model.loaded",
+            path=str(s.model_path),
+            device=device,
+            threads=torch.get_num_threads(),
+            seconds=round(time.perf_counter() - start, 3),
+        )
+        return reader
+
+    @cached_property
+    def model_id(self) -> int:
+        """The ``models`` row of the loaded checkpoint (name = folder name, sha256 of its files)."""
+        path = Path(self.settings.model_path)
+        with session_scope(self.sessions) as session:
+            model = repository.get_or_create_model(
+                session, name=path.resolve().name, path=str(path.resolve()), sha256=model_digest(path)
+            )
+            return model.id
+
+    def close(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+
+
+def model_digest(folder: Path) -> str:
+    """sha256 over the names and bytes of a checkpoint folder's weight, config and tokenizer files."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix in _HASHED_SUFFIXES):
+        digest.update(file.name.encode() + b"\0")
+        with file.open("rb") as data:
+            for block in iter(lambda: data.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def get_runtime(settings: Settings) -> Runtime:
+    """This process's runtime for ``settings`` (a new one after a fork or when the settings changed)."""
+    global _runtime
+    with _lock:
+        current = _runtime
+        if current is None or current.pid != os.getpid() or current.settings is not settings:
+            if current is not None and current.pid == os.getpid():
+                current.close()
+            _runtime = current = Runtime(settings)
+        return current

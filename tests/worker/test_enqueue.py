@@ -1,0 +1,105 @@
+"""Submitting work: validation errors before anything is written; rows committed before messages are sent."""
+
+from __future__ import annotations
+
+import re
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+from worker_helpers import purge
+
+from donut_hole.db import migrate, repository, session_factory, session_scope
+from donut_hole.db.session import make_engine
+from donut_hole.settings import Settings
+from donut_hole.worker.enqueue import (
+    BrokerUnavailable,
+    EnqueueError,
+    resend_queued,
+    submit_prefix,
+    submit_upload,
+    submit_uris,
+)
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path, max_image_bytes=2048)
+
+
+@pytest.fixture
+def s3(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path, storage_url="s3://scans/in", allowed_buckets=["scans", "archive"])
+
+
+@pytest.mark.parametrize(
+    ("uris", "message"),
+    [
+        ([], "no documents"),
+        ("s3://scans/a.jpg", "must be a list"),
+        (["s3://scans/in/a.jpg", "a.jpg"], "duplicate document: 'a.jpg' and 's3://scans/in/a.jpg'"),
+        (["s3://scans/a.jpg", "s3://scans/a.jpg"], "duplicate document"),
+        (["s3://"], "malformed URI: invalid bucket name"),
+        (["s3://scans"], "malformed URI: S3 URI has no object key"),
+        (["s3://scans/day1/"], "names a prefix, not an object"),
+        (["s3://Bad Bucket/a.jpg"], "invalid bucket name"),
+        (["s3://other/a.jpg"], "bucket 'other' is not allowed"),
+        (["http://example.com/a.jpg"], "unsupported URI"),
+        (["file:///tmp/a.jpg"], "is a local file"),
+        (["../secrets.jpg"], "must not contain '..'"),
+        ([" a.jpg"], "surrounding whitespace"),
+        ([""], "empty"),
+        ([None], "not a string"),
+    ],
+)
+def test_submit_uris_rejects_bad_input_with_a_readable_message(
+    s3: Settings, uris: object, message: str
+) -> None:
+    with pytest.raises(EnqueueError, match=re.escape(message)):
+        submit_uris(settings=s3, uris=uris, source="test")  # type: ignore[arg-type]
+
+
+def test_validation_knows_which_store_can_read_what(local: Settings, s3: Settings) -> None:
+    with pytest.raises(EnqueueError, match="the object store is the local directory"):
+        submit_uris(settings=local, uris=["s3://scans/a.jpg"], source="test")
+    with pytest.raises(EnqueueError, match="lies outside the store root"):
+        submit_uris(settings=local, uris=["file:///etc/passwd"], source="test")
+    with pytest.raises(EnqueueError, match="the prefix is empty"):
+        submit_prefix(settings=s3, prefix_uri="")
+    with pytest.raises(EnqueueError, match="unsupported prefix"):
+        submit_prefix(settings=s3, prefix_uri="ftp://scans/day1/")
+    with pytest.raises(EnqueueError, match="is not allowed"):
+        submit_prefix(settings=s3, prefix_uri="s3://elsewhere/day1/")
+    with pytest.raises(EnqueueError, match="is empty"):
+        submit_upload(settings=local, data=b"", filename="a.jpg")
+    with pytest.raises(EnqueueError, match=r"a\.jpg is 4,096 bytes; the limit is 2,048"):
+        submit_upload(settings=local, data=b"x" * 4096, filename="a.jpg")
+    assert not (local.data_dir / "store").exists(), "nothing may be stored for a rejected upload"
+
+
+@pytest.mark.services
+def test_rows_are_committed_before_messages_and_can_be_resent(local: Settings, redis_url: str) -> None:
+    with socket.socket() as sock:  # a broker port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        down = local.model_copy(update={"broker_url": f"redis://127.0.0.1:{sock.getsockname()[1]}/0"})
+    migrate.upgrade(down.database_url)
+    (local.data_dir / "store").mkdir()
+
+    with pytest.raises(BrokerUnavailable, match="is stored but the broker is unreachable") as error:
+        submit_uris(settings=down, uris=["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"], source="test")
+
+    batch_id = error.value.batch_id
+    with session_scope(session_factory(make_engine(down.database_url))) as session:
+        assert repository.batch_progress(session, batch_id=batch_id)["queued"] == 5
+    up = local.model_copy(
+        update={"broker_url": redis_url, "queue": f"test-{uuid.uuid4().hex[:10]}", "batch_size": 2}
+    )
+    try:
+        assert resend_queued(settings=up, batch_id=batch_id) == 5
+        assert redis.Redis.from_url(redis_url).llen(up.queue) == 3  # groups of 2, 2 and 1 document ids
+    finally:
+        purge(up)
+    with pytest.raises(EnqueueError, match="does not exist"):
+        resend_queued(settings=up, batch_id=str(uuid.uuid4()))

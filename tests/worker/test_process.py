@@ -1,0 +1,139 @@
+"""The plain processing functions, in this process, on SQLite and a local store (no broker involved)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from itertools import chain
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from donut_hole.db import Extraction, migrate, repository, session_scope
+from donut_hole.settings import Settings
+from donut_hole.storage import S3Store, make_s3_client, open_store
+from donut_hole.worker import metrics
+from donut_hole.worker.process import expand_prefix, fail_unfinished, process_group
+from donut_hole.worker.runtime import Runtime
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, tiny_model: Path) -> Iterator[Runtime]:
+    settings = Settings(
+        data_dir=tmp_path, model_path=tiny_model, max_new_tokens=8, batch_size=3, max_retries=1
+    )
+    migrate.upgrade(settings.database_url)
+    rt = Runtime(settings)
+    yield rt
+    rt.close()
+
+
+def _batch(rt: Runtime, uris: list[str]) -> list[str]:
+    with session_scope(rt.sessions) as session:
+        return [d.id for d in repository.create_batch(session, source="test", uris=uris).documents]
+
+
+def _sample(counter: object, **labels: str) -> float:
+    return counter.labels(**labels)._value.get() if labels else counter._value.get()  # type: ignore[attr-defined]
+
+
+def test_a_group_is_read_once_and_a_redelivery_is_skipped(runtime: Runtime, scan_dir: Path) -> None:
+    store = open_store(runtime.settings.storage_url)
+    uris = [store.put(f"in/{p.name}", p.read_bytes()) for p in sorted(scan_dir.glob("*.jpg"))[:3]]
+    ids = _batch(runtime, [*uris, store.put("in/empty.jpg", b"")])
+    done_before = _sample(metrics.DOCUMENTS_PROCESSED)
+
+    first = process_group(runtime, ids)
+    again = process_group(runtime, ids)  # the same message delivered twice
+
+    assert sorted(first.done) == sorted(ids[:3]) and first.failed == {
+        ids[3]: "empty object: the scan has no bytes"
+    }
+    assert (
+        sorted(again.skipped) == sorted(ids) and again.done == [] and again.failed == {}
+    )  # done or failed: final
+    assert _sample(metrics.DOCUMENTS_PROCESSED) - done_before == 3
+    with session_scope(runtime.sessions) as session:
+        assert session.scalar(select(func.count()).select_from(Extraction)) == 3
+        attempts = [repository.get_document(session, document_id=i).attempts for i in ids[:3]]
+    assert attempts == [1, 1, 1]
+
+
+def test_transient_storage_errors_ask_for_a_retry_then_fail_on_the_last_try(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with socket.socket() as sock:  # a port where nothing listens: S3 is "down"
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = Settings(
+        data_dir=tmp_path,
+        storage_url="s3://scans",
+        s3_endpoint_url=f"http://127.0.0.1:{port}",
+        model_path=tiny_model,
+    )
+    migrate.upgrade(settings.database_url)
+    rt = Runtime(settings)
+    # One attempt per call (the default client retries 5 times with backoff); the task decides about retries.
+    rt.__dict__["store"] = S3Store(
+        "scans", "", make_s3_client(endpoint_url=settings.s3_endpoint_url, max_attempts=1)
+    )
+    (document_id,) = _batch(rt, ["s3://scans/a.jpg"])
+
+    outcome = process_group(rt, [document_id])
+    assert list(outcome.retry) == [document_id], outcome
+    assert "unreachable" in outcome.retry[document_id]
+    outcome = process_group(rt, [document_id], last_try=True)
+    assert outcome.failed[document_id].startswith("gave up after 2 attempts: S3 unreachable")
+    rt.close()
+
+
+def test_a_document_tried_too_often_is_failed_with_the_reason(runtime: Runtime, scan_dir: Path) -> None:
+    store = open_store(runtime.settings.storage_url)
+    (document_id,) = _batch(runtime, [store.put("x.jpg", (scan_dir / "000000.jpg").read_bytes())])
+    for _ in range(runtime.settings.max_retries + 1):  # attempts that ended with the worker dying
+        with session_scope(runtime.sessions) as session:
+            repository.mark_processing(session, document_id=document_id)
+
+    outcome = process_group(runtime, [document_id])
+
+    assert outcome.failed[document_id].startswith("gave up after 2 attempts: the worker stopped")
+
+
+def test_fail_unfinished_leaves_finished_documents_alone(runtime: Runtime, scan_dir: Path) -> None:
+    store = open_store(runtime.settings.storage_url)
+    good = store.put("ok.jpg", (scan_dir / "000001.jpg").read_bytes())
+    ids = _batch(runtime, [good, store.put("later.jpg", b"x")])
+    process_group(runtime, ids[:1])
+
+    assert fail_unfinished(runtime, ids, reason="timed out", kind="timeout") == [ids[1]]
+    with session_scope(runtime.sessions) as session:
+        statuses = [repository.get_document(session, document_id=i).status.value for i in ids]
+    assert statuses == ["done", "failed"]
+
+
+def test_expanding_a_prefix_adds_images_once_and_sends_groups(runtime: Runtime, scan_dir: Path) -> None:
+    store = open_store(runtime.settings.storage_url)
+    for path in sorted(scan_dir.glob("*.jpg"))[:7]:
+        store.put(f"day1/{path.name}", path.read_bytes())
+    store.put("day1/metadata.jsonl", b"{}")
+    with session_scope(runtime.sessions) as session:
+        batch_id = repository.create_batch(session, source="test", uris=[], expanding=True).id
+    sent: list[list[str]] = []
+
+    assert expand_prefix(runtime, batch_id=batch_id, prefix_uri="day1/", send=sent.append) == 7
+    assert [len(group) for group in sent] == [3, 3, 1]
+    # A retried listing adds nothing and sends the still-queued documents again.
+    resent: list[list[str]] = []
+    expand_prefix(runtime, batch_id=batch_id, prefix_uri="day1/", send=resent.append)
+    assert sorted(chain(*resent)) == sorted(chain(*sent))
+    with session_scope(runtime.sessions) as session:
+        assert repository.batch_progress(session, batch_id=batch_id)["total"] == 7
+        assert repository.get_batch(session, batch_id=batch_id).status.value == "accepted"
+        empty = repository.create_batch(session, source="test", uris=[], expanding=True).id
+    assert expand_prefix(runtime, batch_id=empty, prefix_uri="nothing/", send=sent.append) == 0
+    with session_scope(runtime.sessions) as session:
+        batch = repository.get_batch(session, batch_id=empty)
+        assert batch.status.value == "failed" and "no images under nothing/" in batch.error
