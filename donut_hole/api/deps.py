@@ -1,0 +1,78 @@
+"""Dependencies of the routes: settings, a database session per request, and the API-key check.
+
+The engine and session factory are made once per app, in its lifespan (:mod:`donut_hole.api.main`), and
+kept on ``app.state``; a request borrows a session from them and gives it back when it ends.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator, Sequence
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
+
+from donut_hole.db import session_scope
+from donut_hole.settings import Settings
+
+NO_KEYS_DETAIL = "the server has no API keys configured (DONUT_HOLE_API_KEYS); it refuses every request"
+BAD_KEY_DETAIL = "missing or invalid API key: send 'Authorization: Bearer <key>'"
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    """A session for this request: committed when the route returns, rolled back when it raises."""
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    with session_scope(factory) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_db)]
+
+bearer_scheme = HTTPBearer(
+    auto_error=False,  # absent or malformed credentials reach require_api_key, which answers 401 itself
+    scheme_name="ApiKey",
+    description="One of the keys in DONUT_HOLE_API_KEYS, sent as 'Authorization: Bearer <key>'.",
+)
+
+
+def usable_keys(keys: Sequence[str]) -> list[str]:
+    """The configured keys that can be presented (empty strings never match)."""
+    return [key for key in keys if key]
+
+
+def key_matches(presented: str, keys: Sequence[str]) -> bool:
+    """Whether ``presented`` equals one of ``keys``, compared in constant time against every key."""
+    presented_bytes = presented.encode()
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(presented_bytes, key.encode())
+    return found
+
+
+def require_api_key(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> None:
+    """401 unless the request carries ``Authorization: Bearer <key>`` with a configured key.
+
+    With no keys configured every request is refused (the app logs a warning at startup): an API open to
+    anyone has to be a deliberate change to this function, not a missing environment variable.
+    """
+    keys = usable_keys(settings.api_keys)
+    if not keys:
+        raise HTTPException(401, detail=NO_KEYS_DETAIL, headers={"WWW-Authenticate": "Bearer"})
+    if credentials is None or not key_matches(credentials.credentials, keys):
+        raise HTTPException(401, detail=BAD_KEY_DETAIL, headers={"WWW-Authenticate": "Bearer"})
+
+
+ApiKeyDep = Depends(require_api_key)

@@ -1,0 +1,118 @@
+"""``/v1/batches``: queue scans already stored (URIs or a prefix), follow a batch, read its results."""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Response
+from sqlalchemy.orm import Session
+
+from donut_hole.api import metrics
+from donut_hole.api.deps import ApiKeyDep, SessionDep, SettingsDep
+from donut_hole.api.schemas import (
+    MAX_PAGE,
+    BatchCreate,
+    BatchPublic,
+    BatchResults,
+    DocumentCounts,
+    ResultPublic,
+)
+from donut_hole.db import repository
+from donut_hole.settings import Settings
+from donut_hole.storage import InvalidLocation, parse_s3_uri
+from donut_hole.worker import enqueue
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"], dependencies=[ApiKeyDep])
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No batch has this id."}}
+
+
+def allowed_buckets(settings: Settings) -> set[str] | None:
+    """Buckets a batch may read: ``allowed_buckets`` plus the store's own bucket; ``None`` = any."""
+    if not settings.allowed_buckets:
+        return None
+    allowed = set(settings.allowed_buckets)
+    if settings.storage_url.startswith("s3://"):
+        with suppress(InvalidLocation):  # enqueue reports a malformed DONUT_HOLE_STORAGE_URL
+            allowed.add(parse_s3_uri(settings.storage_url, require_key=False)[0])
+    return allowed
+
+
+def batch_public(session: Session, batch_id: str) -> BatchPublic:
+    batch = repository.get_batch(session, batch_id=batch_id)
+    if batch is None:
+        raise HTTPException(404, detail=f"batch {batch_id!r} does not exist")
+    counts = repository.batch_progress(session, batch_id=batch_id)
+    total = counts.pop("total")
+    return BatchPublic(
+        id=batch.id,
+        created_at=batch.created_at,
+        source=batch.source,
+        status=batch.status,
+        error=batch.error,
+        counts=DocumentCounts(**counts),
+        total=total,
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    responses={
+        403: {"description": "A bucket is not in DONUT_HOLE_ALLOWED_BUCKETS."},
+        422: {"description": "Malformed body or URI."},
+        503: {"description": "Broker or database unreachable."},
+    },
+)
+def create_batch(
+    body: BatchCreate, settings: SettingsDep, session: SessionDep, response: Response
+) -> BatchPublic:
+    """Queue the scans at ``uris``, or every object under ``prefix`` (listed by a task).
+
+    The batch and its documents are committed before the messages are sent. A prefix batch starts with
+    status ``expanding`` and no documents; poll ``GET /v1/batches/{id}``.
+    """
+    allowed = allowed_buckets(settings)
+    if allowed is not None:
+        refused = sorted(body.s3_buckets() - allowed)
+        if refused:
+            raise HTTPException(403, detail=f"bucket(s) not allowed: {', '.join(refused)}")
+    if body.uris is not None:
+        batch_id = enqueue.submit_uris(settings=settings, uris=body.uris, source="api")
+        metrics.BATCHES_QUEUED.labels("uris").inc()
+        metrics.DOCUMENTS_QUEUED.labels("uris").inc(len(body.uris))
+    else:
+        assert body.prefix is not None  # BatchCreate holds exactly one of the two
+        batch_id = enqueue.submit_prefix(settings=settings, prefix_uri=body.prefix)
+        metrics.BATCHES_QUEUED.labels("prefix").inc()
+    response.headers["Location"] = f"/v1/batches/{batch_id}"
+    return batch_public(session, batch_id)
+
+
+@router.get("/{batch_id}", responses=NOT_FOUND)
+def get_batch(batch_id: str, session: SessionDep) -> BatchPublic:
+    """A batch and its progress: documents per status."""
+    return batch_public(session, batch_id)
+
+
+@router.get("/{batch_id}/results", responses=NOT_FOUND)
+def get_batch_results(
+    batch_id: str,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> BatchResults:
+    """The batch's documents ordered by URI, each with the fields of its latest extraction; one page."""
+    try:
+        rows = repository.results_for_batch(session, batch_id=batch_id)
+    except repository.BatchNotFound:
+        raise HTTPException(404, detail=f"batch {batch_id!r} does not exist") from None
+    page = rows[offset : offset + limit]
+    return BatchResults(
+        batch_id=batch_id,
+        total=len(rows),
+        limit=limit,
+        offset=offset,
+        items=[ResultPublic.model_validate(row) for row in page],
+    )

@@ -1,0 +1,72 @@
+"""``/v1/documents``: upload one scan (stored, then queued) and read a document's status and fields."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, File, HTTPException, Response, UploadFile
+
+from donut_hole.api import metrics
+from donut_hole.api.deps import ApiKeyDep, SessionDep, SettingsDep
+from donut_hole.api.images import SNIFF_BYTES, sniff_image_type
+from donut_hole.api.queries import documents_public
+from donut_hole.api.schemas import DocumentPublic, UploadAccepted
+from donut_hole.db import repository
+from donut_hole.worker import enqueue
+from donut_hole.worker.logging import log_event
+
+log = logging.getLogger("donut_hole.api")
+
+router = APIRouter(prefix="/v1/documents", tags=["documents"], dependencies=[ApiKeyDep])
+
+
+@router.post(
+    "",
+    status_code=202,
+    responses={
+        413: {"description": "The scan is larger than DONUT_HOLE_MAX_IMAGE_BYTES."},
+        415: {"description": "Not a JPEG, PNG, TIFF, WebP, BMP or GIF image."},
+        422: {"description": "No file, or an empty one."},
+        503: {"description": "Object store, broker or database unreachable."},
+    },
+)
+def upload_document(
+    file: Annotated[UploadFile, File(description="One scanned page: JPEG, PNG, TIFF, WebP, BMP or GIF.")],
+    settings: SettingsDep,
+    response: Response,
+) -> UploadAccepted:
+    """Store one scan in the object store and queue it as a batch of one document.
+
+    The image type is read from the file's first bytes, not from its name or declared content type.
+    """
+    limit = settings.max_image_bytes
+    data = file.file.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, detail=f"the scan is larger than {limit} bytes (DONUT_HOLE_MAX_IMAGE_BYTES)")
+    if not data:
+        raise HTTPException(422, detail="the uploaded file is empty")
+    media_type = sniff_image_type(data[:SNIFF_BYTES])
+    if media_type is None:
+        raise HTTPException(
+            415, detail="the file is not a JPEG, PNG, TIFF, WebP, BMP or GIF image (checked by its content)"
+        )
+    batch_id, document_id = enqueue.submit_upload(
+        settings=settings, data=data, filename=file.filename or "upload"
+    )
+    metrics.BATCHES_QUEUED.labels("upload").inc()
+    metrics.DOCUMENTS_QUEUED.labels("upload").inc()
+    log_event(
+        log, "api.upload", batch_id=batch_id, document_id=document_id, bytes=len(data), media_type=media_type
+    )
+    response.headers["Location"] = f"/v1/documents/{document_id}"
+    return UploadAccepted(batch_id=batch_id, document_id=document_id)
+
+
+@router.get("/{document_id}", responses={404: {"description": "No document has this id."}})
+def get_document(document_id: str, session: SessionDep) -> DocumentPublic:
+    """A document's status (``queued``, ``processing``, ``done``, ``failed``), error, fields, confidence."""
+    document = repository.get_document(session, document_id=document_id)
+    if document is None:
+        raise HTTPException(404, detail=f"document {document_id!r} does not exist")
+    return documents_public(session, documents=[document])[0]

@@ -1,0 +1,175 @@
+"""The API's request and response bodies: one pydantic schema per purpose, apart from the ORM tables."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from donut_hole.db import BatchStatus, DocumentStatus
+from donut_hole.storage import InvalidLocation, parse_s3_uri
+
+MAX_BATCH_URIS = 10_000
+MAX_URI_CHARS = 2048  # an S3 key has at most 1024 bytes; room for the bucket
+MAX_PAGE = 1000
+
+Location = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URI_CHARS)]
+FieldValues = dict[str, str | list[str]]
+
+
+def _check_location(uri: str, *, require_key: bool) -> str:
+    """An ``s3://`` URI must parse; any other form (a key of the object store) is left to ``enqueue``."""
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in uri):
+        raise ValueError(f"URI contains a control character: {uri!r}")
+    if uri.startswith("s3://"):
+        try:
+            parse_s3_uri(uri, require_key=require_key)
+        except InvalidLocation as exc:
+            raise ValueError(str(exc)) from None
+    return uri
+
+
+# ------------------------------------------------------------------------------------------------ requests
+
+
+class BatchCreate(BaseModel):
+    """Scans already in the object store: a list of URIs, or one prefix that a task lists.
+
+    ``{"uris": ["s3://scans/2024/a.png", "s3://scans/2024/b.png"]}`` or ``{"prefix": "s3://scans/2024/"}``.
+    Keys relative to the configured store (``"2024/a.png"``) are accepted too.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    uris: list[Location] | None = Field(
+        None, min_length=1, max_length=MAX_BATCH_URIS, description="s3://bucket/key of each scan, no repeats."
+    )
+    prefix: Location | None = Field(
+        None, description="s3://bucket/prefix: every object whose key starts with it, listed by a task."
+    )
+
+    @field_validator("uris")
+    @classmethod
+    def _valid_uris(cls, uris: list[str] | None) -> list[str] | None:
+        if uris is None:
+            return None
+        seen: set[str] = set()
+        for uri in uris:
+            _check_location(uri, require_key=True)
+            if uri in seen:
+                raise ValueError(f"URI {uri!r} appears twice")
+            seen.add(uri)
+        return uris
+
+    @field_validator("prefix")
+    @classmethod
+    def _valid_prefix(cls, prefix: str | None) -> str | None:
+        return None if prefix is None else _check_location(prefix, require_key=False)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BatchCreate:
+        if (self.uris is None) == (self.prefix is None):
+            raise ValueError("give exactly one of 'uris' (a list of URIs) or 'prefix' (an s3:// prefix)")
+        return self
+
+    def s3_buckets(self) -> set[str]:
+        """The S3 buckets named by the batch's ``s3://`` URIs or prefix."""
+        uris = self.uris if self.uris is not None else [self.prefix or ""]
+        return {parse_s3_uri(uri, require_key=False)[0] for uri in uris if uri.startswith("s3://")}
+
+
+# ----------------------------------------------------------------------------------------------- responses
+
+
+class DocumentCounts(BaseModel):
+    """Documents of a batch per status."""
+
+    queued: int = 0
+    processing: int = 0
+    done: int = 0
+    failed: int = 0
+
+
+class BatchPublic(BaseModel):
+    id: str
+    created_at: datetime
+    source: str
+    status: BatchStatus = Field(
+        description="expanding: a task is still listing the prefix; accepted: every document row exists; "
+        "failed: the listing failed (see error). Progress is in counts."
+    )
+    error: str | None
+    counts: DocumentCounts
+    total: int
+
+
+class UploadAccepted(BaseModel):
+    batch_id: str
+    document_id: str
+    status: DocumentStatus = DocumentStatus.queued
+
+
+class ModelRef(BaseModel):
+    id: int
+    name: str
+
+
+class DocumentPublic(BaseModel):
+    """A document, its progress, and the fields of its latest extraction (empty until it is ``done``)."""
+
+    id: str
+    batch_id: str
+    uri: str
+    status: DocumentStatus
+    error: str | None = Field(description="Why the document failed, in words; null otherwise.")
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    fields: FieldValues = Field(
+        description='Flattened key paths and values: {"consignee.name": "ACME"}; a repeated path '
+        'gives a list ({"items.name": ["bolt", "nut"]}).'
+    )
+    data: dict[str, Any] | None = Field(description="The extraction as nested JSON, values unclipped.")
+    confidence: float | None
+    model: ModelRef | None
+
+
+class ResultPublic(BaseModel):
+    """One document of a batch's results."""
+
+    document_id: str
+    uri: str
+    status: DocumentStatus
+    error: str | None
+    attempts: int
+    model_id: int | None
+    confidence: float | None
+    fields: FieldValues
+
+
+class BatchResults(BaseModel):
+    batch_id: str
+    total: int = Field(description="Documents in the batch.")
+    limit: int
+    offset: int
+    items: list[ResultPublic]
+
+
+class SearchResult(BaseModel):
+    field: str
+    value: str
+    items: list[DocumentPublic] = Field(description="Matching documents, oldest first.")
+
+
+class Check(BaseModel):
+    ok: bool
+    error: str | None = None
+
+
+class Health(BaseModel):
+    status: str = Field(description='"ok" when every check passed, else "unavailable".')
+    database: Check
+    broker: Check

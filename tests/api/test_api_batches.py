@@ -1,0 +1,151 @@
+"""POST /v1/batches writes the rows, then sends messages that really land in Redis; GET reads progress."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from donut_hole.db.migrate import upgrade
+from donut_hole.settings import Settings
+
+ALLOWED = "scans-allowed"  # in the test settings' allowed_buckets
+
+
+def _uris(count: int, bucket: str = ALLOWED) -> list[str]:
+    folder = uuid.uuid4().hex[:8]
+    return [f"s3://{bucket}/{folder}/scan-{i}.png" for i in range(count)]
+
+
+def test_a_batch_of_uris_is_stored_then_queued(
+    client: TestClient, auth: dict[str, str], messages: Any
+) -> None:
+    before = len(messages())
+    uris = _uris(3)
+    response = client.post("/v1/batches", json={"uris": uris}, headers=auth)
+    assert response.status_code == 202, response.text
+    batch = response.json()
+    assert response.headers["location"] == f"/v1/batches/{batch['id']}"
+    assert batch["source"] == "api"
+    assert batch["status"] == "accepted"
+    assert batch["counts"] == {"queued": 3, "processing": 0, "done": 0, "failed": 0}
+    assert batch["total"] == 3
+
+    assert client.get(f"/v1/batches/{batch['id']}", headers=auth).json() == batch
+    results = client.get(f"/v1/batches/{batch['id']}/results", headers=auth).json()
+    assert [item["uri"] for item in results["items"]] == uris
+    document_ids = [item["document_id"] for item in results["items"]]
+
+    sent = messages()[before:]  # one group of up to batch_size (4) ids per message, in Redis
+    assert [name for name, _ in sent] == ["donut_hole.process_documents"]
+    assert sent[0][1] == [document_ids]
+
+
+def test_results_are_paginated(client: TestClient, auth: dict[str, str]) -> None:
+    uris = _uris(5)
+    batch_id = client.post("/v1/batches", json={"uris": uris}, headers=auth).json()["id"]
+    page = client.get(f"/v1/batches/{batch_id}/results?limit=2&offset=3", headers=auth).json()
+    assert (page["total"], page["limit"], page["offset"]) == (5, 2, 3)
+    assert [item["uri"] for item in page["items"]] == uris[3:5]
+    assert page["items"][0]["status"] == "queued"
+    assert page["items"][0]["fields"] == {}
+    past_the_end = client.get(f"/v1/batches/{batch_id}/results?offset=10", headers=auth).json()
+    assert past_the_end["items"] == []
+    for bad in ("limit=0", "limit=1001", "offset=-1"):
+        assert client.get(f"/v1/batches/{batch_id}/results?{bad}", headers=auth).status_code == 422
+
+
+def test_a_prefix_is_expanded_by_a_task(
+    client: TestClient, auth: dict[str, str], messages: Any, s3_bucket: str
+) -> None:
+    before = len(messages())
+    prefix = f"s3://{s3_bucket}/incoming-{uuid.uuid4().hex[:8]}/"
+    response = client.post("/v1/batches", json={"prefix": prefix}, headers=auth)
+    assert response.status_code == 202, response.text
+    batch = response.json()
+    assert batch["status"] == "expanding"
+    assert batch["total"] == 0
+    assert messages()[before:] == [("donut_hole.expand_prefix", [batch["id"], prefix])]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"uris": [f"s3://{ALLOWED}/a.png", "s3://not-allowed/b.png"]},
+        {"prefix": "s3://not-allowed/2024/"},
+    ],
+)
+def test_a_bucket_outside_the_allow_list_is_403(
+    client: TestClient, auth: dict[str, str], messages: Any, body: dict[str, Any]
+) -> None:
+    before = len(messages())
+    response = client.post("/v1/batches", json=body, headers=auth)
+    assert response.status_code == 403
+    assert response.json() == {"detail": "bucket(s) not allowed: not-allowed"}
+    assert len(messages()) == before
+
+
+def test_the_store_bucket_is_always_allowed(
+    client: TestClient, auth: dict[str, str], settings: Settings, s3_bucket: str
+) -> None:
+    assert s3_bucket not in settings.allowed_buckets
+    response = client.post("/v1/batches", json={"uris": _uris(1, bucket=s3_bucket)}, headers=auth)
+    assert response.status_code == 202
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"uris": []},
+        {"uris": "s3://scans-allowed/a.png"},
+        {"uris": [f"s3://{ALLOWED}/a.png"], "prefix": f"s3://{ALLOWED}/"},
+        {"uris": [f"s3://{ALLOWED}/a.png", f"s3://{ALLOWED}/a.png"]},
+        {"uris": [f"s3://{ALLOWED}"]},  # no key
+        {"uris": ["s3://a/b.png"]},  # invalid bucket name
+        {"uris": [f"s3://{ALLOWED}/a.png\n"]},
+        {"uris": [f"s3://{ALLOWED}/folder/"]},  # a prefix, not an object (refused by enqueue)
+        {"uris": ["https://example.com/a.png"]},  # refused by enqueue
+        {"uris": [f"s3://{ALLOWED}/{i}.png" for i in range(10_001)]},
+        {"prefix": ""},
+        {"uris": [f"s3://{ALLOWED}/a.png"], "priority": 1},
+    ],
+)
+def test_malformed_bodies_are_422(client: TestClient, auth: dict[str, str], body: dict[str, Any]) -> None:
+    response = client.post("/v1/batches", json=body, headers=auth)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]
+
+
+def test_a_body_that_is_not_json_is_422(client: TestClient, auth: dict[str, str]) -> None:
+    headers = {**auth, "Content-Type": "application/json"}
+    response = client.post("/v1/batches", content=b"{uris: nope", headers=headers)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "json_invalid"
+
+
+def test_unknown_batches_are_404(client: TestClient, auth: dict[str, str]) -> None:
+    for path in ("/v1/batches/no-such-batch", f"/v1/batches/{uuid.uuid4()}/results"):
+        response = client.get(path, headers=auth)
+        assert response.status_code == 404
+        assert "does not exist" in response.json()["detail"]
+
+
+def test_rows_are_committed_before_the_broker_is_asked(
+    settings_factory: Any, auth: dict[str, str], tmp_path: Any
+) -> None:
+    """With the broker down the client gets 503 naming the batch, and the batch is there to re-send."""
+    from donut_hole.api import create_app
+
+    settings = settings_factory(broker_url="redis://127.0.0.1:1/0")  # nothing listens on port 1
+    upgrade(settings.database_url)
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/v1/batches", json={"uris": ["scans/a.png"]}, headers=auth)  # a store key
+        assert response.status_code == 503
+        assert "broker is unreachable" in response.json()["detail"]
+        assert "retry-after" not in response.headers  # a second POST would store a second batch
+        batch_id = response.json()["batch_id"]
+        batch = client.get(f"/v1/batches/{batch_id}", headers=auth).json()
+        assert batch["counts"]["queued"] == 1

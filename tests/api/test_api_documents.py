@@ -1,0 +1,169 @@
+"""POST /v1/documents stores a scan in S3 and queues it; GET /v1/documents and /v1/search read results."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy.orm import Session, sessionmaker
+
+from donut_hole.db import repository
+from donut_hole.settings import Settings
+from donut_hole.storage import make_s3_client, parse_s3_uri
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 16), "white").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _upload(client: TestClient, auth: dict[str, str], data: bytes, name: str = "label.png") -> Any:
+    return client.post(
+        "/v1/documents", files={"file": (name, data, "application/octet-stream")}, headers=auth
+    )
+
+
+def test_an_upload_is_stored_then_queued(
+    client: TestClient, auth: dict[str, str], messages: Any, settings: Settings, s3_bucket: str
+) -> None:
+    before = len(messages())
+    data = _png()
+    response = _upload(client, auth, data, name="../My Label.png")
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert accepted["status"] == "queued"
+    document_id = accepted["document_id"]
+    assert response.headers["location"] == f"/v1/documents/{document_id}"
+
+    document = client.get(f"/v1/documents/{document_id}", headers=auth).json()
+    assert document["batch_id"] == accepted["batch_id"]
+    assert document["status"] == "queued"
+    assert (document["fields"], document["confidence"], document["model"]) == ({}, None, None)
+    bucket, key = parse_s3_uri(document["uri"])
+    assert bucket == s3_bucket
+    assert key.startswith("api-store/uploads/") and key.endswith("/My_Label.png")
+    stored = make_s3_client(endpoint_url=settings.s3_endpoint_url).get_object(Bucket=bucket, Key=key)
+    assert stored["Body"].read() == data
+
+    assert messages()[before:] == [("donut_hole.process_documents", [[document_id]])]
+
+
+def test_a_scan_over_the_limit_is_413(client: TestClient, auth: dict[str, str], settings: Settings) -> None:
+    limit = settings.max_image_bytes
+    at_limit = _png() + b"\x00" * (limit - len(_png()))
+    assert _upload(client, auth, at_limit).status_code == 202
+    over = _upload(client, auth, at_limit + b"\x00")  # refused by the route, after parsing
+    assert over.status_code == 413
+    assert over.json() == {"detail": f"the scan is larger than {limit} bytes (DONUT_HOLE_MAX_IMAGE_BYTES)"}
+    far_over = _upload(client, auth, at_limit * 3)  # refused on its Content-Length, before reading
+    assert far_over.status_code == 413
+    assert "request body is larger than" in far_over.json()["detail"]
+
+
+def test_a_chunked_body_over_the_limit_is_413(
+    client: TestClient, auth: dict[str, str], settings: Settings
+) -> None:
+    boundary = "donut-hole-test"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the body is counted as it arrives
+        yield head + _png()
+        for _ in range(3 * settings.max_image_bytes // 8192):
+            yield b"\x00" * 8192
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    headers = {**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    response = client.post("/v1/documents", content=chunks(), headers=headers)
+    assert response.status_code == 413
+    assert "request body is larger than" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "data", [b"%PDF-1.7\n" + b"0" * 100, b"hello, this is text", b"BM" + b"\x00" * 40, b"PK\x03\x04zip"]
+)
+def test_a_file_that_is_not_an_image_is_415(client: TestClient, auth: dict[str, str], data: bytes) -> None:
+    response = _upload(client, auth, data, name="scan.png")  # the name does not matter
+    assert response.status_code == 415
+    assert "not a JPEG, PNG, TIFF, WebP, BMP or GIF" in response.json()["detail"]
+
+
+def test_an_empty_or_missing_file_is_422(client: TestClient, auth: dict[str, str]) -> None:
+    empty = _upload(client, auth, b"")
+    assert empty.status_code == 422
+    assert empty.json() == {"detail": "the uploaded file is empty"}
+    missing = client.post("/v1/documents", data={"other": "x"}, headers=auth)
+    assert missing.status_code == 422
+    assert missing.json()["detail"][0]["loc"] == ["body", "file"]
+
+
+def test_an_unknown_document_is_404(client: TestClient, auth: dict[str, str]) -> None:
+    response = client.get(f"/v1/documents/{uuid.uuid4()}", headers=auth)
+    assert response.status_code == 404
+    assert "does not exist" in response.json()["detail"]
+
+
+def test_extracted_fields_are_read_and_searched(
+    client: TestClient, auth: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    tracking = f"1Z{uuid.uuid4().hex[:12].upper()}"
+    uris = [f"s3://scans-allowed/{uuid.uuid4().hex[:8]}/{name}.png" for name in ("a", "b")]
+    batch_id = client.post("/v1/batches", json={"uris": uris}, headers=auth).json()["id"]
+    rows = client.get(f"/v1/batches/{batch_id}/results", headers=auth).json()["items"]
+    read_id, other_id = rows[0]["document_id"], rows[1]["document_id"]
+    with sessions() as session, session.begin():
+        model = repository.get_or_create_model(session, name="tiny-test", path="/m", sha256="0" * 64)
+        model_id = model.id
+        repository.save_extraction(
+            session,
+            document_id=read_id,
+            model_id=model_id,
+            raw_sequence="<s_tracking_number>...",
+            data={"tracking_number": tracking, "items": [{"name": "bolt"}, {"name": "nut"}]},
+            confidence=0.93,
+            latency_ms=12.0,
+            fields=[
+                ("tracking_number", tracking, 0.99),
+                ("items.name", "bolt", 0.9),
+                ("items.name", "nut", 0.8),
+            ],
+        )
+
+    document = client.get(f"/v1/documents/{read_id}", headers=auth).json()
+    assert document["status"] == "done"
+    assert document["fields"] == {"tracking_number": tracking, "items.name": ["bolt", "nut"]}
+    assert document["data"]["items"] == [{"name": "bolt"}, {"name": "nut"}]
+    assert document["confidence"] == pytest.approx(0.93)
+    assert document["model"] == {"id": model_id, "name": "tiny-test"}
+    assert document["finished_at"] is not None
+
+    results = client.get(f"/v1/batches/{batch_id}/results", headers=auth).json()["items"]
+    assert results[0]["fields"] == document["fields"]
+    assert results[1]["document_id"] == other_id and results[1]["fields"] == {}
+    progress = client.get(f"/v1/batches/{batch_id}", headers=auth).json()
+    assert progress["counts"] == {"queued": 1, "processing": 0, "done": 1, "failed": 0}
+
+    found = client.get("/v1/search", params={"field": "tracking_number", "value": tracking}, headers=auth)
+    assert found.status_code == 200
+    assert found.json()["field"] == "tracking_number"
+    assert [item["id"] for item in found.json()["items"]] == [read_id]
+    assert found.json()["items"][0]["fields"] == document["fields"]
+    by_item = client.get("/v1/search", params={"field": "items.name", "value": "nut"}, headers=auth).json()
+    assert read_id in [item["id"] for item in by_item["items"]]
+    nothing = client.get("/v1/search", params={"field": "tracking_number", "value": "nope"}, headers=auth)
+    assert nothing.json()["items"] == []
+
+
+@pytest.mark.parametrize("query", ["", "field=a", "value=b", "field=&value=b", "field=a&value=b&limit=0"])
+def test_a_search_without_field_and_value_is_422(
+    client: TestClient, auth: dict[str, str], query: str
+) -> None:
+    assert client.get(f"/v1/search?{query}", headers=auth).status_code == 422
