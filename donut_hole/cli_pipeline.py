@@ -66,7 +66,8 @@ def worker(
         str | None, typer.Option(help="Comma-separated queues to consume (default: DONUT_HOLE_QUEUE).")
     ] = None,
     metrics_port: Annotated[
-        int | None, typer.Option(min=1, max=65535, help="Serve Prometheus /metrics on this port.")
+        int | None,
+        typer.Option(min=1, max=65535, help="Prometheus /metrics port (default: DONUT_HOLE_METRICS_PORT)."),
     ] = None,
     loglevel: Annotated[
         str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR (default: DONUT_HOLE_LOG_LEVEL).")
@@ -74,6 +75,7 @@ def worker(
 ) -> None:
     """Run a Celery worker: one model per pool process, one group of documents per forward pass."""
     settings = _settings()
+    metrics_port = metrics_port or settings.metrics_port
     if metrics_port:
         # Before prometheus_client is imported: the pool processes then write their samples to files.
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="donut-hole-metrics-"))

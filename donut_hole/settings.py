@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     task_time_limit_s: int = Field(600, ge=1)
     max_retries: int = Field(5, ge=0)
     queue: str = "cpu"
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="Worker Prometheus port; unset = off.")
 
     api_keys: list[str] = Field(default_factory=list, description="Bearer keys the API accepts.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
