@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from donut_hole.api.schemas import DocumentPublic, FieldValues, ModelRef
-from donut_hole.db import Document, DocumentStatus, Extraction
+from donut_hole.db import Document, DocumentStatus, Extraction, repository
 
 _CHUNK = 500  # ids per IN (...) list
 
@@ -39,13 +39,7 @@ def field_values(extraction: Extraction) -> FieldValues:
     """``{"consignee.name": "ACME", "items.name": ["bolt", "nut"]}``: a repeated key path gives a list."""
     values: FieldValues = {}
     for field in extraction.fields:
-        current = values.get(field.name)
-        if current is None:
-            values[field.name] = field.value
-        elif isinstance(current, list):
-            current.append(field.value)
-        else:
-            values[field.name] = [current, field.value]
+        repository.put_field(values, field.name, field.value)
     return values
 
 

@@ -204,7 +204,7 @@ def results_for_batch(session: Session, *, batch_id: str) -> list[ResultRow]:
     )
     for extraction_id, name, value in field_rows:
         if extraction_id in wanted:
-            _put_field(fields.setdefault(extraction_id, {}), name, value)
+            put_field(fields.setdefault(extraction_id, {}), name, value)
     rows: list[ResultRow] = []
     for document in documents:
         found = latest.get(document.id)
@@ -410,7 +410,11 @@ def _field_row(name: str, value: str, confidence: float | None) -> dict[str, Any
     return {"name": name, "value": str(value)[:FIELD_VALUE_MAX], "confidence": confidence}
 
 
-def _put_field(fields: dict[str, str | list[str]], name: str, value: str) -> None:
+def put_field(fields: dict[str, str | list[str]], name: str, value: str) -> None:
+    """Add one field row to a ``{name: value}`` dict; a repeated key path (list items) becomes a list.
+
+    ``{"items.sku": "A1"}`` + ``("items.sku", "B2")`` → ``{"items.sku": ["A1", "B2"]}``.
+    """
     if name not in fields:
         fields[name] = value
         return

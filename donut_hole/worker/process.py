@@ -237,15 +237,7 @@ def fail_unfinished(rt: Runtime, document_ids: Sequence[str], *, reason: str, ki
                 continue
             repository.mark_failed(session, document_id=document_id, error=reason)
             failed.append(document_id)
-            metrics.DOCUMENTS_FAILED.labels(reason=kind).inc()
-            log_event(
-                log,
-                "document.failed",
-                level=logging.WARNING,
-                reason=reason,
-                batch_id=document.batch_id,
-                document_id=document_id,
-            )
+            _count_failure(reason, kind, batch_id=document.batch_id, document_id=document_id)
     return failed
 
 
@@ -316,6 +308,10 @@ def _fail(rt: Runtime, job: _Job, outcome: GroupOutcome, reason: str, kind: str)
 
 def _failed(outcome: GroupOutcome, reason: str, kind: str, *, batch_id: str, document_id: str) -> None:
     outcome.failed[document_id] = reason
+    _count_failure(reason, kind, batch_id=batch_id, document_id=document_id)
+
+
+def _count_failure(reason: str, kind: str, *, batch_id: str, document_id: str) -> None:
     metrics.DOCUMENTS_FAILED.labels(reason=kind).inc()
     log_event(
         log,
