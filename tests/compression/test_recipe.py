@@ -7,7 +7,7 @@ from donut_hole.compression.recipe import CompressRecipe, RecipeError, TeacherRe
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-@pytest.mark.parametrize("name", ["tiny.yaml", "donut-base.yaml"])
+@pytest.mark.parametrize("name", ["tiny.yaml", "donut-base.yaml", "donut-hole-small.yaml"])
 def test_shipped_compression_recipes_validate(name):
     recipe = load_recipe(CONFIGS / name, CompressRecipe)
     assert 0 < recipe.prune.target_density <= 0.46
@@ -35,3 +35,17 @@ def test_errors_name_the_key(tmp_path):
     path.write_text("student: {encoder_depths: [1], decoder_layers: 0}\n")
     with pytest.raises(RecipeError, match=r"student\.decoder_layers"):
         load_recipe(path, CompressRecipe)
+
+
+def test_default_model_recipes_fit_together():
+    """teacher-small builds (window fits the image) and donut-hole-small derives a student from it."""
+    from donut_hole.compression.student import StudentSpec, derive_student
+    from donut_hole.model.build import PRESETS, Preset, count_parameters, new_model
+
+    teacher_recipe = load_recipe(CONFIGS / "teacher-small.yaml", TeacherRecipe)
+    student_recipe = load_recipe(CONFIGS / "donut-hole-small.yaml", CompressRecipe)
+    spec = Preset(**{**PRESETS[teacher_recipe.model.preset].__dict__, **teacher_recipe.model.overrides})
+    teacher, _ = new_model(spec, documents=[{"a": "1"}], image_size=teacher_recipe.model.image_size)
+    assert 5_000_000 < count_parameters(teacher) < 12_000_000  # a few tens of MB at most in models/
+    student, _ = derive_student(teacher, StudentSpec(**student_recipe.student.model_dump()))
+    assert count_parameters(student) < 0.7 * count_parameters(teacher)
