@@ -89,6 +89,7 @@ def _token2json(tokens: str, *, is_inner: bool, categorical: set[str]) -> dict[s
             inner = content.group(1).strip()
             if "<s_" in inner and "</s_" in inner:  # non-leaf node
                 value = _token2json(inner, is_inner=True, categorical=categorical)
+                assert isinstance(value, list)  # inner calls always return a list
                 if value:
                     output[key] = value[0] if len(value) == 1 else value
             else:  # leaf node
