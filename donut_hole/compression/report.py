@@ -20,10 +20,10 @@ from transformers import DonutProcessor, VisionEncoderDecoderModel
 
 from donut_hole.compression.cka import cka_matrix, global_cka, pool_tokens
 from donut_hole.compression.distill import shift_for_decoder
-from donut_hole.compression.train import collate, target_sequence
+from donut_hole.compression.train import DonutDataset, collate
 from donut_hole.dataset import Sample
 from donut_hole.model.build import task_token_of
-from donut_hole.model.predict import DonutReader, load_image
+from donut_hole.model.predict import DonutReader
 
 
 def folder_size(path: Path) -> int:
@@ -34,42 +34,28 @@ def folder_size(path: Path) -> int:
 @torch.inference_mode()
 def layer_features(
     model: VisionEncoderDecoderModel,
-    processor: DonutProcessor,
-    samples: Sequence[Sample],
+    items: Sequence[tuple[torch.Tensor, torch.Tensor]],
     *,
+    pad_token_id: int,
     batch_size: int = 8,
-    max_length: int = 256,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Pooled (N, D) features of every Swin stage output and decoder layer output, teacher-forced on the
-    ground-truth sequences: encoder tokens are mean-pooled over the image, decoder tokens over the valid
-    (non-pad) positions. Index ``i`` of each list is hidden-state index ``i + 1`` (0 = embeddings, left out).
+    ground-truth sequences of ``items`` (:class:`DonutDataset` pairs): encoder tokens are mean-pooled over
+    the image, decoder tokens over the valid (non-pad) positions. Index ``i`` of each list is hidden-state
+    index ``i + 1`` (0 = embeddings, left out).
     """
     device = next(model.parameters()).device
-    tokenizer = processor.tokenizer
-    task = task_token_of(model, processor)
-    size = processor.image_processor.size
-    target = (int(size["height"]), int(size["width"]))
     enc: list[list[torch.Tensor]] = []
     dec: list[list[torch.Tensor]] = []
-    for start in range(0, len(samples), batch_size):
-        items = []
-        for sample in samples[start : start + batch_size]:
-            pixels = processor.image_processor(
-                load_image(sample.image_path, target_size=target), return_tensors="pt"
-            )
-            text = target_sequence(sample.gt_parse, task_token=task, eos_token=tokenizer.eos_token)
-            ids = tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_length)[
-                "input_ids"
-            ]
-            items.append((pixels["pixel_values"][0], torch.tensor(ids)))
-        batch = collate(items, pad_token_id=tokenizer.pad_token_id)
-        decoder_input_ids, _ = shift_for_decoder(batch["input_ids"], pad_token_id=tokenizer.pad_token_id)
+    for start in range(0, len(items), batch_size):
+        batch = collate(list(items[start : start + batch_size]), pad_token_id=pad_token_id)
+        decoder_input_ids, _ = shift_for_decoder(batch["input_ids"], pad_token_id=pad_token_id)
         out = model(
             pixel_values=batch["pixel_values"].to(device, dtype=model.dtype),
             decoder_input_ids=decoder_input_ids.to(device),
             output_hidden_states=True,
         )
-        mask = (decoder_input_ids != tokenizer.pad_token_id).to(device)  # (B, T)
+        mask = (decoder_input_ids != pad_token_id).to(device)  # (B, T)
         if not enc:
             enc = [[] for _ in out.encoder_hidden_states[1:]]
             dec = [[] for _ in out.decoder_hidden_states[1:]]
@@ -88,11 +74,17 @@ def cka_analysis(
     *,
     pairs: dict[str, list[tuple[int, int]]],
     batch_size: int = 8,
+    max_length: int = 256,
 ) -> dict[str, Any]:
     """The teacher×student linear-CKA matrix over all layers (encoder stages, then decoder layers) and the
     global CKA index: the mean CKA over the mapped pairs (``LayerMap.hidden_pairs()``)."""
-    t_enc, t_dec = layer_features(teacher, processor, samples, batch_size=batch_size)
-    s_enc, s_dec = layer_features(student, processor, samples, batch_size=batch_size)
+    dataset = DonutDataset(
+        samples, processor, task_token=task_token_of(teacher, processor), max_length=max_length
+    )
+    items = [dataset[i] for i in range(len(dataset))]  # decoded once, fed to both models
+    pad = processor.tokenizer.pad_token_id
+    t_enc, t_dec = layer_features(teacher, items, pad_token_id=pad, batch_size=batch_size)
+    s_enc, s_dec = layer_features(student, items, pad_token_id=pad, batch_size=batch_size)
     matrix = cka_matrix(t_enc + t_dec, s_enc + s_dec)
     mapped = [(t - 1, s - 1) for t, s in pairs["encoder"]]
     mapped += [(len(t_enc) + t - 1, len(s_enc) + s - 1) for t, s in pairs["decoder"]]
