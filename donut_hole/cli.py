@@ -127,8 +127,19 @@ def predict(
         raise typer.Exit(1)
 
 
-def _overrides(steps: int | None, device: str | None) -> dict[str, object]:
+def _overrides(steps: int | None, device: str | None, settings: list[str] | None = None) -> dict[str, object]:
+    """Recipe overrides from --steps, --device and repeated ``--set key.path=value`` (YAML values)."""
+    import yaml
+
     out: dict[str, object] = {}
+    for item in settings or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise _fail(f"--set expects KEY=VALUE (e.g. train.batch_size=16), got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise _fail(f"--set {key.strip()}: {raw!r} is not a YAML value ({exc})") from exc
     if steps is not None:
         out["train.steps"] = steps
     if device is not None:
@@ -144,6 +155,10 @@ def train(
     out: Annotated[Path, typer.Option(help="Run folder: checkpoint, history, model/.")],
     steps: Annotated[int | None, typer.Option(min=0, help="Override train.steps.")] = None,
     device: Annotated[str | None, typer.Option(help="Override train.device (auto, cpu, cuda).")] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override any recipe key, repeatable: --set train.batch_size=16."),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt if present.")] = False,
 ) -> None:
     """Train (from a preset) or fine-tune (from a model folder) a DONUT teacher."""
@@ -153,7 +168,7 @@ def train(
     from donut_hole.model.build import ModelLoadError
 
     try:
-        spec = load_recipe(recipe, TeacherRecipe, overrides=_overrides(steps, device))
+        spec = load_recipe(recipe, TeacherRecipe, overrides=_overrides(steps, device, settings))
         history = train_teacher(spec, train_dir=train_data, val_dir=val_data, out_dir=out, resume=resume)
     except (RecipeError, DatasetError, ModelLoadError) as exc:
         raise _fail(str(exc)) from exc
@@ -175,6 +190,10 @@ def compress(
     ] = None,
     steps: Annotated[int | None, typer.Option(min=0, help="Override train.steps (0: no training).")] = None,
     device: Annotated[str | None, typer.Option(help="Override train.device (auto, cpu, cuda).")] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override any recipe key, repeatable: --set train.batch_size=16."),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt if present.")] = False,
 ) -> None:
     """Build the DONUT-hole student of a teacher: derive, distill, prune, save, report."""
@@ -185,7 +204,7 @@ def compress(
     from donut_hole.model.build import ModelLoadError
 
     try:
-        spec = load_recipe(recipe, CompressRecipe, overrides=_overrides(steps, device))
+        spec = load_recipe(recipe, CompressRecipe, overrides=_overrides(steps, device, settings))
         report = run_compress(
             spec,
             teacher_path=teacher,
