@@ -12,9 +12,11 @@ import functools
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,6 +36,20 @@ from donut_hole.model.tokens import json2token
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+TRAIN_LOG = "train_log.jsonl"  # one line per log_every steps: step, loss (and its parts), lr, img/s
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt (main thread only), so a stopped run checkpoints first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class TrainConfig(BaseModel):
@@ -289,48 +305,64 @@ def train(
         torch.save(state, tmp)
         tmp.replace(checkpoint_path)  # atomic: a crash never leaves half a checkpoint
 
+    def train_step(step: int, batch: dict[str, torch.Tensor]) -> None:
+        nonlocal done
+        lr = get_lr(
+            step,
+            lr=config.lr,
+            warmup_steps=config.warmup_steps,
+            total_steps=config.steps,
+            min_lr_ratio=config.min_lr_ratio,
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if step > start and step % config.eval_every == 0:
+            evaluate_now(step, float(np.mean(running[-config.log_every :])) if running else None)
+        if step > start and step % config.checkpoint_every == 0:
+            checkpoint(step)
+        if pruner is not None:
+            pruner.step(step)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with autocast:
+            loss, parts = objective(model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if pruner is not None:
+            pruner.apply_()
+        done = step + 1
+        running.append(float(loss.detach()))
+        if step % config.log_every == 0:
+            rate = (step + 1 - start) / max(1e-9, time.perf_counter() - started) * config.batch_size
+            parts_text = " ".join(f"{k} {v:.3f}" for k, v in parts.items())
+            bar.update(
+                task,
+                status=f"loss {np.mean(running[-config.log_every :]):.3f} {parts_text} "
+                f"lr {lr:.1e} {rate:.1f} img/s",
+            )
+            with (out_dir / TRAIN_LOG).open("a", encoding="utf-8") as f:
+                record = {"step": step, "loss": running[-1], "lr": lr, "img_s": round(rate, 2)}
+                f.write(json.dumps(record | {k: float(v) for k, v in parts.items()}) + "\n")
+        bar.advance(task)
+
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     running: list[float] = []
     started = time.perf_counter()
-    with Progress(*columns, TextColumn("{task.fields[status]}"), disable=not progress) as bar:
+    done = start  # optimizer steps completed: what a checkpoint written now holds
+    with (
+        Progress(*columns, TextColumn("{task.fields[status]}"), disable=not progress) as bar,
+        _stop_on_sigterm(),
+    ):
         task = bar.add_task("training", total=config.steps, completed=start, status="")
-        step = start
-        for step, batch in enumerate(loader, start=start):
-            lr = get_lr(
-                step,
-                lr=config.lr,
-                warmup_steps=config.warmup_steps,
-                total_steps=config.steps,
-                min_lr_ratio=config.min_lr_ratio,
-            )
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if step > start and step % config.eval_every == 0:
-                evaluate_now(step, float(np.mean(running[-config.log_every :])) if running else None)
-            if step > start and step % config.checkpoint_every == 0:
-                checkpoint(step)
-            if pruner is not None:
-                pruner.step(step)
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with autocast:
-                loss, parts = objective(model, batch)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if pruner is not None:
-                pruner.apply_()
-            running.append(float(loss.detach()))
-            if step % config.log_every == 0:
-                rate = (step + 1 - start) / max(1e-9, time.perf_counter() - started) * config.batch_size
-                parts_text = " ".join(f"{k} {v:.3f}" for k, v in parts.items())
-                bar.update(
-                    task,
-                    status=f"loss {np.mean(running[-config.log_every :]):.3f} {parts_text} "
-                    f"lr {lr:.1e} {rate:.1f} img/s",
-                )
-                log.debug("step %d loss %.4f lr %.2e", step, running[-1], lr)
-            bar.advance(task)
+        try:
+            for step, batch in enumerate(loader, start=start):
+                train_step(step, batch)
+        except KeyboardInterrupt:
+            if done > start:
+                checkpoint(done)
+                log.warning("interrupted: checkpoint at step %d in %s (go on with --resume)", done, out_dir)
+            raise
         if config.steps > start:
             evaluate_now(config.steps, float(np.mean(running[-config.log_every :])) if running else None)
             checkpoint(config.steps)
