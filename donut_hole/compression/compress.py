@@ -32,10 +32,11 @@ from donut_hole.compression.prune import (
 from donut_hole.compression.recipe import CompressRecipe, save_recipe
 from donut_hole.compression.report import cka_analysis, folder_size, measure_latency, write_report
 from donut_hole.compression.student import LayerMap, StudentSpec, derive_student
-from donut_hole.compression.train import resolve_device, train
+from donut_hole.compression.train import resolve_device, target_sequence, train
+from donut_hole.compression.vocab import prune_vocabulary
 from donut_hole.dataset import Sample, read_dataset
 from donut_hole.evaluate import evaluate_reader
-from donut_hole.model.build import count_parameters, load_model, save_model
+from donut_hole.model.build import count_parameters, load_model, save_model, task_token_of
 from donut_hole.model.predict import DonutReader
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,10 @@ def compress(
     steps = recipe.train.steps
     if steps > 0 and train_dir is None:
         raise ValueError("training data (--train) is needed when train.steps > 0")
-    train_samples = read_dataset(train_dir) if steps > 0 and train_dir is not None else []
+    if recipe.prune.vocabulary and train_dir is None:
+        raise ValueError("training data (--train) is needed for prune.vocabulary: it sets the tokens kept")
+    needs_train = steps > 0 or recipe.prune.vocabulary
+    train_samples = read_dataset(train_dir) if needs_train and train_dir is not None else []
     val_samples = read_dataset(val_dir)
     device = resolve_device(recipe.train.device)
     teacher, processor = load_model(teacher_path, device=device)
@@ -171,13 +175,23 @@ def compress(
             k: v for k, v in apply_semi_structured_(student).items() if k != "skipped"
         }
     student.eval()
-    student_dir = save_model(student, processor, out_dir / "model")
+    student_processor, token_map = processor, None
+    if recipe.prune.vocabulary:
+        task_token = task_token_of(teacher, processor)
+        eos = processor.tokenizer.eos_token
+        corpus = [target_sequence(s.gt_parse, task_token=task_token, eos_token=eos) for s in train_samples]
+        student_processor, pruning = prune_vocabulary(student, processor, corpus)
+        token_map = pruning.token_map(student_processor.tokenizer.unk_token_id)
+        structure["vocabulary"] = pruning.summary()
+    student_dir = save_model(student, student_processor, out_dir / "model")
 
     report = build_report(
         teacher,
         student,
         processor,
         val_samples,
+        student_processor=student_processor,
+        student_token_map=token_map,
         recipe=recipe,
         layer_map=layer_map,
         history=history,
@@ -198,6 +212,8 @@ def build_report(
     val_samples: list[Sample],
     *,
     recipe: CompressRecipe,
+    student_processor: Any | None = None,
+    student_token_map: torch.Tensor | None = None,
     layer_map: LayerMap,
     history: list[dict[str, Any]],
     structure: dict[str, Any],
@@ -206,12 +222,16 @@ def build_report(
     val_dir: Path,
     name: str,
 ) -> dict[str, Any]:
-    """Measure both models on the same documents, in this run."""
+    """Measure both models on the same documents, in this run (``processor`` is the teacher's)."""
     cfg = recipe.report
     evaluated = val_samples[: cfg.eval_samples] if cfg.eval_samples else val_samples
     sides: dict[str, dict[str, Any]] = {}
-    for side, model, path in (("teacher", teacher, teacher_path), ("student", student, student_path)):
-        reader = DonutReader(model, processor, max_new_tokens=recipe.train.max_new_tokens)
+    sides_models = (
+        ("teacher", teacher, processor, teacher_path),
+        ("student", student, student_processor or processor, student_path),
+    )
+    for side, model, side_processor, path in sides_models:
+        reader = DonutReader(model, side_processor, max_new_tokens=recipe.train.max_new_tokens)
         evaluation = evaluate_reader(reader, evaluated, batch_size=cfg.batch_size, progress=False)
         sides[side] = {
             "parameters": count_parameters(model),
@@ -233,6 +253,7 @@ def build_report(
         val_samples[: cfg.cka_samples],
         pairs=layer_map.hidden_pairs(),
         batch_size=cfg.batch_size,
+        student_token_map=student_token_map,
     )
     device = next(student.parameters()).device
     return {

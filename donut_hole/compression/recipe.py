@@ -68,6 +68,11 @@ class PruneConfig(_Strict):
     )
     end_fraction: float = Field(0.7, ge=0, le=1, description="...and reaches the target here.")
     semi_structured: bool = Field(False, description="Also impose a 2:4 pattern (GPU sparse kernels).")
+    vocabulary: bool = Field(
+        False,
+        description="Keep only the output tokens the training targets use (embedding / lm_head rows); "
+        "needs the training set.",
+    )
 
 
 class ReportConfig(_Strict):

@@ -38,11 +38,13 @@ def layer_features(
     *,
     pad_token_id: int,
     batch_size: int = 8,
+    token_map: torch.Tensor | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Pooled (N, D) features of every Swin stage output and decoder layer output, teacher-forced on the
     ground-truth sequences of ``items`` (:class:`DonutDataset` pairs): encoder tokens are mean-pooled over
     the image, decoder tokens over the valid (non-pad) positions. Index ``i`` of each list is hidden-state
-    index ``i + 1`` (0 = embeddings, left out).
+    index ``i + 1`` (0 = embeddings, left out). ``token_map`` (old id → model id) feeds a model whose
+    vocabulary was pruned the same sequences.
     """
     device = next(model.parameters()).device
     enc: list[list[torch.Tensor]] = []
@@ -50,9 +52,10 @@ def layer_features(
     for start in range(0, len(items), batch_size):
         batch = collate(list(items[start : start + batch_size]), pad_token_id=pad_token_id)
         decoder_input_ids, _ = shift_for_decoder(batch["input_ids"], pad_token_id=pad_token_id)
+        model_ids = decoder_input_ids if token_map is None else token_map[decoder_input_ids]
         out = model(
             pixel_values=batch["pixel_values"].to(device, dtype=model.dtype),
-            decoder_input_ids=decoder_input_ids.to(device),
+            decoder_input_ids=model_ids.to(device),
             output_hidden_states=True,
         )
         mask = (decoder_input_ids != pad_token_id).to(device)  # (B, T)
@@ -75,16 +78,20 @@ def cka_analysis(
     pairs: dict[str, list[tuple[int, int]]],
     batch_size: int = 8,
     max_length: int = 256,
+    student_token_map: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """The teacher×student linear-CKA matrix over all layers (encoder stages, then decoder layers) and the
-    global CKA index: the mean CKA over the mapped pairs (``LayerMap.hidden_pairs()``)."""
+    global CKA index: the mean CKA over the mapped pairs (``LayerMap.hidden_pairs()``). ``processor`` is the
+    teacher's; ``student_token_map`` renumbers its token ids for a student with a pruned vocabulary."""
     dataset = DonutDataset(
         samples, processor, task_token=task_token_of(teacher, processor), max_length=max_length
     )
     items = [dataset[i] for i in range(len(dataset))]  # decoded once, fed to both models
     pad = processor.tokenizer.pad_token_id
     t_enc, t_dec = layer_features(teacher, items, pad_token_id=pad, batch_size=batch_size)
-    s_enc, s_dec = layer_features(student, items, pad_token_id=pad, batch_size=batch_size)
+    s_enc, s_dec = layer_features(
+        student, items, pad_token_id=pad, batch_size=batch_size, token_map=student_token_map
+    )
     matrix = cka_matrix(t_enc + t_dec, s_enc + s_dec)
     mapped = [(t - 1, s - 1) for t, s in pairs["encoder"]]
     mapped += [(len(t_enc) + t - 1, len(s_enc) + s - 1) for t, s in pairs["decoder"]]
