@@ -60,8 +60,16 @@ from donut_hole.compression.prune import (  # noqa: E402
 )
 from donut_hole.compression.recipe import CompressRecipe, load_recipe  # noqa: E402
 from donut_hole.compression.student import StudentSpec, derive_student  # noqa: E402
+from donut_hole.compression.train import target_sequence  # noqa: E402
+from donut_hole.compression.vocab import prune_model_vocabulary_, tokens_to_keep  # noqa: E402
 from donut_hole.documents.synth import sample_scan  # noqa: E402
-from donut_hole.model.build import PRESETS, count_parameters, make_processor, new_model  # noqa: E402
+from donut_hole.model.build import (  # noqa: E402
+    PRESETS,
+    count_parameters,
+    make_processor,
+    new_model,
+    task_token_of,
+)
 
 log = logging.getLogger("benchmarks.models")
 Donut = Any  # a VisionEncoderDecoderModel, possibly quantised or with 2:4 weights (no useful static type)
@@ -233,10 +241,35 @@ def semi_structured_(model: nn.Module) -> dict[str, Any]:
     return report
 
 
+def benchmark_vocabulary(
+    tokenizer: Any, corpus: list[str], *, rows: int, total: int
+) -> tuple[list[int], int]:
+    """Rows a vocabulary-pruned student keeps: the tokens ``corpus`` uses, then filler rows up to ``rows``.
+
+    The benchmark's teacher has donut-base's 57,525 embedding rows but a small tokenizer made from the
+    scans, so the tokens it really uses are a few hundred. A donut-base student keeps the sentencepiece
+    pieces a logistics training set uses, which cannot be counted here without the published tokenizer;
+    ``rows`` stands in for that number (the lowest unused ids fill the gap). Returns (kept ids, used).
+    """
+    used = tokens_to_keep(tokenizer, corpus)
+    kept = set(used)
+    filler = (i for i in range(total) if i not in kept)
+    while len(kept) < min(rows, total):
+        kept.add(next(filler))
+    return sorted(kept), len(used)
+
+
 def build_variants(
-    teacher: Donut, recipe: CompressRecipe, *, device: torch.device, names: list[str]
+    teacher: Donut,
+    recipe: CompressRecipe,
+    *,
+    device: torch.device,
+    names: list[str],
+    vocabulary: tuple[list[int], str] | None = None,
 ) -> list[Variant]:
-    """The variants in ``names``, built as the recipe says; those for another device come back skipped."""
+    """The variants in ``names``, built as the recipe says; those for another device come back skipped.
+
+    ``vocabulary`` (kept rows, a note) applies the recipe's ``prune.vocabulary`` step to ``structured``."""
     spec = StudentSpec(
         encoder_depths=recipe.student.encoder_depths,
         decoder_layers=recipe.student.decoder_layers,
@@ -246,6 +279,8 @@ def build_variants(
     layers, _ = derive_student(teacher, spec)
     structured = copy.deepcopy(layers)
     ffn = prune_ffn_(structured, keep_ratio=prune.ffn_keep_ratio) if prune.ffn_keep_ratio < 1 else {}
+    if vocabulary is not None:
+        prune_model_vocabulary_(structured, vocabulary[0])
     own = unstructured_density(
         target=prune.target_density,
         teacher_prunable=sum(w.numel() for w in prunable_weights(teacher).values()),
@@ -258,8 +293,13 @@ def build_variants(
         f"FFN keep ratio {prune.ffn_keep_ratio}: Swin FFN widths {ffn.get('encoder_ffn_dims')}, "
         f"decoder {ffn.get('decoder_ffn_dim')}",
         f"then magnitude-pruned ({prune.scope}) to {own:.3f} of its own prunable weights = "
-        f"{prune.target_density} of the teacher's",
+        f"{prune.target_density} of the teacher's"
+        if own < 1
+        else f"no magnitude pruning: structure alone is at or below {prune.target_density} of the "
+        "teacher's prunable weights",
     ]
+    if vocabulary is not None:
+        structured_notes.append(vocabulary[1])
     out = []
     for name in names:
         where = VARIANTS[name][0]
@@ -429,9 +469,9 @@ def generate_kwargs(
         "do_sample": False,
         "num_beams": 1,
         "use_cache": True,
-        "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "bad_words_ids": [[tokenizer.unk_token_id]],
+        "pad_token_id": model.config.pad_token_id,  # the model's ids: vocabulary pruning renumbers them
+        "eos_token_id": model.config.eos_token_id,
+        "bad_words_ids": [[tokenizer.unk_token_id]],  # specials are the lowest ids, kept in place
         "return_dict_in_generate": True,
         "output_scores": True,
     }
@@ -857,6 +897,12 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, help="seconds for timed passes (cpu 540, cuda 200; 0: no limit)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset (teacher needed)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument(
+        "--vocab-rows",
+        type=int,
+        default=16000,
+        help="rows a vocabulary-pruned student keeps (recipe prune.vocabulary; default 16000)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run of this script")
     p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/models-<device>.json)")
     args = p.parse_args(argv)
@@ -909,7 +955,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     teacher, processor = new_model(args.preset, documents=docs, image_size=sizes[0])
     shared = check_resolutions(teacher, sizes)
     log.info("building %s on %s", names, device)
-    variants = build_variants(teacher.to(device), recipe, device=device, names=names)
+    vocabulary = None
+    if recipe.prune.vocabulary:
+        tokenizer, total = processor.tokenizer, teacher.config.decoder.vocab_size
+        task, eos = task_token_of(teacher, processor), tokenizer.eos_token
+        corpus = [target_sequence(d, task_token=task, eos_token=eos) for d in docs]
+        kept, used = benchmark_vocabulary(tokenizer, corpus, rows=args.vocab_rows, total=total)
+        note = (
+            f"vocabulary: {len(kept)} of {total} embedding/lm_head rows kept (recipe prune.vocabulary): the "
+            f"{used} tokens the scans' targets use with this benchmark's small tokenizer, filled up to "
+            f"--vocab-rows {args.vocab_rows}, a stand-in for the donut-base pieces a logistics training "
+            "set uses"
+        )
+        vocabulary = (kept, note)
+    variants = build_variants(teacher.to(device), recipe, device=device, names=names, vocabulary=vocabulary)
     inputs = {}  # size -> (max batch, 3, H, W): the same documents for every variant
     for size in sizes:
         values = make_processor(processor.tokenizer, size).image_processor(images, return_tensors="pt")
@@ -949,6 +1008,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             else f"once per variant, at {cheapest.key}",
             "memory_method": memory.method,
             "target_density": recipe.prune.target_density,
+            "vocab_rows": args.vocab_rows if recipe.prune.vocabulary else None,
         },
         "weights_shared_across_resolutions": shared,
         "variants": {

@@ -112,3 +112,53 @@ def test_planner_and_percentile():
     assert m.parse_sizes("2560x1920,1280x960") == [(2560, 1920), (1280, 960)]
     with pytest.raises(m.BenchmarkError):
         m.parse_sizes("2560-1920")
+
+
+def test_vocabulary_pruned_student_generates_with_renumbered_ids(tmp_path):
+    """A recipe with prune.vocabulary: the structured student keeps --vocab-rows rows and still generates."""
+    recipe = tmp_path / "vocab.yaml"
+    recipe.write_text(
+        (ROOT / "configs" / "tiny.yaml")
+        .read_text(encoding="utf-8")
+        .replace("prune:\n", "prune:\n  vocabulary: true\n"),
+        encoding="utf-8",
+    )
+    out = tmp_path / "models.json"
+    args = ["--quick", "--preset", "tiny", "--variants", "teacher,structured", "--vocab-rows", "90"]
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            *args,
+            "--recipe",
+            str(recipe),
+            "--batch-sizes",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text(encoding="utf-8"))
+    structured = result["variants"]["structured"]
+    assert any(note.startswith("vocabulary: 90 of ") for note in structured["notes"]), structured["notes"]
+    assert result["settings"]["vocab_rows"] == 90
+    assert all(row["status"] == "ok" for row in result["results"])
+
+
+def test_benchmark_vocabulary_fills_up_to_the_requested_rows():
+    m = load_script()
+    from donut_hole.model.build import new_model
+
+    docs = [{"document_type": "shipping_label", "carrier": "Kestrel Cargo", "weight": "12 kg"}]
+    _, processor = new_model("tiny", documents=docs)
+    tok = processor.tokenizer
+    kept, used = m.benchmark_vocabulary(tok, ["<s_logistics>Kestrel</s>"], rows=40, total=len(tok))
+    assert len(kept) == 40 and kept == sorted(kept) and used < 40
+    assert set(tok.all_special_ids) <= set(kept)
+    everything, _ = m.benchmark_vocabulary(tok, ["Kestrel"], rows=10**6, total=len(tok))
+    assert everything == list(range(len(tok)))

@@ -164,16 +164,19 @@ def test_donut_base_layout_steps_zero(tmp_path):
     report = compress(
         recipe,
         teacher_path=teacher_dir,
-        train_dir=None,
+        train_dir=val_dir,  # with --steps 0 the training set only sets the vocabulary kept
         val_dir=val_dir,
         out_dir=tmp_path / "run",
         progress=False,
     )
     t, s = report["teacher"], report["student"]
+    vocab = report["student_structure"]["vocabulary"]
+    assert vocab["vocab_before"] == 57525 and vocab["vocab_after"] < 1000
     assert s["parameters"] < 0.75 * t["parameters"]
     assert abs(s["density"]["prunable_density_vs_teacher"] - 0.46) < 0.01
     assert s["latency"]["ms_per_doc_batch1_p50"] < t["latency"]["ms_per_doc_batch1_p50"]
     assert json.loads((tmp_path / "run" / "report.json").read_text())["history"] == []
     reloaded, _ = load_model(tmp_path / "run" / "model")
-    assert list(reloaded.config.encoder.depths) == [2, 2, 6, 2]
+    assert list(reloaded.config.encoder.depths) == [2, 2, 4, 2]
     assert reloaded.config.decoder.decoder_layers == 2
+    assert reloaded.config.decoder.vocab_size == vocab["vocab_after"]
