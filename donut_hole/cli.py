@@ -226,6 +226,35 @@ def compress(
     )
 
 
+@app.command()
+def ship(
+    run: Annotated[Path, typer.Option(help="Finished run folder of scripts/train_default_model.sh.")],
+    models: Annotated[Path, typer.Option(help="Where the model folders go.")] = Path("models"),
+    readme: Annotated[
+        Path | None, typer.Option(help="README whose default-models markers get the teacher/student table.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Ship even when targets are not met (the card says so).")
+    ] = False,
+) -> None:
+    """Copy a trained teacher and its student into models/ with model cards (checks issue 5's targets)."""
+    from donut_hole.model.card import ShipError
+    from donut_hole.model.card import ship as ship_models
+
+    try:
+        done = ship_models(run, models, readme=readme, force=force)
+    except ShipError as exc:
+        raise _fail(str(exc), code=1) from exc
+    for target in done["targets"]:
+        mark = "[green]met[/]" if target.met else "[bold red]not met[/]"
+        value = "–" if target.value is None else f"{target.value:.4f}"
+        console.print(f"{target.name}: {value} (limit {target.limit:g}) {mark}")
+    for side, folder in done["models"].items():
+        console.print(f"shipped {side}: {folder}")
+    if readme is not None and not done["readme_updated"]:
+        console.print(f"[yellow]{readme} has no default-models markers: table not written[/]")
+
+
 from donut_hole import cli_pipeline  # noqa: E402, F401  (registers the pipeline commands)
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 #   batch 16, constant lr after warm-up, open-ended: stop it with SIGTERM/Ctrl-C (it checkpoints first),
 #   run the same command again to go on; TEACHER_ONLY=1 stops after the teacher.
 set -euo pipefail
+INVOCATION="CPU=${CPU:-0} SMOKE=${SMOKE:-0} TEACHER_ONLY=${TEACHER_ONLY:-0} $0 $*"
 RUN=${1:-runs/default}
 N_TRAIN=${2:-60000}
 N_VAL=${N_VAL:-500}
@@ -23,6 +24,30 @@ if [[ "${CPU:-0}" == 1 ]]; then
         --set train.num_workers=1)
 fi
 mkdir -p "$RUN"
+# run.json: data seeds and sizes, the commands, the hardware; `donut-hole ship` puts them in the model cards
+record() {  # record started|finished
+    "$BIN/python" - "$RUN/run.json" "$1" "$N_TRAIN" "$N_VAL" "$INVOCATION" <<'PY'
+import json, os, sys, platform, datetime, pathlib
+import torch
+path, event, n_train, n_val, invocation = pathlib.Path(sys.argv[1]), sys.argv[2], *sys.argv[3:]
+run = json.loads(path.read_text()) if path.is_file() else {}
+now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+if event == "started":
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    run.setdefault("started", now)
+    run.setdefault("sessions", []).append({"started": now, "hardware": gpu or f"{cpu or platform.machine()}, {os.cpu_count()} cores (no GPU)"})
+    run["hardware"] = "; ".join(dict.fromkeys(s["hardware"] for s in run["sessions"]))
+    run["train"] = {"n": int(n_train), "seed": 0, "width": 448, "height": 448}
+    run["val"] = {"n": int(n_val), "seed": 1000, "width": 448, "height": 448}
+    run["max_new_tokens"] = 192
+    run["commands"] = [invocation.strip()]
+else:
+    run["finished"] = now
+path.write_text(json.dumps(run, indent=2))
+PY
+}
+record started
 [[ -f "$RUN/train/metadata.jsonl" ]] || "$BIN/donut-hole" synth --kind all --n "$N_TRAIN" --seed 0 \
     --width 448 --height 448 --out "$RUN/train"
 [[ -f "$RUN/val/metadata.jsonl" ]] || "$BIN/donut-hole" synth --kind all --n "$N_VAL" --seed 1000 \
@@ -32,6 +57,10 @@ mkdir -p "$RUN"
 [[ "${TEACHER_ONLY:-0}" == 1 ]] && exit 0
 "$BIN/donut-hole" compress --teacher "$RUN/teacher/model" --recipe configs/donut-hole-small.yaml \
     --train "$RUN/train" --val "$RUN/val" --out "$RUN/student" --resume "${EXTRA[@]}"
-"$BIN/donut-hole" evaluate --model "$RUN/teacher/model" --data "$RUN/val" --out "$RUN/teacher/evaluation.json"
-"$BIN/donut-hole" evaluate --model "$RUN/student/model" --data "$RUN/val" --out "$RUN/student/evaluation.json"
+for side in teacher student; do
+    "$BIN/donut-hole" evaluate --model "$RUN/$side/model" --data "$RUN/val" --max-new-tokens 192 \
+        --out "$RUN/$side/evaluation.json"
+done
+record finished
 echo "done: $RUN/teacher/model, $RUN/student/model (report: $RUN/student/report.md)"
+echo "ship them: $BIN/donut-hole ship --run $RUN --models models --readme README.md"

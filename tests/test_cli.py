@@ -68,3 +68,23 @@ def test_predict_prints_json_lines_and_fails_bad_files(dataset, model_dir):
     assert result.exit_code == 1
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert "fields" in lines[0] and "error" in lines[1]
+
+
+def test_train_set_overrides_any_recipe_key(tmp_path, dataset):
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    base = ["train", "--recipe", str(configs / "teacher-small.yaml"), "--train", str(dataset)]
+    base += ["--val", str(dataset), "--out", str(tmp_path / "run")]
+
+    bad_value = runner.invoke(app, [*base, "--set", "train.batch_size=many"])
+    assert bad_value.exit_code == 2 and "train.batch_size" in bad_value.output
+
+    no_equals = runner.invoke(app, [*base, "--set", "train.batch_size"])
+    assert no_equals.exit_code == 2 and "KEY=VALUE" in no_equals.output
+
+    sizes = ["--set", "model.image_size=[224, 224]", "--set", "model.overrides.depths=[2, 2, 2, 2]"]
+    ok = runner.invoke(
+        app, [*base, "--steps", "0", *sizes, "--set", "train.eval_samples=1", "--set", "train.num_workers=0"]
+    )
+    assert ok.exit_code == 0, ok.output
+    recipe = (tmp_path / "run" / "recipe.yaml").read_text()
+    assert "- 224" in recipe and "eval_samples: 1" in recipe

@@ -137,3 +137,45 @@ def test_training_lowers_the_loss_and_records_history(tmp_path, data):
     lines = (tmp_path / "history.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [12, 24]
     assert (tmp_path / "model" / "config.json").is_file()
+
+
+def test_interrupted_run_checkpoints_the_steps_it_finished(tmp_path, data):
+    """Ctrl-C / SIGTERM mid-run: the checkpoint holds every finished step and --resume goes on from it."""
+    samples = read_dataset(data)
+    config = TrainConfig(
+        steps=6, batch_size=2, warmup_steps=1, eval_every=3, checkpoint_every=100, eval_samples=1
+    )
+    model, processor = _fresh(data)
+
+    def stop(step: int) -> dict:
+        raise KeyboardInterrupt  # arrives at the evaluation before step 3, after steps 0-2 finished
+
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            model,
+            processor,
+            train_samples=samples,
+            val_samples=[],
+            config=config,
+            out_dir=tmp_path,
+            on_eval=stop,
+            progress=False,
+        )
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 3
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [0] and {"loss", "lr", "img_s", "ce"} <= set(log[0])
+
+    model, processor = _fresh(data)
+    fast = config.model_copy(update={"max_new_tokens": 2})
+    train(
+        model,
+        processor,
+        train_samples=samples,
+        val_samples=[],
+        config=fast,
+        out_dir=tmp_path,
+        resume=True,
+        progress=False,
+    )
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 6
+    assert (tmp_path / "model" / "model.safetensors").is_file()

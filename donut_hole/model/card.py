@@ -1,0 +1,281 @@
+"""Ship a trained teacher and its DONUT-hole student into ``models/`` with a model card each.
+
+A run folder, as ``scripts/train_default_model.sh`` leaves it::
+
+    RUN/run.json                       data seeds and sizes, commands, hardware (written by the script)
+    RUN/teacher/{model/, recipe.yaml, history.jsonl, evaluation.json}
+    RUN/student/{model/, recipe.yaml, report.json, evaluation.json}
+
+:func:`ship` checks the issue's targets (:data:`TARGETS`), copies the two model folders (safetensors,
+config, processor and tokenizer files only) to ``MODELS/<teacher name>`` and ``MODELS/<student name>``,
+writes a ``README.md`` card into each (commands, seeds, recipe, metrics, hardware) and, when given a README
+with the ``<!-- default-models:start -->`` / ``<!-- default-models:end -->`` markers, puts the teacher vs
+student table between them. The metrics are those of ``donut-hole evaluate`` on the held-out set, so
+running the command printed in the card reproduces them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TEACHER_NAME = "teacher-small"
+STUDENT_NAME = "donut-hole-small"
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+START, END = "<!-- default-models:start -->", "<!-- default-models:end -->"
+
+
+class ShipError(RuntimeError):
+    """The run folder is incomplete, or the models miss their targets (and shipping was not forced)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    value: float | None
+    limit: float
+    higher_is_better: bool = True
+
+    @property
+    def met(self) -> bool:
+        if self.value is None:
+            return False
+        return self.value >= self.limit if self.higher_is_better else self.value <= self.limit
+
+    def row(self) -> str:
+        sign = "≥" if self.higher_is_better else "≤"
+        value = "–" if self.value is None else f"{self.value:.4f}"
+        return f"| {self.name} | {value} | {sign} {self.limit:g} | {'met' if self.met else '**not met**'} |"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ShipError(f"{path} is missing: run the step that writes it first") from exc
+    except json.JSONDecodeError as exc:
+        raise ShipError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def collect(run: Path) -> dict[str, Any]:
+    """Everything a card needs, read from a finished run folder."""
+    run = Path(run)
+    for side in ("teacher", "student"):
+        if not (run / side / "model" / "config.json").is_file():
+            raise ShipError(f"{run / side / 'model'} holds no model (config.json)")
+    history_file = run / "teacher" / "history.jsonl"
+    history = (
+        [json.loads(line) for line in history_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if history_file.is_file()
+        else []
+    )
+    return {
+        "run": _read_json(run / "run.json"),
+        "teacher_eval": _read_json(run / "teacher" / "evaluation.json"),
+        "student_eval": _read_json(run / "student" / "evaluation.json"),
+        "report": _read_json(run / "student" / "report.json"),
+        "teacher_history": history,
+        "teacher_recipe": (run / "teacher" / "recipe.yaml").read_text(encoding="utf-8"),
+        "student_recipe": (run / "student" / "recipe.yaml").read_text(encoding="utf-8"),
+    }
+
+
+def targets(info: dict[str, Any]) -> list[Target]:
+    """Issue 5's targets, on the held-out set: accuracy, density, accuracy kept, CKA and speed."""
+    teacher, student, report = info["teacher_eval"], info["student_eval"], info["report"]
+    t_lat = report["teacher"]["latency"]["ms_per_doc_batch1_p50"]
+    s_lat = report["student"]["latency"]["ms_per_doc_batch1_p50"]
+    return [
+        Target("teacher field F1", teacher["f1"], 0.95),
+        Target("teacher nTED accuracy", teacher["ted_accuracy"], 0.95),
+        Target(
+            "student density (prunable, vs teacher)",
+            report["student"]["density"]["prunable_density_vs_teacher"],
+            0.46,
+            higher_is_better=False,
+        ),
+        Target(
+            "student F1 drop (points)", 100 * (teacher["f1"] - student["f1"]), 1.0, higher_is_better=False
+        ),
+        Target("global CKA", report["cka"]["global"], 0.79),
+        Target("CPU speed-up, batch 1 (teacher / student latency)", t_lat / s_lat if s_lat else None, 1.0),
+    ]
+
+
+def comparison_table(info: dict[str, Any]) -> str:
+    """Teacher vs student on the held-out set, one markdown table."""
+    report = info["report"]
+    rows = [
+        "| model | field F1 | nTED accuracy | parameters (M) | density (prunable / all, vs teacher) "
+        "| weights MB | CPU ms/doc, batch 1 (p50) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for side, name in (("teacher", TEACHER_NAME), ("student", STUDENT_NAME)):
+        ev, rep = info[f"{side}_eval"], report[side]
+        density = rep["density"]
+        rows.append(
+            f"| `{name}` | {ev['f1']:.4f} | {ev['ted_accuracy']:.4f} | {rep['parameters'] / 1e6:.2f} "
+            f"| {density['prunable_density_vs_teacher']:.3f} / {density['all_density_vs_teacher']:.3f} "
+            f"| {rep['file_bytes'] / 2**20:.1f} | {rep['latency']['ms_per_doc_batch1_p50']:.0f} |"
+        )
+    n = info["teacher_eval"]["n"]
+    rows.append("")
+    rows.append(
+        f"Held-out set: {n} synthetic scans ({_data_line(info['run'].get('val', {}))}); global CKA "
+        f"teacher/student {report['cka']['global']:.3f}; latency measured side by side in one run on "
+        f"{report.get('machine', 'the compression machine')}."
+    )
+    return "\n".join(rows)
+
+
+def _data_line(data: dict[str, Any]) -> str:
+    if not data:
+        return "see run.json"
+    return (
+        f"`donut-hole synth --kind all --n {data.get('n')} --seed {data.get('seed')} "
+        f"--width {data.get('width')} --height {data.get('height')}`"
+    )
+
+
+def _field_table(evaluation: dict[str, Any]) -> str:
+    rows = ["| field | exact match |", "|---|---:|"]
+    rows += [f"| {name} | {score:.3f} |" for name, score in evaluation.get("field_exact_match", {}).items()]
+    return "\n".join(rows)
+
+
+def render_card(info: dict[str, Any], *, side: str, folder: str) -> str:
+    """The README.md of ``models/<folder>``."""
+    run, report = info["run"], info["report"]
+    evaluation = info[f"{side}_eval"]
+    own = TEACHER_NAME if side == "teacher" else STUDENT_NAME
+    if side == "teacher":
+        summary = (
+            f"A small DONUT (DonutSwin encoder + mBART decoder) trained from scratch on synthetic logistics "
+            f"scans (shipping labels, bills of lading, delivery notes) by this project's own commands. It is "
+            f"the teacher of `{STUDENT_NAME}`."
+        )
+        recipe = info["teacher_recipe"]
+        last = info["teacher_history"][-1] if info["teacher_history"] else {}
+        training = f"{last.get('step', '?')} optimizer steps; last validation record: `{json.dumps(last)}`"
+    else:
+        structure = report.get("student_structure", {})
+        summary = (
+            f"The DONUT-hole student of `{TEACHER_NAME}` (knowledge distillation + pruning, "
+            f"arXiv 2311.05778): Swin depths {structure.get('encoder_depths')} (teacher "
+            f"{structure.get('teacher_encoder_depths')}), decoder layers {structure.get('decoder_layers')} "
+            "of the teacher's. This is the project's default model (`DONUT_HOLE_MODEL_PATH`)."
+        )
+        recipe = info["student_recipe"]
+        training = f"distillation history: `{json.dumps(report.get('history', [])[-1:] or [])}`"
+    commands = "\n".join(run.get("commands", []))
+    evaluate = (
+        f"donut-hole evaluate --model models/{folder} --data <held-out set> "
+        f"--max-new-tokens {run.get('max_new_tokens', 256)}"
+    )
+    target_rows = "\n".join(t.row() for t in targets(info))
+    return f"""---
+library_name: transformers
+pipeline_tag: image-to-text
+tags: [donut, donut-hole, document-understanding, logistics, synthetic-data]
+---
+
+# {own}
+
+{summary}
+
+## Held-out metrics
+
+{comparison_table(info)}
+
+Per-field exact match of this model:
+
+{_field_table(evaluation)}
+
+Reproduce the numbers (the held-out set is regenerated byte for byte from its seed):
+
+```bash
+donut-hole synth --kind all --n {run.get("val", {}).get("n")} --seed {run.get("val", {}).get("seed")} \\
+    --width {run.get("val", {}).get("width")} --height {run.get("val", {}).get("height")} --out val
+{evaluate.replace("<held-out set>", "val")}
+```
+
+## Targets (issue 5)
+
+| target | value | limit | |
+|---|---:|---:|---|
+{target_rows}
+
+## How it was made
+
+Training data: {_data_line(run.get("train", {}))}; held-out: {_data_line(run.get("val", {}))}.
+
+Hardware: {run.get("hardware", "not recorded")}.
+Started {run.get("started", "?")}, finished {run.get("finished", "?")}.
+
+Training: {training}
+
+Commands:
+
+```bash
+{commands}
+```
+
+Recipe (`recipe.yaml` of the run, defaults filled in):
+
+```yaml
+{recipe.strip()}
+```
+"""
+
+
+def copy_model(source: Path, target: Path) -> Path:
+    """Copy the files a checkpoint needs (no optimizer state, no history) into ``target``."""
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for name in MODEL_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+    return target
+
+
+def update_readme(readme: Path, table: str) -> bool:
+    """Replace what lies between the README's markers with ``table``; False when it has no markers."""
+    text = readme.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        return False
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{table}\n{END}{tail}", encoding="utf-8")
+    return True
+
+
+def ship(run: Path, models: Path, *, readme: Path | None = None, force: bool = False) -> dict[str, Any]:
+    """Check the targets, copy both models into ``models``, write their cards; returns what was done."""
+    info = collect(Path(run))
+    checks = targets(info)
+    missed = [t for t in checks if not t.met]
+    if missed and not force:
+        raise ShipError(
+            "targets not met, nothing shipped (use --force to ship anyway): "
+            + "; ".join(f"{t.name} = {t.value if t.value is None else round(t.value, 4)}" for t in missed)
+        )
+    shipped = {}
+    for side, folder in (("teacher", TEACHER_NAME), ("student", STUDENT_NAME)):
+        target = copy_model(Path(run) / side / "model", Path(models) / folder)
+        (target / "README.md").write_text(render_card(info, side=side, folder=folder), encoding="utf-8")
+        shipped[side] = target
+    table_written = update_readme(readme, comparison_table(info)) if readme is not None else False
+    return {"models": shipped, "targets": checks, "missed": missed, "readme_updated": table_written}

@@ -1,0 +1,137 @@
+"""`donut-hole ship`: a finished (tiny) run becomes models/<name> folders with cards whose held-out numbers
+`donut-hole evaluate` reproduces; missed targets stop it unless forced."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from donut_hole.cli import app
+from donut_hole.compression.compress import compress
+from donut_hole.compression.recipe import CompressRecipe, TeacherRecipe, load_recipe
+from donut_hole.compression.teacher import train_teacher
+from donut_hole.dataset import read_dataset
+from donut_hole.documents.synth import generate
+from donut_hole.evaluate import evaluate_reader
+from donut_hole.model.build import load_model
+from donut_hole.model.card import END, START, STUDENT_NAME, TEACHER_NAME, ShipError, ship
+from donut_hole.model.predict import DonutReader
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The layout scripts/train_default_model.sh leaves, made with a tiny teacher and a few steps."""
+    run = tmp_path_factory.mktemp("run")
+    kinds = ["shipping_label", "delivery_note"]
+    generate(kinds, n=6, out=run / "train", seed=0, progress=False)
+    generate(kinds, n=4, out=run / "val", seed=1000, progress=False)
+    teacher_recipe = TeacherRecipe.model_validate(
+        {
+            "model": {"preset": "tiny", "image_size": [160, 160]},
+            "train": {
+                "steps": 2,
+                "batch_size": 2,
+                "eval_every": 2,
+                "eval_samples": 2,
+                "max_new_tokens": TOKENS,
+            },
+        }
+    )
+    train_teacher(teacher_recipe, train_dir=run / "train", val_dir=run / "val", out_dir=run / "teacher")
+    recipe = load_recipe(
+        CONFIGS / "tiny.yaml",
+        CompressRecipe,
+        overrides={
+            "train.steps": 2,
+            "train.eval_every": 2,
+            "train.eval_samples": 2,
+            "train.max_new_tokens": TOKENS,
+            "report.cka_samples": 4,
+            "report.latency_samples": 1,
+            "report.latency_repeats": 1,
+        },
+    )
+    compress(
+        recipe,
+        teacher_path=run / "teacher" / "model",
+        train_dir=run / "train",
+        val_dir=run / "val",
+        out_dir=run / "student",
+        progress=False,
+    )
+    val = read_dataset(run / "val")
+    for side in ("teacher", "student"):
+        reader = DonutReader.from_path(run / side / "model", max_new_tokens=TOKENS)
+        evaluate_reader(reader, val, batch_size=2, progress=False).write_json(run / side / "evaluation.json")
+    (run / "run.json").write_text(
+        json.dumps(
+            {
+                "started": "2026-11-29T05:00:00+00:00",
+                "finished": "2026-11-29T05:10:00+00:00",
+                "hardware": "test machine, 2 cores (no GPU)",
+                "train": {"n": 6, "seed": 0, "width": 160, "height": 160},
+                "val": {"n": 4, "seed": 1000, "width": 160, "height": 160},
+                "max_new_tokens": TOKENS,
+                "commands": ["SMOKE=1 scripts/train_default_model.sh /tmp/run"],
+            }
+        ),
+        encoding="utf-8",
+    )
+    return run
+
+
+def test_untrained_models_miss_their_targets_and_are_not_shipped(run, tmp_path):
+    with pytest.raises(ShipError, match="teacher field F1"):
+        ship(run, tmp_path / "models")
+    assert not (tmp_path / "models").exists()
+
+    result = CliRunner().invoke(app, ["ship", "--run", str(run), "--models", str(tmp_path / "models")])
+    assert result.exit_code == 1
+    assert "targets not met" in result.output and "--force" in result.output
+
+
+def test_forced_ship_writes_lean_folders_cards_and_the_readme_table(run, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{START}\nold table\n{END}\nafter\n", encoding="utf-8")
+
+    done = ship(run, tmp_path / "models", readme=readme, force=True)
+
+    assert done["readme_updated"] and done["missed"]
+    text = readme.read_text(encoding="utf-8")
+    assert "old table" not in text and "before" in text and "after" in text
+    assert f"`{TEACHER_NAME}`" in text and f"`{STUDENT_NAME}`" in text
+    for name in (TEACHER_NAME, STUDENT_NAME):
+        folder = tmp_path / "models" / name
+        files = {p.name for p in folder.iterdir()}
+        assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= files
+        assert not {"checkpoint.pt", "history.jsonl", "optimizer.pt"} & files
+        card = (folder / "README.md").read_text(encoding="utf-8")
+        for expected in (
+            "--seed 1000",
+            "test machine",
+            "SMOKE=1 scripts/train_default_model.sh",
+            "**not met**",
+        ):
+            assert expected in card, expected
+        load_model(folder)  # a complete checkpoint
+
+    # the card's held-out F1 is what `donut-hole evaluate` gives on the same set
+    student_eval = json.loads((run / "student" / "evaluation.json").read_text(encoding="utf-8"))
+    reader = DonutReader.from_path(tmp_path / "models" / STUDENT_NAME, max_new_tokens=TOKENS)
+    again = evaluate_reader(reader, read_dataset(run / "val"), batch_size=2, progress=False).result
+    assert again.f1 == pytest.approx(student_eval["f1"]) and again.ted_accuracy == pytest.approx(
+        student_eval["ted_accuracy"]
+    )
+    card = (tmp_path / "models" / STUDENT_NAME / "README.md").read_text(encoding="utf-8")
+    assert f"| `{STUDENT_NAME}` | {student_eval['f1']:.4f} | {student_eval['ted_accuracy']:.4f} |" in card
+
+
+def test_incomplete_run_is_a_clear_error(run, tmp_path):
+    partial = tmp_path / "partial"
+    (partial / "teacher" / "model").mkdir(parents=True)
+    with pytest.raises(ShipError, match="holds no model"):
+        ship(partial, tmp_path / "models")
