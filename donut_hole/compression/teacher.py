@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from donut_hole.compression.recipe import TeacherRecipe, save_recipe
 from donut_hole.compression.train import train
 from donut_hole.dataset import read_dataset
@@ -35,7 +37,8 @@ def train_teacher(
             seed=recipe.train.seed,
         )
     else:
-        model, processor = load_model(recipe.init)
+        # fp32 master weights whatever the folder stores (a checkpoint may be kept in bf16 to stay small)
+        model, processor = load_model(recipe.init, dtype=torch.float32)
         add_field_tokens(model, processor.tokenizer, [s.gt_parse for s in train_samples])
     log.info("training teacher: %d train / %d val documents", len(train_samples), len(val_samples))
     return train(
