@@ -5,8 +5,10 @@
 # Teacher training on a small CPU machine (no GPU): CPU=1 scripts/train_default_model.sh runs/cpu 12000
 #   batch 16, constant lr after warm-up, open-ended: stop it with SIGTERM/Ctrl-C (it checkpoints first),
 #   run the same command again to go on; TEACHER_ONLY=1 stops after the teacher.
+# Start the teacher from saved weights instead of random ones (a committed CPU checkpoint, say):
+#   INIT=checkpoints/teacher-small-cpu CPU=1 TEACHER_ONLY=1 scripts/train_default_model.sh runs/cpu 12000
 set -euo pipefail
-INVOCATION="CPU=${CPU:-0} SMOKE=${SMOKE:-0} TEACHER_ONLY=${TEACHER_ONLY:-0} $0 $*"
+INVOCATION="CPU=${CPU:-0} SMOKE=${SMOKE:-0} TEACHER_ONLY=${TEACHER_ONLY:-0} INIT=${INIT:-} $0 $*"
 RUN=${1:-runs/default}
 N_TRAIN=${2:-60000}
 N_VAL=${N_VAL:-500}
@@ -17,8 +19,11 @@ if [[ "${SMOKE:-0}" == 1 ]]; then
     N_TRAIN=16 N_VAL=4
     EXTRA=(--steps 4)
 fi
+if [[ -n "${INIT:-}" ]]; then
+    TEACHER+=(--set "init=$INIT" --set train.seed=1)  # another seed: a new batch order over the same data
+fi
 if [[ "${CPU:-0}" == 1 ]]; then
-    TEACHER=(--device cpu --steps "${STEPS:-100000}" --set train.batch_size=16 --set train.lr=5e-4
+    TEACHER+=(--device cpu --steps "${STEPS:-100000}" --set train.batch_size=16 --set train.lr=5e-4
         --set train.warmup_steps=200 --set train.min_lr_ratio=1.0 --set train.eval_every=400
         --set train.eval_samples=24 --set train.checkpoint_every=100 --set train.log_every=10
         --set train.num_workers=1)
