@@ -75,6 +75,14 @@ def worker(
 ) -> None:
     """Run a Celery worker: one model per pool process, one group of documents per forward pass."""
     settings = _settings()
+    if settings.storage_url.startswith("s3://"):
+        from donut_hole.storage import CREDENTIALS_HELP, s3_credentials_missing
+
+        if s3_credentials_missing():
+            raise _fail(
+                f"the object store is {settings.storage_url} but no AWS credentials were found: "
+                f"{CREDENTIALS_HELP}; a worker without them could read no scan"
+            )
     metrics_port = metrics_port or settings.metrics_port
     if metrics_port:
         # Before prometheus_client is imported: the pool processes then write their samples to files.

@@ -30,6 +30,8 @@ from botocore.exceptions import (
     ClientError,
     HTTPClientError,
     IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
     ResponseStreamingError,
 )
 from botocore.exceptions import (
@@ -66,6 +68,22 @@ class InvalidLocation(StorageError, ValueError):
 
 class TransientStorageError(StorageError):
     """A network or server failure that may pass; retry later."""
+
+
+class StorageConfigError(TransientStorageError):
+    """The store cannot be used as configured (no S3 credentials): not the document's fault, so documents
+    are retried rather than failed; ``donut-hole worker`` refuses to start in this state."""
+
+
+CREDENTIALS_HELP = (
+    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or give the process an instance / "
+    "service-account role"
+)
+
+
+def s3_credentials_missing() -> bool:
+    """True when boto3's credential chain (environment, profile, role) finds nothing."""
+    return boto3.session.Session().get_credentials() is None
 
 
 def parse_s3_uri(uri: str, *, require_key: bool = True) -> tuple[str, str]:
@@ -336,6 +354,10 @@ def _s3_errors(uri: str) -> Iterator[None]:
         raise StorageError(f"S3 refused {uri}: {code or status} ({message})") from exc
     except (BotoConnectionError, HTTPClientError, ResponseStreamingError, IncompleteReadError) as exc:
         raise TransientStorageError(f"S3 unreachable for {uri}: {exc}") from exc
+    except (NoCredentialsError, PartialCredentialsError) as exc:
+        raise StorageConfigError(
+            f"no usable AWS credentials to read {uri} ({exc}): {CREDENTIALS_HELP}"
+        ) from exc
     except BotoCoreError as exc:
         raise StorageError(f"S3 client error for {uri}: {exc}") from exc
 

@@ -19,6 +19,7 @@ from donut_hole.storage import (
     ObjectStore,
     ObjectTooLarge,
     S3Store,
+    StorageConfigError,
     StorageError,
     TransientStorageError,
     make_s3_client,
@@ -183,3 +184,40 @@ def test_open_store_picks_the_backend(tmp_path: Path) -> None:
         assert isinstance(local, LocalStore) and local.root == tmp_path.resolve()
     with pytest.raises(InvalidLocation, match="unsupported"):
         open_store("http://example.com/x")
+
+
+@pytest.fixture
+def no_aws_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """boto3's credential chain finds nothing here (and does not wait for an instance role)."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", raising=False)
+    monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", raising=False)
+
+
+@pytest.mark.services
+def test_missing_credentials_are_a_config_error_retried_not_a_bad_document(
+    s3_server: str, no_aws_credentials: None
+) -> None:
+    store = S3Store("bucket", "", make_s3_client(endpoint_url=s3_server, max_attempts=1))
+    with pytest.raises(StorageConfigError, match="AWS_ACCESS_KEY_ID") as caught:
+        store.get("a.png", max_bytes=10)
+    assert isinstance(
+        caught.value, TransientStorageError
+    )  # the worker retries it, the document is not failed
+
+
+def test_worker_refuses_to_start_without_credentials_for_an_s3_store(
+    no_aws_credentials: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from donut_hole.cli import app
+
+    monkeypatch.setenv("DONUT_HOLE_STORAGE_URL", "s3://scans/incoming")
+    result = CliRunner().invoke(app, ["worker"])
+    assert result.exit_code == 2
+    assert "no AWS credentials" in result.output and "s3://scans/incoming" in result.output
