@@ -164,13 +164,14 @@ def train(
     """Train (from a preset) or fine-tune (from a model folder) a DONUT teacher."""
     from donut_hole.compression.recipe import RecipeError, TeacherRecipe, load_recipe
     from donut_hole.compression.teacher import train_teacher
+    from donut_hole.compression.train import CheckpointError
     from donut_hole.dataset import DatasetError
     from donut_hole.model.build import ModelLoadError
 
     try:
         spec = load_recipe(recipe, TeacherRecipe, overrides=_overrides(steps, device, settings))
         history = train_teacher(spec, train_dir=train_data, val_dir=val_data, out_dir=out, resume=resume)
-    except (RecipeError, DatasetError, ModelLoadError) as exc:
+    except (RecipeError, DatasetError, ModelLoadError, CheckpointError) as exc:
         raise _fail(str(exc)) from exc
     last = history[-1] if history else {}
     console.print(

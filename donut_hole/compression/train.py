@@ -39,6 +39,10 @@ CHECKPOINT = "checkpoint.pt"
 TRAIN_LOG = "train_log.jsonl"  # one line per log_every steps: step, loss (and its parts), lr, img/s
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot continue this run (made with another tokenizer)."""
+
+
 @contextmanager
 def _stop_on_sigterm() -> Iterator[None]:
     """Turn SIGTERM into KeyboardInterrupt (main thread only), so a stopped run checkpoints first."""
@@ -246,6 +250,11 @@ def train(
     checkpoint_path = out_dir / CHECKPOINT
     if resume and checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if "vocab" in state and state["vocab"] != tokenizer.get_vocab():
+            raise CheckpointError(
+                f"{checkpoint_path} was trained with another tokenizer ({len(state['vocab'])} tokens, "
+                f"now {len(tokenizer)}): resume with the same training data and recipe, or start a new run"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, history = state["step"], state["history"]
@@ -300,6 +309,7 @@ def train(
             "optimizer": optimizer.state_dict(),
             "history": history,
             "config": config.model_dump(),
+            "vocab": tokenizer.get_vocab(),  # the ids the weights mean; checked on resume
         }
         tmp = checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)

@@ -5,7 +5,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from donut_hole.compression.train import StepSampler, TrainConfig, collate, get_lr, target_sequence, train
+from donut_hole.compression.train import (
+    CheckpointError,
+    StepSampler,
+    TrainConfig,
+    collate,
+    get_lr,
+    target_sequence,
+    train,
+)
 from donut_hole.dataset import read_dataset
 from donut_hole.documents.synth import generate
 from donut_hole.model.build import load_model, new_model
@@ -164,6 +172,20 @@ def test_interrupted_run_checkpoints_the_steps_it_finished(tmp_path, data):
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 3
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [0] and {"loss", "lr", "img_s", "ce"} <= set(log[0])
+
+    other, other_processor = new_model(
+        "tiny", documents=[{"document_type": "x", "zz": "1"}], image_size=(160, 160)
+    )
+    with pytest.raises(CheckpointError, match="another tokenizer"):  # its ids would mean other tokens
+        train(
+            other,
+            other_processor,
+            train_samples=samples,
+            val_samples=[],
+            config=config,
+            out_dir=tmp_path,
+            resume=True,
+        )
 
     model, processor = _fresh(data)
     fast = config.model_copy(update={"max_new_tokens": 2})
