@@ -122,7 +122,10 @@ class DocumentPublic(BaseModel):
     batch_id: str
     uri: str
     status: DocumentStatus
-    error: str | None = Field(description="Why the document failed, in words; null otherwise.")
+    error: str | None = Field(
+        description="Why the document failed, or, while it is queued for a retry, why the last attempt "
+        'did not finish ("retrying after attempt N: ..."), in words; null otherwise.'
+    )
     attempts: int
     created_at: datetime
     updated_at: datetime

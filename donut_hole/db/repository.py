@@ -246,6 +246,15 @@ def mark_processing(session: Session, *, document_id: str) -> Document:
     return document
 
 
+def mark_retrying(session: Session, *, document_id: str, reason: str) -> Document:
+    """The attempt hit a passing failure: back to ``queued`` until the retry, with the reason in ``error``."""
+    document = _lock_document(session, document_id)
+    document.status = DocumentStatus.queued
+    document.error = _clip(f"retrying after attempt {document.attempts}: {reason}", ERROR_MAX)
+    session.flush()
+    return document
+
+
 def mark_failed(session: Session, *, document_id: str, error: str) -> Document:
     """End the document as ``failed`` with a reason a user can read (clipped to ``ERROR_MAX`` characters)."""
     document = _lock_document(session, document_id)

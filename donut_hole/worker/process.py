@@ -5,7 +5,8 @@
     claim      one transaction: skip documents already done by this model or failed (a redelivered message),
                give up on documents tried too often, mark the rest ``processing`` (attempts + 1)
     fetch      bytes from the store       ObjectNotFound / ObjectTooLarge / StorageError → failed
-                                          TransientStorageError → retried later (failed on the last try)
+                                          TransientStorageError → queued again with the reason,
+                                          retried later (failed on the last try)
     decode     bytes → upright RGB image  DocumentError → failed
     predict    one batched generate call for every decoded image of the group
     validate   the parse against its document schema: a mismatch is a *note*, not a failure
@@ -159,6 +160,8 @@ def _fetch(rt: Runtime, job: _Job, outcome: GroupOutcome, *, last_try: bool) -> 
             reason = f"gave up after {job.attempts} attempts: {exc}"
             _fail(rt, job, outcome, reason, "retries_exhausted")
         else:
+            with session_scope(rt.sessions) as session:
+                repository.mark_retrying(session, document_id=job.document_id, reason=str(exc))
             outcome.retry[job.document_id] = str(exc)
             log_event(log, "document.retry", reason=str(exc), **_ids(job), level=logging.WARNING)
     except StorageError as exc:

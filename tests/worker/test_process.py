@@ -85,6 +85,11 @@ def test_transient_storage_errors_ask_for_a_retry_then_fail_on_the_last_try(
     outcome = process_group(rt, [document_id])
     assert list(outcome.retry) == [document_id], outcome
     assert "unreachable" in outcome.retry[document_id]
+    with session_scope(rt.sessions) as session:  # a user sees it waiting, and why
+        document = repository.get_document(session, document_id=document_id)
+        assert document.status == "queued" and document.error.startswith(
+            "retrying after attempt 1: S3 unreachable"
+        )
     outcome = process_group(rt, [document_id], last_try=True)
     assert outcome.failed[document_id].startswith("gave up after 2 attempts: S3 unreachable")
     rt.close()
