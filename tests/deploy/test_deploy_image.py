@@ -268,8 +268,10 @@ def test_copied_sources_exist_and_are_not_ignored() -> None:
         for source in sources:
             source = source.rstrip("/")
             assert not any(fnmatch.fnmatch(source, p.lstrip("*/")) for p in ignore), source
-            if source != "models":  # the trained student (its own issue); `docker build` needs it there
-                assert (REPO / source).exists(), source
+            assert (REPO / source).exists(), source  # models/ too: a fresh clone has models/README.md
+    student = f"models/{DEFAULT_MODEL_PATH.name}"
+    assert not any(fnmatch.fnmatch(student, p) for p in ignore), "the served student must reach the image"
+    assert "models/teacher-small" in ignore  # the teacher is not served
 
 
 # ---- health check ------------------------------------------------------------------------------------------
