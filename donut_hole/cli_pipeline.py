@@ -189,10 +189,11 @@ def enqueue(
 
 def _csv_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
     names = sorted({name for row in rows for name in row["fields"]})
-    header = ["document_id", "uri", "status", "error", "attempts", "model_id", "confidence", *names]
+    fixed = ["document_id", "uri", "status", "error", "note", "attempts", "model_id", "confidence"]
+    header = [*fixed, *names]
     out = []
     for row in rows:
-        flat = {key: row[key] for key in header[:7]}
+        flat = {key: row[key] for key in fixed}
         for name in names:
             value = row["fields"].get(name, "")
             flat[name] = " | ".join(value) if isinstance(value, list) else value
@@ -207,7 +208,7 @@ def results(
         OutputFormat, typer.Option("--format", help="table, json or csv.")
     ] = OutputFormat.table,
 ) -> None:
-    """Show a batch's documents: status, error, confidence and extracted fields."""
+    """Show a batch's documents: status, error or note, confidence and extracted fields."""
     from sqlalchemy.exc import OperationalError
 
     from donut_hole.db import make_engine, repository, session_factory, session_scope
@@ -244,13 +245,17 @@ def results(
         writer.writerows(flat)
         return
     table = Table(title=f"batch {batch} ({status})")
-    for column in ("document", "status", "confidence", "fields", "error"):
+    for column in ("document", "status", "confidence", "fields", "error / note"):
         table.add_column(column, overflow="fold")
     for row in rows:
         fields = "; ".join(f"{k}={v}" for k, v in row["fields"].items())
         confidence = f"{row['confidence']:.3f}" if row["confidence"] is not None else ""
         table.add_row(
-            row["uri"].rsplit("/", 1)[-1], row["status"], confidence, fields[:200], row["error"] or ""
+            row["uri"].rsplit("/", 1)[-1],
+            row["status"],
+            confidence,
+            fields[:200],
+            row["error"] or row["note"] or "",
         )
     console.print(table)
     summary = ", ".join(f"{k} {v}" for k, v in counts.items())

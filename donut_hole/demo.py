@@ -267,7 +267,7 @@ def _report(
                 row["status"],
                 _clip("; ".join(f"{k}={_value(v)}" for k, v in row["fields"].items()), 90),
                 confidence,
-                _clip(row["error"] or "", 36),
+                _clip(row["error"] or row["note"] or "", 36),
             )
     console.print(table)
     scores = evaluate(preds, truth)

@@ -64,6 +64,7 @@ def documents_public(session: Session, *, documents: Sequence[Document]) -> list
                 fields=field_values(extraction) if extraction else {},
                 data=extraction.data if extraction else None,
                 confidence=extraction.confidence if extraction else None,
+                note=extraction.note if extraction else None,
                 model=ModelRef(id=extraction.model.id, name=extraction.model.name) if extraction else None,
             )
         )

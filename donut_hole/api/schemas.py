@@ -137,6 +137,9 @@ class DocumentPublic(BaseModel):
     )
     data: dict[str, Any] | None = Field(description="The extraction as nested JSON, values unclipped.")
     confidence: float | None
+    note: str | None = Field(
+        None, description='What is off in the stored reading, e.g. "schema: ... lacks tracking_number".'
+    )
     model: ModelRef | None
 
 
@@ -150,6 +153,7 @@ class ResultPublic(BaseModel):
     attempts: int
     model_id: int | None
     confidence: float | None
+    note: str | None = None
     fields: FieldValues
 
 

@@ -7,7 +7,7 @@ Schema (PostgreSQL in production, SQLite for the embedded default)::
     documents    (id, batch_id → batches, uri, sha256, status, error, attempts,
                   created_at, updated_at, started_at, finished_at)           UNIQUE(batch_id, uri)
     extractions  (id, document_id → documents, model_id → models, raw_sequence, data, confidence,
-                  latency_ms, created_at)                                    UNIQUE(document_id, model_id)
+                  latency_ms, note, created_at)                              UNIQUE(document_id, model_id)
     fields       (id, extraction_id → extractions, name, value, confidence)  INDEX(name, value)
 
 Batch and document ids are UUID strings so that they can be handed to users; the others are integers.
@@ -195,6 +195,8 @@ class Extraction(Base):
     data: Mapped[dict[str, Any]]
     confidence: Mapped[float | None] = mapped_column(Float)
     latency_ms: Mapped[float | None] = mapped_column(Float)
+    # what is off in a reading that was stored all the same, e.g. "schema: shipping_label lacks ..."
+    note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())  # last write
 
     document: Mapped[Document] = relationship(back_populates="extractions")

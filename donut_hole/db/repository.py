@@ -69,6 +69,7 @@ class ResultRow(TypedDict):
     attempts: int
     model_id: int | None
     confidence: float | None
+    note: str | None
     fields: dict[str, str | list[str]]
 
 
@@ -182,18 +183,23 @@ def results_for_batch(session: Session, *, batch_id: str) -> list[ResultRow]:
     documents = session.scalars(
         select(Document).where(Document.batch_id == batch_id).order_by(Document.uri, Document.id)
     )
-    latest: dict[
-        str, tuple[int, int, float | None]
-    ] = {}  # document id -> (extraction id, model id, confidence)
+    # document id -> (extraction id, model id, confidence, note)
+    latest: dict[str, tuple[int, int, float | None, str | None]] = {}
     extractions = session.execute(
-        select(Extraction.document_id, Extraction.id, Extraction.model_id, Extraction.confidence)
+        select(
+            Extraction.document_id,
+            Extraction.id,
+            Extraction.model_id,
+            Extraction.confidence,
+            Extraction.note,
+        )
         .join(Document)
         .where(Document.batch_id == batch_id)
         .order_by(Extraction.created_at, Extraction.id)
     )
-    for document_id, extraction_id, model_id, confidence in extractions:
-        latest[document_id] = (extraction_id, model_id, confidence)
-    wanted = {extraction_id for extraction_id, _, _ in latest.values()}
+    for document_id, extraction_id, model_id, confidence, note in extractions:
+        latest[document_id] = (extraction_id, model_id, confidence, note)
+    wanted = {found[0] for found in latest.values()}
     fields: dict[int, dict[str, str | list[str]]] = {}
     field_rows = session.execute(
         select(Field.extraction_id, Field.name, Field.value)
@@ -217,6 +223,7 @@ def results_for_batch(session: Session, *, batch_id: str) -> list[ResultRow]:
                 attempts=document.attempts,
                 model_id=found[1] if found else None,
                 confidence=found[2] if found else None,
+                note=found[3] if found else None,
                 fields=fields.get(found[0], {}) if found else {},
             )
         )
@@ -275,6 +282,7 @@ def save_extraction(
     confidence: float | None,
     latency_ms: float | None,
     fields: Iterable[tuple[str, str, float | None]],
+    note: str | None = None,
 ) -> Extraction:
     """Store one model's reading of a document and mark the document ``done``; idempotent.
 
@@ -282,7 +290,8 @@ def save_extraction(
     replaces its fields instead of adding rows (``INSERT ... ON CONFLICT DO UPDATE`` on PostgreSQL and
     SQLite; the unique constraint is the guard even between concurrent writers). ``fields`` are
     ``(key path, value, confidence)``; values longer than ``FIELD_VALUE_MAX`` characters are clipped in the
-    search table (``data`` keeps them whole).
+    search table (``data`` keeps them whole). ``note`` says what is off in a reading that is stored all
+    the same (a schema mismatch); the document is ``done`` either way and ``documents.error`` is cleared.
     """
     field_rows = [_field_row(name, value, field_confidence) for name, value, field_confidence in fields]
     document = _lock_document(session, document_id)  # lock order everywhere: document, then its extraction
@@ -292,6 +301,7 @@ def save_extraction(
         "data": data,
         "confidence": confidence,
         "latency_ms": latency_ms,
+        "note": _clip(note, ERROR_MAX),
         "created_at": now,
     }
     stmt = _dialect_insert(session, Extraction).values(document_id=document_id, model_id=model_id, **values)

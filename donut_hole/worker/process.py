@@ -12,10 +12,10 @@
     validate   the parse against its document schema: a mismatch is a *note*, not a failure
     persist    one transaction per document: idempotent upsert of the extraction and its fields, ``done``
 
-A failed document never stops the rest of its group. Schema mismatches: the extraction is stored and the
-document is ``done``, with ``documents.error`` set to ``"schema: <reason>"``, because a partial or
-unexpected reading is still worth searching and reviewing; ``status = 'failed'`` is kept for documents that
-could not be read at all.
+A failed document never stops the rest of its group. Schema mismatches: the extraction is stored with
+``extractions.note = "schema: <reason>"`` and the document is ``done``, because a partial or unexpected
+reading is still worth searching and reviewing; ``status = 'failed'`` is kept for documents that could not
+be read at all.
 
 :func:`expand_prefix` lists an S3 prefix (or a local directory) into a batch and sends its groups.
 """
@@ -202,7 +202,7 @@ def _persist(rt: Runtime, job: _Job, prediction: Any, *, latency_ms: float) -> N
     )
     note = schema_note(prediction.data)
     with session_scope(rt.sessions) as session:
-        extraction = repository.save_extraction(
+        repository.save_extraction(
             session,
             document_id=job.document_id,
             model_id=rt.model_id,
@@ -211,11 +211,8 @@ def _persist(rt: Runtime, job: _Job, prediction: Any, *, latency_ms: float) -> N
             confidence=prediction.confidence,
             latency_ms=round(latency_ms, 3),
             fields=rows,
+            note=note,
         )
-        if note:
-            # Stopgap until the repository takes a note: the document is done, the note says what is off.
-            extraction.document.error = note
-            session.flush()
     log_event(
         log,
         "document.done",

@@ -135,10 +135,12 @@ def test_extracted_fields_are_read_and_searched(
                 ("items.name", "bolt", 0.9),
                 ("items.name", "nut", 0.8),
             ],
+            note="schema: shipping_label lacks carrier",
         )
 
     document = client.get(f"/v1/documents/{read_id}", headers=auth).json()
-    assert document["status"] == "done"
+    assert document["status"] == "done" and document["error"] is None
+    assert document["note"] == "schema: shipping_label lacks carrier"
     assert document["fields"] == {"tracking_number": tracking, "items.name": ["bolt", "nut"]}
     assert document["data"]["items"] == [{"name": "bolt"}, {"name": "nut"}]
     assert document["confidence"] == pytest.approx(0.93)
@@ -146,8 +148,8 @@ def test_extracted_fields_are_read_and_searched(
     assert document["finished_at"] is not None
 
     results = client.get(f"/v1/batches/{batch_id}/results", headers=auth).json()["items"]
-    assert results[0]["fields"] == document["fields"]
-    assert results[1]["document_id"] == other_id and results[1]["fields"] == {}
+    assert results[0]["fields"] == document["fields"] and results[0]["note"] == document["note"]
+    assert results[1]["document_id"] == other_id and results[1]["fields"] == {} and results[1]["note"] is None
     progress = client.get(f"/v1/batches/{batch_id}", headers=auth).json()
     assert progress["counts"] == {"queued": 1, "processing": 0, "done": 1, "failed": 0}
 

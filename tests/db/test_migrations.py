@@ -88,3 +88,58 @@ def test_alembic_ini_points_at_the_package_migrations() -> None:
 
     ini = Path(__file__).resolve().parents[2] / "alembic.ini"
     assert ScriptDirectory.from_config(Config(str(ini))).get_current_head() == head_revision()
+
+
+def test_0002_moves_schema_notes_from_documents_to_extractions_and_back(db_url: str) -> None:
+    downgrade(db_url, "base")
+    upgrade(db_url, "0001")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text("INSERT INTO models (id, name, path, sha256) VALUES (1, 'tiny', '/m', :sha)"),
+                {"sha": "0" * 64},
+            )
+            connection.execute(
+                sa.text("INSERT INTO batches (id, source, status) VALUES ('b', 'test', 'accepted')")
+            )
+            for doc, status, error in (
+                ("d1", "done", "schema: shipping_label lacks tracking_number"),
+                ("d2", "failed", "not an image"),
+                ("d3", "done", None),
+            ):
+                connection.execute(
+                    sa.text(
+                        "INSERT INTO documents (id, batch_id, uri, status, error) "
+                        "VALUES (:id, 'b', :uri, :s, :e)"
+                    ),
+                    {"id": doc, "uri": f"s3://x/{doc}", "s": status, "e": error},
+                )
+            for i, doc in enumerate(("d1", "d3"), start=1):
+                connection.execute(
+                    sa.text(
+                        "INSERT INTO extractions (id, document_id, model_id, raw_sequence, data) "
+                        "VALUES (:id, :doc, 1, '', '{}')"
+                    ),
+                    {"id": i, "doc": doc},
+                )
+
+        upgrade(db_url)
+        with engine.connect() as connection:
+            notes = dict(connection.execute(sa.text("SELECT document_id, note FROM extractions")).all())
+            errors = dict(connection.execute(sa.text("SELECT id, error FROM documents")).all())
+        assert notes == {"d1": "schema: shipping_label lacks tracking_number", "d3": None}
+        assert errors == {"d1": None, "d2": "not an image", "d3": None}
+
+        downgrade(db_url, "0001")
+        with engine.connect() as connection:
+            errors = dict(connection.execute(sa.text("SELECT id, error FROM documents")).all())
+        assert errors == {
+            "d1": "schema: shipping_label lacks tracking_number",
+            "d2": "not an image",
+            "d3": None,
+        }
+    finally:
+        engine.dispose()
+        downgrade(db_url, "base")
+        upgrade(db_url)

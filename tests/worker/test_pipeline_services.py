@@ -71,7 +71,7 @@ def test_a_batch_of_20_scans_flows_from_s3_to_postgres(
     assert sorted(r["uri"] for r in results) == sorted(uris)
     assert all(0.0 <= (r["confidence"] or 0) <= 1.0 and r["model_id"] for r in results)
     # The untrained model reads nothing valid: stored and done, with the schema mismatch as a note.
-    assert all(r["error"] and r["error"].startswith("schema: ") for r in results)
+    assert all(r["note"] and r["note"].startswith("schema: ") and r["error"] is None for r in results)
     # The pool processes' metrics, summed and served by the worker's main process.
     metrics = shared_worker.metrics()
     assert metrics["donut_hole_documents_processed_total"] >= 20
