@@ -47,6 +47,9 @@ def synth(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
     width: Annotated[int | None, typer.Option(help="Image width (default per document type).")] = None,
     height: Annotated[int | None, typer.Option(help="Image height (default per document type).")] = None,
+    workers: Annotated[
+        int, typer.Option(min=0, help="Processes (0: one per core); the bytes are the same for any number.")
+    ] = 0,
 ) -> None:
     """Generate synthetic logistics scans with ground truth (images + metadata.jsonl)."""
     from donut_hole.documents.schemas import DOCUMENT_TYPES
@@ -58,7 +61,7 @@ def synth(
     if unknown:
         raise _fail(f"unknown document type {unknown[0]!r}; choose from {', '.join(sorted(DOCUMENT_TYPES))}")
     size = (width, height) if width and height else None
-    generate(kinds, n=n, out=out, seed=seed, image_size=size)
+    generate(kinds, n=n, out=out, seed=seed, image_size=size, workers=workers)
     console.print(f"wrote {n} scans ({', '.join(kinds)}) to {out}")
 
 

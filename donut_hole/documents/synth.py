@@ -14,8 +14,11 @@ byte-identical files, and a longer run starts with the same samples as a shorter
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import random
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +142,16 @@ def sample_scan(
     return gt, scan(canvas.image, rng, paper=canvas.paper)
 
 
+def _write_scan(job: tuple[str, int, int, tuple[int, int] | None, str]) -> str:
+    """Render and save sample ``i``; return its ``metadata.jsonl`` line (its RNG: seed, kind and i)."""
+    kind, seed, i, image_size, out = job
+    rng = random.Random(f"{seed}/{kind}/{i}")
+    gt, image = sample_scan(kind, rng, image_size)
+    name = f"{i:06d}.jpg"
+    image.save(Path(out) / name, format="JPEG", quality=rng.randint(40, 95))
+    return json.dumps({"file_name": name, "ground_truth": json.dumps({"gt_parse": gt})})
+
+
 def generate(
     kind: str | Sequence[str],
     *,
@@ -147,6 +160,7 @@ def generate(
     seed: int,
     image_size: tuple[int, int] | None = None,
     progress: bool = True,
+    workers: int = 1,
 ) -> Path:
     """Write ``n`` synthetic scans of ``kind`` and their ``metadata.jsonl`` to ``out``; return ``out``.
 
@@ -154,6 +168,7 @@ def generate(
 
     Images are JPEG (quality 40-95, drawn per sample) of ``image_size`` (width, height) or
     :data:`DEFAULT_SIZES`; a progress bar shows from :data:`PROGRESS_FROM` images on when ``progress``.
+    Every sample has its own RNG, so ``workers`` processes (0: one per core) write the same bytes as one.
     """
     kinds = [kind] if isinstance(kind, str) else list(kind)
     if not kinds:
@@ -162,16 +177,20 @@ def generate(
         check_kind(name)
     if n < 0:
         raise ValueError(f"n must be at least 0, got {n}")
+    if workers < 0:
+        raise ValueError(f"workers must be at least 0, got {workers}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    lines = []
+    jobs = [(kinds[i % len(kinds)], seed, i, image_size, str(out)) for i in range(n)]
     show = progress and n >= PROGRESS_FROM
-    for i in track(range(n), description=f"{', '.join(kinds)} scans", disable=not show):
-        this = kinds[i % len(kinds)]
-        rng = random.Random(f"{seed}/{this}/{i}")
-        gt, image = sample_scan(this, rng, image_size)
-        name = f"{i:06d}.jpg"
-        image.save(out / name, format="JPEG", quality=rng.randint(40, 95))
-        lines.append(json.dumps({"file_name": name, "ground_truth": json.dumps({"gt_parse": gt})}))
+    description = f"{', '.join(kinds)} scans"
+    processes = min(workers or os.cpu_count() or 1, max(1, n // 16))  # a process per 16 scans at most
+    if processes <= 1:
+        lines = [_write_scan(job) for job in track(jobs, description=description, disable=not show)]
+    else:
+        spawn = multiprocessing.get_context("spawn")  # safe whatever threads the caller runs
+        with ProcessPoolExecutor(processes, mp_context=spawn) as pool:
+            done = pool.map(_write_scan, jobs, chunksize=16)
+            lines = list(track(done, total=n, description=description, disable=not show))
     (out / "metadata.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return out

@@ -152,6 +152,17 @@ def test_same_seed_gives_identical_bytes_and_other_seeds_differ(tmp_path: Path) 
     assert all(longer[f"{i:06d}.jpg"] == first[f"{i:06d}.jpg"] for i in range(3))
 
 
+def test_worker_processes_write_the_same_bytes(tmp_path: Path) -> None:
+    kinds = ["shipping_label", "bill_of_lading", "delivery_note"]
+    one = generate(kinds, n=32, out=tmp_path / "one", seed=5, progress=False, workers=1)
+    two = generate(kinds, n=32, out=tmp_path / "two", seed=5, progress=False, workers=2)
+    for path in sorted(one.iterdir()):
+        assert (two / path.name).read_bytes() == path.read_bytes(), path.name
+    assert len(list(two.iterdir())) == 33  # 32 scans and metadata.jsonl, in sample order
+    with pytest.raises(ValueError, match="workers"):
+        generate("shipping_label", n=1, out=tmp_path / "bad", seed=0, workers=-1)
+
+
 def test_render_is_reproducible_and_sampling_varies() -> None:
     gt = sample_document("bill_of_lading", random.Random(0))
     one = render("bill_of_lading", gt, random.Random(1))
