@@ -315,6 +315,8 @@ def train(
         torch.save(state, tmp)
         tmp.replace(checkpoint_path)  # atomic: a crash never leaves half a checkpoint
 
+    done = start  # optimizer steps completed: what a checkpoint written now holds
+
     def train_step(step: int, batch: dict[str, torch.Tensor]) -> None:
         nonlocal done
         lr = get_lr(
@@ -359,7 +361,6 @@ def train(
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     running: list[float] = []
     started = time.perf_counter()
-    done = start  # optimizer steps completed: what a checkpoint written now holds
     with (
         Progress(*columns, TextColumn("{task.fields[status]}"), disable=not progress) as bar,
         _stop_on_sigterm(),

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import (
@@ -28,6 +28,7 @@ from transformers import (
     DonutProcessor,
     DonutSwinConfig,
     MBartConfig,
+    PretrainedConfig,
     PreTrainedTokenizerBase,
     VisionEncoderDecoderConfig,
     VisionEncoderDecoderModel,
@@ -118,6 +119,8 @@ def model_config(
         window_size=preset.window_size,
         drop_path_rate=0.0,
     )
+    # accepted by MBartConfig at run time, not declared in its typed signature
+    extra: dict[str, Any] = {"add_final_layer_norm": True, "add_cross_attention": True}
     decoder = MBartConfig(
         vocab_size=vocab_size,
         d_model=preset.d_model,
@@ -127,9 +130,7 @@ def model_config(
         encoder_layers=0,
         max_position_embeddings=preset.max_position_embeddings,
         scale_embedding=True,
-        add_final_layer_norm=True,
         is_decoder=True,
-        add_cross_attention=True,
         dropout=0.0,
         attention_dropout=0.0,
         pad_token_id=pad_token_id,
@@ -138,8 +139,10 @@ def model_config(
         decoder_start_token_id=decoder_start_token_id,
         forced_eos_token_id=eos_token_id,
         tie_word_embeddings=True,
+        **extra,
     )
     config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config = cast(VisionEncoderDecoderConfig, config)
     config.pad_token_id = pad_token_id
     config.eos_token_id = eos_token_id
     config.decoder_start_token_id = decoder_start_token_id
@@ -178,7 +181,7 @@ def build_model(
     if image_size is not None:
         spec = Preset(**{**spec.__dict__, "image_size": tuple(image_size)})
     start_id = tokenizer.convert_tokens_to_ids(task_token)
-    if start_id is None or start_id == tokenizer.unk_token_id:
+    if not isinstance(start_id, int) or start_id == tokenizer.unk_token_id:
         raise ModelLoadError(f"the tokenizer has no task token {task_token!r}; add it as a special token")
     config = model_config(
         spec,
@@ -210,7 +213,7 @@ def load_model(
         processor = DonutProcessor.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load a DONUT checkpoint from {folder}: {exc}") from exc
-    model.to(device)
+    model.to(torch.device(device))  # type: ignore[arg-type]  # transformers types .to() as a decorated method
     model.eval()
     return model, processor
 
@@ -226,9 +229,10 @@ def save_model(model: VisionEncoderDecoderModel, processor: DonutProcessor, path
 
 def task_token_of(model: VisionEncoderDecoderModel, processor: DonutProcessor) -> str:
     """The decoder's start token (e.g. ``<s_logistics>`` or ``<s_cord-v2>``)."""
-    start_id = model.config.decoder_start_token_id
+    config = cast(VisionEncoderDecoderConfig, model.config)
+    start_id = config.decoder_start_token_id
     if start_id is None:
-        start_id = model.config.decoder.decoder_start_token_id
+        start_id = cast(PretrainedConfig, config.decoder).decoder_start_token_id
     return str(processor.tokenizer.convert_ids_to_tokens(int(start_id)))
 
 
