@@ -60,16 +60,10 @@ from donut_hole.compression.prune import (  # noqa: E402
 )
 from donut_hole.compression.recipe import CompressRecipe, load_recipe  # noqa: E402
 from donut_hole.compression.student import StudentSpec, derive_student  # noqa: E402
-from donut_hole.compression.train import target_sequence  # noqa: E402
+from donut_hole.compression.train import target_texts  # noqa: E402
 from donut_hole.compression.vocab import prune_model_vocabulary_, tokens_to_keep  # noqa: E402
 from donut_hole.documents.synth import sample_scan  # noqa: E402
-from donut_hole.model.build import (  # noqa: E402
-    PRESETS,
-    count_parameters,
-    make_processor,
-    new_model,
-    task_token_of,
-)
+from donut_hole.model.build import PRESETS, count_parameters, make_processor, new_model  # noqa: E402
 
 log = logging.getLogger("benchmarks.models")
 Donut = Any  # a VisionEncoderDecoderModel, possibly quantised or with 2:4 weights (no useful static type)
@@ -957,10 +951,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log.info("building %s on %s", names, device)
     vocabulary = None
     if recipe.prune.vocabulary:
-        tokenizer, total = processor.tokenizer, teacher.config.decoder.vocab_size
-        task, eos = task_token_of(teacher, processor), tokenizer.eos_token
-        corpus = [target_sequence(d, task_token=task, eos_token=eos) for d in docs]
-        kept, used = benchmark_vocabulary(tokenizer, corpus, rows=args.vocab_rows, total=total)
+        total = teacher.config.decoder.vocab_size
+        corpus = target_texts(docs, teacher, processor)
+        kept, used = benchmark_vocabulary(processor.tokenizer, corpus, rows=args.vocab_rows, total=total)
         note = (
             f"vocabulary: {len(kept)} of {total} embedding/lm_head rows kept (recipe prune.vocabulary): the "
             f"{used} tokens the scans' targets use with this benchmark's small tokenizer, filled up to "

@@ -32,11 +32,11 @@ from donut_hole.compression.prune import (
 from donut_hole.compression.recipe import CompressRecipe, save_recipe
 from donut_hole.compression.report import cka_analysis, folder_size, measure_latency, write_report
 from donut_hole.compression.student import LayerMap, StudentSpec, derive_student
-from donut_hole.compression.train import resolve_device, target_sequence, train
+from donut_hole.compression.train import resolve_device, target_texts, train
 from donut_hole.compression.vocab import prune_vocabulary
 from donut_hole.dataset import Sample, read_dataset
 from donut_hole.evaluate import evaluate_reader
-from donut_hole.model.build import count_parameters, load_model, save_model, task_token_of
+from donut_hole.model.build import count_parameters, load_model, save_model
 from donut_hole.model.predict import DonutReader
 
 log = logging.getLogger(__name__)
@@ -177,9 +177,7 @@ def compress(
     student.eval()
     student_processor, token_map = processor, None
     if recipe.prune.vocabulary:
-        task_token = task_token_of(teacher, processor)
-        eos = processor.tokenizer.eos_token
-        corpus = [target_sequence(s.gt_parse, task_token=task_token, eos_token=eos) for s in train_samples]
+        corpus = target_texts([s.gt_parse for s in train_samples], teacher, processor)
         student_processor, pruning = prune_vocabulary(student, processor, corpus)
         token_map = pruning.token_map(student_processor.tokenizer.unk_token_id)
         structure["vocabulary"] = pruning.summary()

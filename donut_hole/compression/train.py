@@ -107,6 +107,12 @@ def target_sequence(gt_parse: dict[str, Any], *, task_token: str, eos_token: str
     return task_token + json2token(gt_parse) + eos_token
 
 
+def target_texts(gt_parses: Sequence[dict[str, Any]], model: Any, processor: DonutProcessor) -> list[str]:
+    """:func:`target_sequence` of each parse, with the model's task token and the tokenizer's ``</s>``."""
+    task_token, eos = task_token_of(model, processor), processor.tokenizer.eos_token
+    return [target_sequence(gt, task_token=task_token, eos_token=eos) for gt in gt_parses]
+
+
 class DonutDataset(Dataset):
     """(pixel_values (3, H, W), token ids (T,)) pairs for a list of samples."""
 

@@ -40,7 +40,10 @@ class VocabularyPruning:
 
     kept: list[int]
     before: int
-    after: int
+
+    @property
+    def after(self) -> int:
+        return len(self.kept)
 
     @property
     def removed(self) -> int:
@@ -63,16 +66,24 @@ def _merge_pair(merge: Any) -> tuple[str, str]:
     return merge[0], merge[1]
 
 
-def tokens_to_keep(tokenizer: Any, corpus: Iterable[str]) -> list[int]:
-    """Old ids to keep for ``corpus``: specials, used tokens, single characters and BPE ancestors."""
+def _encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+
+
+def tokens_to_keep(
+    tokenizer: Any, corpus: Iterable[str], *, encoded: list[list[int]] | None = None
+) -> list[int]:
+    """Old ids to keep for ``corpus``: specials, used tokens, single characters and BPE ancestors.
+
+    ``encoded`` is ``corpus`` already tokenised (by the caller, who needs the ids too)."""
+    texts = list(corpus)
     keep: set[int] = set(tokenizer.all_special_ids)
     keep.update(int(i) for i in tokenizer.added_tokens_decoder)
-    chars: set[str] = set()
-    for text in corpus:
-        keep.update(tokenizer(text, add_special_tokens=False)["input_ids"])
-        chars.update(text)
-    for char in chars - {" "}:
-        keep.update(tokenizer(char, add_special_tokens=False)["input_ids"])
+    for ids in encoded if encoded is not None else _encode(tokenizer, texts):
+        keep.update(ids)
+    chars = sorted(set("".join(texts)) - {" "})
+    for ids in _encode(tokenizer, chars):
+        keep.update(ids)
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     model = state["model"]
     if model["type"] == "BPE":
@@ -159,11 +170,12 @@ def prune_tokenizer(tokenizer: Any, kept: Sequence[int]) -> Any:
     return pruned
 
 
-def _check_same_tokenisation(old: Any, new: Any, kept: Sequence[int], corpus: Sequence[str]) -> None:
+def _check_same_tokenisation(
+    old: Any, new: Any, kept: Sequence[int], corpus: Sequence[str], encoded: list[list[int]]
+) -> None:
+    """``new`` splits every text of ``corpus`` as ``old`` did (``encoded``), in the renumbered ids."""
     new_id = {o: n for n, o in enumerate(kept)}
-    for text in corpus:
-        before = old(text, add_special_tokens=False)["input_ids"]
-        after = new(text, add_special_tokens=False)["input_ids"]
+    for text, before, after in zip(corpus, encoded, _encode(new, corpus), strict=True):
         if after != [new_id.get(i, -1) for i in before]:
             raise VocabularyError(
                 f"the pruned tokenizer splits {text[:60]!r} differently "
@@ -196,19 +208,14 @@ def prune_model_vocabulary_(model: Donut, kept: Sequence[int]) -> None:
         head.bias = nn.Parameter(head.bias.detach().index_select(0, index).clone())
     head.out_features = len(kept)
     ids = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "forced_eos_token_id")
-    for config in {id(c): c for c in (model.config, model.config.decoder, decoder.config)}.values():
+    configs = (model.config, model.config.decoder, decoder.config, getattr(model, "generation_config", None))
+    for config in {id(c): c for c in configs if c is not None}.values():
         for name in ids:
             value = getattr(config, name, None)
             if isinstance(value, int):
                 setattr(config, name, new_id[value])
     model.config.decoder.vocab_size = len(kept)
     decoder.config.vocab_size = len(kept)
-    generation = getattr(model, "generation_config", None)
-    if generation is not None:
-        for name in ids:
-            value = getattr(generation, name, None)
-            if isinstance(value, int):
-                setattr(generation, name, new_id[value])
 
 
 def prune_vocabulary(model: Donut, processor: Any, corpus: Sequence[str]) -> tuple[Any, VocabularyPruning]:
@@ -221,13 +228,14 @@ def prune_vocabulary(model: Donut, processor: Any, corpus: Sequence[str]) -> tup
     texts = list(corpus)
     if not texts:
         raise VocabularyError("vocabulary pruning needs a corpus of target texts (the training set)")
-    kept = tokens_to_keep(old, texts)
+    encoded = _encode(old, texts)
+    kept = tokens_to_keep(old, texts, encoded=encoded)
     rows = model.decoder.get_input_embeddings().num_embeddings
     if kept[-1] >= rows:
         raise VocabularyError(f"token id {kept[-1]} is outside the model's {rows}-row embedding")
     new = prune_tokenizer(old, kept)
-    _check_same_tokenisation(old, new, kept, texts)
+    _check_same_tokenisation(old, new, kept, texts, encoded)
     prune_model_vocabulary_(model, kept)
     pruned = copy.copy(processor)
     pruned.tokenizer = new
-    return pruned, VocabularyPruning(kept=list(kept), before=rows, after=len(kept))
+    return pruned, VocabularyPruning(kept=list(kept), before=rows)

@@ -183,8 +183,7 @@ def results_for_batch(session: Session, *, batch_id: str) -> list[ResultRow]:
     documents = session.scalars(
         select(Document).where(Document.batch_id == batch_id).order_by(Document.uri, Document.id)
     )
-    # document id -> (extraction id, model id, confidence, note)
-    latest: dict[str, tuple[int, int, float | None, str | None]] = {}
+    latest: dict[str, Any] = {}  # document id -> its latest extraction row (id, model_id, confidence, note)
     extractions = session.execute(
         select(
             Extraction.document_id,
@@ -197,9 +196,9 @@ def results_for_batch(session: Session, *, batch_id: str) -> list[ResultRow]:
         .where(Document.batch_id == batch_id)
         .order_by(Extraction.created_at, Extraction.id)
     )
-    for document_id, extraction_id, model_id, confidence, note in extractions:
-        latest[document_id] = (extraction_id, model_id, confidence, note)
-    wanted = {found[0] for found in latest.values()}
+    for row in extractions:
+        latest[row.document_id] = row
+    wanted = {found.id for found in latest.values()}
     fields: dict[int, dict[str, str | list[str]]] = {}
     field_rows = session.execute(
         select(Field.extraction_id, Field.name, Field.value)
@@ -221,10 +220,10 @@ def results_for_batch(session: Session, *, batch_id: str) -> list[ResultRow]:
                 status=DocumentStatus(document.status).value,
                 error=document.error,
                 attempts=document.attempts,
-                model_id=found[1] if found else None,
-                confidence=found[2] if found else None,
-                note=found[3] if found else None,
-                fields=fields.get(found[0], {}) if found else {},
+                model_id=found.model_id if found else None,
+                confidence=found.confidence if found else None,
+                note=found.note if found else None,
+                fields=fields.get(found.id, {}) if found else {},
             )
         )
     return rows

@@ -155,7 +155,7 @@ def _field_table(evaluation: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def render_card(info: dict[str, Any], *, side: str, folder: str) -> str:
+def render_card(info: dict[str, Any], *, side: str, folder: str, checks: list[Target]) -> str:
     """The README.md of ``models/<folder>``."""
     run, report = info["run"], info["report"]
     evaluation = info[f"{side}_eval"]
@@ -184,7 +184,7 @@ def render_card(info: dict[str, Any], *, side: str, folder: str) -> str:
         f"donut-hole evaluate --model models/{folder} --data <held-out set> "
         f"--max-new-tokens {run.get('max_new_tokens', 256)}"
     )
-    target_rows = "\n".join(t.row() for t in targets(info))
+    target_rows = "\n".join(t.row() for t in checks)
     return f"""---
 library_name: transformers
 pipeline_tag: image-to-text
@@ -275,7 +275,9 @@ def ship(run: Path, models: Path, *, readme: Path | None = None, force: bool = F
     shipped = {}
     for side, folder in (("teacher", TEACHER_NAME), ("student", STUDENT_NAME)):
         target = copy_model(Path(run) / side / "model", Path(models) / folder)
-        (target / "README.md").write_text(render_card(info, side=side, folder=folder), encoding="utf-8")
+        (target / "README.md").write_text(
+            render_card(info, side=side, folder=folder, checks=checks), encoding="utf-8"
+        )
         shipped[side] = target
     table_written = update_readme(readme, comparison_table(info)) if readme is not None else False
     return {"models": shipped, "targets": checks, "missed": missed, "readme_updated": table_written}

@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerFast
 
 from donut_hole.compression.compress import compress
 from donut_hole.compression.recipe import CompressRecipe, load_recipe
-from donut_hole.compression.train import target_sequence
+from donut_hole.compression.train import target_texts
 from donut_hole.compression.vocab import (
     VocabularyError,
     prune_tokenizer,
@@ -33,16 +33,11 @@ def documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return {"root": root, "train": train, "val": val, "docs": [s.gt_parse for s in read_dataset(train)]}
 
 
-def corpus_of(docs, processor, model):
-    task = task_token_of(model, processor)
-    return [target_sequence(d, task_token=task, eos_token=processor.tokenizer.eos_token) for d in docs]
-
-
 @pytest.mark.parametrize("bpe_vocab", [0, 300], ids=["characters", "bpe"])
 def test_pruned_model_gives_the_same_logits_for_kept_tokens(documents, tmp_path, bpe_vocab):
     docs = documents["docs"]
     model, processor = new_model("tiny", documents=docs, corpus_vocab_size=bpe_vocab, image_size=(160, 160))
-    corpus = corpus_of(docs[:6], processor, model)  # the other documents are unseen text
+    corpus = target_texts(docs[:6], model, processor)  # the other documents are unseen text
     old_ids = processor.tokenizer(corpus[0], add_special_tokens=False, return_tensors="pt")["input_ids"]
     pixels = torch.randn(1, 3, 160, 160)
     task = task_token_of(model, processor)
