@@ -146,6 +146,20 @@ def enqueue(
     resend: Annotated[
         str | None, typer.Option(help="Send the still-queued documents of this batch again.")
     ] = None,
+    recover: Annotated[
+        bool,
+        typer.Option(
+            "--recover",
+            help="Send again every document left 'processing' by a worker that vanished (what each "
+            "worker's watchdog does once a minute).",
+        ),
+    ] = False,
+    older_than: Annotated[
+        float | None,
+        typer.Option(
+            min=0, help="With --recover: seconds in 'processing' (default: DONUT_HOLE_STALLED_AFTER_S)."
+        ),
+    ] = None,
 ) -> None:
     """Queue scans for reading; prints the batch id."""
     from sqlalchemy.exc import OperationalError
@@ -153,6 +167,7 @@ def enqueue(
     from donut_hole.worker.enqueue import (
         BrokerUnavailable,
         EnqueueError,
+        recover_stalled,
         resend_queued,
         submit_files,
         submit_prefix,
@@ -168,6 +183,14 @@ def enqueue(
             sent = resend_queued(settings=settings, batch_id=resend)
             err_console.print(f"sent {sent} queued documents of batch {resend} again")
             return
+        if recover:
+            if targets:
+                raise _fail("--recover takes no other arguments")
+            sent = recover_stalled(settings=settings, older_than_s=older_than)
+            err_console.print(f"sent {sent} stalled documents again")
+            return
+        if older_than is not None:
+            raise _fail("--older-than goes with --recover")
         if not targets:
             raise _fail("give an s3:// prefix, s3:// URIs, a folder or files to enqueue")
         if any(t.startswith("s3://") for t in targets):

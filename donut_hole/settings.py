@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(64_000_000, ge=1024, description="Decompression-bomb guard, in pixels.")
     task_time_limit_s: int = Field(600, ge=1)
     max_retries: int = Field(5, ge=0)
+    stalled_after_s: int | None = Field(
+        None,
+        ge=1,
+        description="A document 'processing' this long lost its worker and is sent again by a worker's "
+        "watchdog; default: the hard task time limit + 60 s.",
+    )
     queue: str = "cpu"
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Worker Prometheus port; unset = off.")
 

@@ -103,3 +103,6 @@ def test_enqueue_and_migrate_commands_on_the_embedded_defaults(
     bad = runner.invoke(app, ["enqueue", "s3://scans/a.jpg"])
     assert bad.exit_code == 2 and "local directory" in bad.output
     assert runner.invoke(app, ["enqueue", str(tmp_path / "missing")]).exit_code == 2
+    recovered = runner.invoke(app, ["enqueue", "--recover", "--older-than", "0"])
+    assert recovered.exit_code == 0 and "sent 0 stalled documents again" in recovered.output  # all queued
+    assert runner.invoke(app, ["enqueue", "--older-than", "5", str(scan)]).exit_code == 2

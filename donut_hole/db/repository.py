@@ -7,9 +7,10 @@ so several calls can form one unit of work. They know nothing of Celery or HTTP.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any, TypedDict
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
@@ -259,6 +260,23 @@ def mark_retrying(session: Session, *, document_id: str, reason: str) -> Documen
     document.error = _clip(f"retrying after attempt {document.attempts}: {reason}", ERROR_MAX)
     session.flush()
     return document
+
+
+def requeue_stalled(session: Session, *, started_before: datetime, reason: str) -> list[tuple[str, str]]:
+    """``processing`` documents whose attempt started before ``started_before``: back to ``queued``.
+
+    Returns their ``(document_id, batch_id)`` pairs. One conditional ``UPDATE`` does it, so when several
+    workers look at the same time each document is taken back by one of them only. ``attempts`` is kept:
+    the next claim counts the new attempt and gives up after ``max_retries + 1`` of them.
+    """
+    rows = session.execute(
+        update(Document)
+        .where(Document.status == DocumentStatus.processing, Document.started_at < started_before)
+        .values(status=DocumentStatus.queued, error=_clip(reason, ERROR_MAX), updated_at=utcnow())
+        .returning(Document.id, Document.batch_id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return [(document_id, batch_id) for document_id, batch_id in rows]
 
 
 def mark_failed(session: Session, *, document_id: str, error: str) -> Document:

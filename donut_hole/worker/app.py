@@ -12,7 +12,9 @@ Delivery guarantees come from the configuration, not from the tasks:
 * The embedded broker (``sqla+sqlite:///var/broker.sqlite3``, kombu's SQLAlchemy transport, polled every
   0.1 s: :mod:`.broker`) needs no server. It redelivers what a worker had not finished when the worker
   shuts down, but not after the worker is killed (``kill -9``): that needs Redis or RabbitMQ, as in
-  production. Delivered messages stay in its table (``visible = 0``); delete the file to start afresh.
+  production, or the watchdog (:mod:`.watchdog`), which every worker runs: it sends again the documents
+  left ``processing`` for longer than the hard time limit + 60 s. Delivered messages stay in its table
+  (``visible = 0``); delete the file to start afresh.
 """
 
 from __future__ import annotations
@@ -29,12 +31,21 @@ TASK_PROCESS = "donut_hole.process_documents"
 TASK_EXPAND = "donut_hole.expand_prefix"
 HARD_LIMIT_GRACE_S = 30  # the hard time limit kills the pool process this long after the soft one
 MAX_RETRY_DELAY_S = 300.0  # longest backoff between two retries of a document (see tasks.backoff_s)
+STALL_GRACE_S = 60  # a document still processing this long after the hard time limit has lost its worker
 
 
 def time_limits(settings: Settings) -> tuple[int, int]:
     """``(soft, hard)`` seconds for one task: ``task_time_limit_s`` and a grace period after it."""
     soft = settings.task_time_limit_s
     return soft, soft + max(HARD_LIMIT_GRACE_S, soft // 10)
+
+
+def stalled_after_s(settings: Settings) -> int:
+    """How long a document may stay ``processing`` before it counts as lost (see :mod:`.recovery`).
+
+    Past the hard time limit no live worker can still be reading it: the limit kills the pool process.
+    """
+    return settings.stalled_after_s or time_limits(settings)[1] + STALL_GRACE_S
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -80,7 +91,8 @@ def make_celery(settings: Settings | None = None, *, overrides: Mapping[str, Any
     >>> app = make_celery(Settings(broker_url="redis://127.0.0.1:6379/0"))  # doctest: +SKIP
     """
     settings = settings or get_settings()
-    app = Celery("donut_hole", include=["donut_hole.worker.tasks"])
+    # Imported by workers at start: the tasks, and the watchdog that sends lost documents again.
+    app = Celery("donut_hole", include=["donut_hole.worker.tasks", "donut_hole.worker.watchdog"])
     config = celery_config(settings)
     config.update(overrides or {})
     app.conf.update(config)

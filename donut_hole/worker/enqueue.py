@@ -9,7 +9,8 @@ The API and the CLI call these functions; they are the only way work enters the 
 Each message carries a group of up to ``batch_size`` document ids (one forward pass; see
 :mod:`.batching`). Bad input raises :class:`EnqueueError` (a ``ValueError``) before anything is written.
 When the broker cannot be reached after the rows are committed, :class:`BrokerUnavailable` names the batch;
-:func:`resend_queued` (``donut-hole enqueue --resend ID``) sends its queued documents again.
+:func:`resend_queued` (``donut-hole enqueue --resend ID``) sends its queued documents again;
+:func:`recover_stalled` sends again the documents a vanished worker left ``processing``.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import re
 import threading
 import uuid
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path, PurePosixPath
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from donut_hole.db import DocumentStatus, make_engine, repository, session_factory, session_scope
+from donut_hole.db.models import utcnow
 from donut_hole.settings import Settings
 from donut_hole.storage import (
     InvalidLocation,
@@ -36,7 +39,7 @@ from donut_hole.storage import (
     open_store,
     parse_s3_uri,
 )
-from donut_hole.worker.app import TASK_EXPAND, TASK_PROCESS, make_celery
+from donut_hole.worker.app import TASK_EXPAND, TASK_PROCESS, make_celery, stalled_after_s
 from donut_hole.worker.batching import chunked
 from donut_hole.worker.logging import log_event
 
@@ -144,6 +147,33 @@ def resend_queued(*, settings: Settings, batch_id: str) -> int:
     queued = [row["document_id"] for row in rows if row["status"] == DocumentStatus.queued.value]
     send_groups(settings, queued, batch_id=batch_id)
     return len(queued)
+
+
+def recover_stalled(*, settings: Settings, older_than_s: float | None = None) -> int:
+    """Send again the documents ``processing`` for longer than ``older_than_s``; returns how many.
+
+    Their worker stopped without finishing them (killed, out of memory, a lost machine), and a broker that
+    does not redeliver (the embedded SQLite transport) would leave them there for good. The default age is
+    :func:`~donut_hole.worker.app.stalled_after_s`, past the hard time limit, so no live worker is still
+    reading them; a copy that still arrives later finds them done and skips them. Each worker runs this
+    once a minute (:mod:`.watchdog`); ``donut-hole enqueue --recover`` runs it by hand.
+    """
+    age_s = older_than_s if older_than_s is not None else stalled_after_s(settings)
+    reason = (
+        f"sent again: the worker reading it stopped without finishing (processing for more than "
+        f"{age_s:g} s: killed, out of memory or a lost machine)"
+    )
+    with session_scope(_sessions(settings)) as session:
+        rows = repository.requeue_stalled(
+            session, started_before=utcnow() - timedelta(seconds=age_s), reason=reason
+        )
+    by_batch: dict[str, list[str]] = {}
+    for document_id, batch_id in rows:
+        by_batch.setdefault(batch_id, []).append(document_id)
+    for batch_id, document_ids in by_batch.items():
+        send_groups(settings, sorted(document_ids), batch_id=batch_id)
+        log_event(log, "documents.recovered", batch_id=batch_id, documents=len(document_ids))
+    return len(rows)
 
 
 # --------------------------------------------------------------------------------------------- sending

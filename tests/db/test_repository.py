@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from donut_hole.db import (
     repository,
     session_scope,
 )
-from donut_hole.db.models import FIELD_VALUE_MAX
+from donut_hole.db.models import FIELD_VALUE_MAX, utcnow
 
 Factory = sessionmaker[Session]
 
@@ -216,6 +217,36 @@ def test_a_retry_after_failure_clears_the_error(factory: Factory) -> None:
         assert len(document.error) == repository.ERROR_MAX
         document = repository.mark_processing(session, document_id=document_id)
         assert document.error is None and document.finished_at is None
+
+
+def test_requeue_stalled_takes_back_old_processing_documents_once(factory: Factory) -> None:
+    batch_id, (old, fresh, done, waiting) = _batch(
+        factory, ["s3://a/old", "s3://a/fresh", "s3://a/d", "s3://a/q"]
+    )
+    with session_scope(factory) as session:
+        for document_id in (old, fresh, done):
+            repository.mark_processing(session, document_id=document_id)
+        repository.get_document(session, document_id=old).started_at = utcnow() - timedelta(hours=1)
+        repository.get_document(session, document_id=done).started_at = utcnow() - timedelta(hours=1)
+    _save(factory, done, _model(factory), [("x", "1", None)])
+    cutoff = utcnow() - timedelta(minutes=10)
+
+    with session_scope(factory) as session:
+        taken = repository.requeue_stalled(session, started_before=cutoff, reason="sent again")
+    with session_scope(factory) as session:
+        again = repository.requeue_stalled(session, started_before=cutoff, reason="sent again")
+        states = {
+            d.id: (d.status.value, d.error, d.attempts)
+            for d in (repository.get_document(session, document_id=i) for i in (old, fresh, done, waiting))
+        }
+
+    assert taken == [(old, batch_id)] and again == []
+    assert states == {
+        old: ("queued", "sent again", 1),  # the next claim counts the next attempt
+        fresh: ("processing", None, 1),
+        done: ("done", None, 1),
+        waiting: ("queued", None, 0),
+    }
 
 
 def test_search_fields_finds_documents_once(factory: Factory) -> None:

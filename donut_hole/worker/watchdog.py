@@ -1,0 +1,82 @@
+"""The watchdog of a worker: sends again the documents that a vanished worker left ``processing``.
+
+A worker killed without a shutdown (``kill -9``, the out-of-memory killer, a lost machine) leaves the
+documents of the group it was reading ``processing``. Redis and RabbitMQ give its unacknowledged message to
+another worker after the visibility timeout; the embedded SQLite transport never does, and those documents
+would wait for good. So the main process of every worker runs one daemon thread that calls
+:func:`~donut_hole.worker.enqueue.recover_stalled` when the worker is ready and then every
+:func:`interval_s` seconds: documents ``processing`` for longer than ``DONUT_HOLE_STALLED_AFTER_S`` (default:
+the hard time limit + 60 s, when no live worker can still be reading them) go back to ``queued`` and are
+sent again. With Redis this only comes first when the visibility timeout is longer; the copy that arrives
+later finds the documents done and skips them (the tasks' writes are idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import signals
+
+from donut_hole.settings import Settings
+from donut_hole.worker.logging import log_event
+
+log = logging.getLogger("donut_hole.worker")
+
+MAX_INTERVAL_S = 60.0
+
+
+def interval_s(settings: Settings) -> float:
+    """Seconds between two looks: a quarter of the stall age, between 1 s and a minute."""
+    from donut_hole.worker.app import stalled_after_s
+
+    return min(MAX_INTERVAL_S, max(1.0, stalled_after_s(settings) / 4))
+
+
+class Watchdog(threading.Thread):
+    """Calls ``recover_stalled`` now and every :func:`interval_s` seconds until :meth:`stop`."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="donut-hole-watchdog", daemon=True)
+        self.settings = settings
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        from donut_hole.worker.enqueue import recover_stalled
+
+        interval = interval_s(self.settings)
+        while True:
+            try:
+                recover_stalled(settings=self.settings)
+            except Exception as exc:  # a database or broker outage: look again at the next round
+                log_event(log, "watchdog.error", level=logging.WARNING, error=f"{type(exc).__name__}: {exc}")
+            if self._stopped.wait(interval):
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+_running: Watchdog | None = None
+
+
+@signals.worker_ready.connect
+def _start(sender: Any = None, **_: Any) -> None:
+    from donut_hole.worker.tasks import settings_of
+
+    global _running
+    app = getattr(sender, "app", None)
+    settings = settings_of(app) if app is not None else None
+    if settings is None or _running is not None:
+        return
+    _running = Watchdog(settings)
+    _running.start()
+
+
+@signals.worker_shutdown.connect
+def _stop(**_: Any) -> None:
+    global _running
+    if _running is not None:
+        _running.stop()
+        _running = None

@@ -1,0 +1,86 @@
+"""A worker killed mid-group on the embedded defaults (SQLite database, SQLite broker, local store).
+
+The SQLite transport never hands a killed worker's message to anyone else; the watchdog of the next worker
+finds the documents left ``processing`` and sends them again. Nothing is lost, nothing stored twice.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from worker_helpers import wait_for_batch
+
+from donut_hole.db import Document, Extraction, make_engine, migrate, session_factory, session_scope
+from donut_hole.settings import Settings
+from donut_hole.worker.enqueue import recover_stalled, submit_files
+
+
+def _documents(settings: Settings, batch_id: str) -> dict[str, tuple[str, int, int]]:
+    """``{id: (status, attempts, extractions)}`` of the batch."""
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(session_factory(engine)) as session:
+            rows = session.execute(
+                select(Document.id, Document.status, Document.attempts, func.count(Extraction.id))
+                .outerjoin(Extraction, Extraction.document_id == Document.id)
+                .where(Document.batch_id == batch_id)
+                .group_by(Document.id)
+            )
+            return {row[0]: (row[1].value, row[2], row[3]) for row in rows}
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def embedded_settings(tmp_path: Path, tiny_model: Path) -> Settings:
+    settings = Settings(
+        data_dir=tmp_path / "var",
+        model_path=tiny_model,
+        max_new_tokens=256,  # slow groups: the kill lands while one is being read
+        batch_size=2,
+        batch_wait_s=0.2,
+        torch_threads=1,
+        max_retries=2,
+        queue="embedded-recovery",
+    )
+    settings.data_dir.mkdir()
+    migrate.upgrade(settings.database_url)
+    return settings
+
+
+@pytest.mark.slow
+def test_the_watchdog_sends_again_what_a_killed_worker_left_processing(
+    embedded_settings: Settings, start_worker, scan_dir: Path
+) -> None:
+    settings = embedded_settings
+    assert settings.broker_url.startswith("sqla+sqlite:") and settings.database_url.startswith("sqlite:")
+    batch_id = submit_files(settings=settings, paths=sorted(scan_dir.glob("*.jpg"))[:8], source="test")
+    first = start_worker(settings)
+
+    deadline = time.monotonic() + 120
+    in_flight: list[str] = []
+    while not in_flight:  # kill while a group is being read, after one group was stored
+        documents = _documents(settings, batch_id)
+        done = sum(status == "done" for status, _, _ in documents.values())
+        processing = [i for i, (status, _, _) in documents.items() if status == "processing"]
+        if done >= 2 and processing:
+            first.kill()
+            in_flight = processing
+        assert done < len(documents), "the worker finished before it could be killed"
+        assert time.monotonic() < deadline, f"no progress:\n{first.log_tail()}"
+        time.sleep(0.02)
+
+    # Not old enough yet for the default age (the hard time limit + 60 s): nothing is taken back.
+    assert recover_stalled(settings=settings) == 0
+    # The next worker's watchdog counts 2 s in 'processing' as lost (DONUT_HOLE_STALLED_AFTER_S).
+    second = start_worker(settings.model_copy(update={"stalled_after_s": 2}))
+    counts = wait_for_batch(settings, batch_id, worker=second, timeout_s=120)
+
+    assert counts["done"] == len(documents) and counts["failed"] == 0
+    documents = _documents(settings, batch_id)
+    assert all(extractions == 1 for _, _, extractions in documents.values()), "a document was stored twice"
+    assert all(documents[i][1] == 2 for i in in_flight), "the killed group was not read again"
+    assert '"event": "documents.recovered"' in second.log_tail(200)
