@@ -173,10 +173,10 @@ def test_donut_base_layout_steps_zero(tmp_path):
     vocab = report["student_structure"]["vocabulary"]
     assert vocab["vocab_before"] == 57525 and vocab["vocab_after"] < 1000
     assert s["parameters"] < 0.75 * t["parameters"]
-    assert abs(s["density"]["prunable_density_vs_teacher"] - 0.46) < 0.01
+    assert 0.43 < s["density"]["prunable_density_vs_teacher"] <= 0.46  # structure alone: 0.446
     assert s["latency"]["ms_per_doc_batch1_p50"] < t["latency"]["ms_per_doc_batch1_p50"]
     assert json.loads((tmp_path / "run" / "report.json").read_text())["history"] == []
     reloaded, _ = load_model(tmp_path / "run" / "model")
-    assert list(reloaded.config.encoder.depths) == [2, 2, 4, 2]
+    assert list(reloaded.config.encoder.depths) == [1, 1, 4, 2]
     assert reloaded.config.decoder.decoder_layers == 2
     assert reloaded.config.decoder.vocab_size == vocab["vocab_after"]
