@@ -218,6 +218,7 @@ class MagnitudePruner:
             raise ValueError("filter_fn selected no layers to prune")
         self.masks: dict[str, Tensor] | None = None
         self.density = 1.0
+        self._window: int | None = None  # the every-window of the last mask update
 
     def weights(self) -> dict[str, Tensor]:
         return {f"{name}.weight": m.weight for name, m in self.modules.items()}
@@ -226,14 +227,24 @@ class MagnitudePruner:
         return cubic_density(step, start=self.start_step, end=self.end_step, final_density=self.final_density)
 
     def step(self, step: int) -> dict[str, Any]:
-        """Update masks if ``step`` is an update step (or none exist yet), then zero the masked weights."""
+        """Update masks if ``step`` is an update step (or none exist yet), then zero the masked weights.
+
+        Steps may skip (a schedule that follows elapsed time, ``train.time_limit_s``): the masks are updated
+        on the first step of each ``every`` window that lowers the density, and on the first step at or past
+        ``end_step``, so the final density is reached even when ``end_step`` itself is never seen.
+        """
         density = self.density_at(step)
-        in_window = self.start_step <= step <= self.end_step
-        due = in_window and ((step - self.start_step) % self.every == 0 or step == self.end_step)
+        window = (step - self.start_step) // self.every
+        due = (
+            step >= self.start_step
+            and density < self.density
+            and (window != self._window or step >= self.end_step)
+        )
         updated = density < 1.0 and (self.masks is None or due)
         if updated:
             self.masks = compute_masks(self.weights(), density=density, scope=self.scope)
             self.density = density
+            self._window = window
         self.apply_()
         return {"step": step, "density": self.density, "updated": updated}
 

@@ -77,6 +77,14 @@ class TrainConfig(BaseModel):
     seed: int = 0
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     device: str = Field("auto", description="auto, cpu or cuda")
+    time_limit_s: float | None = Field(
+        None,
+        gt=0,
+        description="Stop after this many seconds of training (this run), then evaluate, checkpoint and "
+        "save as after the last step. The lr schedule and a pruner's then follow the steps or the "
+        "elapsed fraction of this time, whichever is further along, so the run anneals (and reaches its "
+        "density) in time. For a fixed budget of machine time.",
+    )
     bf16: bool = Field(True, description="bf16 autocast when training on CUDA.")
 
 
@@ -325,8 +333,12 @@ def train(
 
     def train_step(step: int, batch: dict[str, torch.Tensor]) -> None:
         nonlocal done
+        schedule_step = step  # where the lr and pruning schedules are
+        if config.time_limit_s:
+            elapsed = (time.perf_counter() - started) / config.time_limit_s
+            schedule_step = max(step, min(config.steps, int(elapsed * config.steps)))
         lr = get_lr(
-            step,
+            schedule_step,
             lr=config.lr,
             warmup_steps=config.warmup_steps,
             total_steps=config.steps,
@@ -339,7 +351,7 @@ def train(
         if step > start and step % config.checkpoint_every == 0:
             checkpoint(step)
         if pruner is not None:
-            pruner.step(step)
+            pruner.step(schedule_step)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with autocast:
             loss, parts = objective(model, batch)
@@ -375,14 +387,22 @@ def train(
         try:
             for step, batch in enumerate(loader, start=start):
                 train_step(step, batch)
+                if config.time_limit_s and time.perf_counter() - started >= config.time_limit_s:
+                    log.warning(
+                        "time limit of %g s: stopped at step %d of %d (go on with --resume)",
+                        config.time_limit_s,
+                        done,
+                        config.steps,
+                    )
+                    break
         except KeyboardInterrupt:
             if done > start:
                 checkpoint(done)
                 log.warning("interrupted: checkpoint at step %d in %s (go on with --resume)", done, out_dir)
             raise
-        if config.steps > start:
-            evaluate_now(config.steps, float(np.mean(running[-config.log_every :])) if running else None)
-            checkpoint(config.steps)
+        if done > start:
+            evaluate_now(done, float(np.mean(running[-config.log_every :])) if running else None)
+            checkpoint(done)
     model.eval()
     if save:
         save_model(model, processor, out_dir / "model")

@@ -179,6 +179,19 @@ def test_magnitude_pruner_follows_the_schedule(tiny) -> None:
     assert density_report(tiny)["prunable_nonzero"] == 837_222
 
 
+def test_magnitude_pruner_reaches_the_final_density_when_steps_skip(tiny) -> None:
+    """A schedule that follows elapsed time jumps over steps, end_step included."""
+    pruner = MagnitudePruner(tiny, final_density=0.2, start_step=0, end_step=10, scope="global", every=4)
+
+    assert not pruner.step(0)["updated"]  # density 1.0 at the start
+    assert pruner.step(3)["updated"]  # the first step that lowers the density: masks made
+    assert not pruner.step(3)["updated"] and not pruner.step(1)["updated"]
+    assert pruner.step(5)["updated"]  # a new window of 4 steps (4 itself was skipped)
+    assert pruner.step(13)["updated"] and pruner.density == 0.2  # past end_step, never seen
+    assert not pruner.step(14)["updated"]
+    assert density_report(tiny)["prunable_nonzero"] == keep_count(TINY_PRUNABLE, 0.2)
+
+
 def test_magnitude_pruner_layer_scope(tiny) -> None:
     pruner = MagnitudePruner(tiny, final_density=0.25, start_step=0, end_step=0, scope="layer")
     pruner.step(0)

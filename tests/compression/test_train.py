@@ -201,3 +201,23 @@ def test_interrupted_run_checkpoints_the_steps_it_finished(tmp_path, data):
     )
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 6
     assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_time_limit_stops_early_and_saves_like_the_last_step(tmp_path, data):
+    """A fixed budget of machine time: stop, evaluate, checkpoint and save; --resume goes on later."""
+    config = TrainConfig(
+        steps=50, batch_size=2, warmup_steps=1, eval_samples=1, max_new_tokens=2, time_limit_s=1e-6
+    )
+    model, processor = _fresh(data)
+    history = train(
+        model,
+        processor,
+        train_samples=read_dataset(data),
+        val_samples=read_dataset(data),
+        config=config,
+        out_dir=tmp_path,
+        progress=False,
+    )
+    assert [record["step"] for record in history] == [1]  # one step, then the limit
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 1
+    assert (tmp_path / "model" / "model.safetensors").is_file()
