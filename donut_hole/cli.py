@@ -262,4 +262,8 @@ def ship(
 from donut_hole import cli_pipeline  # noqa: E402, F401  (registers the pipeline commands)
 
 if __name__ == "__main__":
-    app()
+    # `python -m donut_hole.cli`: this file runs as __main__, while cli_pipeline registered its commands on
+    # the app of the imported donut_hole.cli; run that one (`python -m donut_hole` is the usual spelling).
+    from donut_hole.cli import app as _imported_app
+
+    _imported_app(prog_name="donut-hole")

@@ -88,3 +88,18 @@ def test_train_set_overrides_any_recipe_key(tmp_path, dataset):
     assert ok.exit_code == 0, ok.output
     recipe = (tmp_path / "run" / "recipe.yaml").read_text()
     assert "- 224" in recipe and "eval_samples: 1" in recipe
+
+
+@pytest.mark.parametrize("module", ["donut_hole", "donut_hole.cli"])
+def test_python_dash_m_has_every_command(module: str) -> None:
+    """``python -m donut_hole`` (and ``-m donut_hole.cli``) where no console script is installed."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--help"], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    commands = {"synth", "train", "compress", "evaluate", "ship", "worker", "enqueue", "results"}
+    assert all(f" {name} " in done.stdout for name in commands), done.stdout
