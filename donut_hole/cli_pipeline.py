@@ -177,17 +177,16 @@ def enqueue(
     settings = _settings()
     targets = targets or []
     try:
-        if resend:
-            if targets:
-                raise _fail("--resend takes no other arguments")
-            sent = resend_queued(settings=settings, batch_id=resend)
-            err_console.print(f"sent {sent} queued documents of batch {resend} again")
-            return
-        if recover:
-            if targets:
-                raise _fail("--recover takes no other arguments")
-            sent = recover_stalled(settings=settings, older_than_s=older_than)
-            err_console.print(f"sent {sent} stalled documents again")
+        if resend or recover:
+            if targets or (resend and recover):
+                raise _fail(f"{'--resend' if resend else '--recover'} takes no other arguments")
+            if resend:
+                sent = resend_queued(settings=settings, batch_id=resend)
+                what = f"queued documents of batch {resend}"
+            else:
+                sent = recover_stalled(settings=settings, older_than_s=older_than)
+                what = "stalled documents"
+            err_console.print(f"sent {sent} {what} again")
             return
         if older_than is not None:
             raise _fail("--older-than goes with --recover")

@@ -6,12 +6,11 @@ finds the documents left ``processing`` and sends them again. Nothing is lost, n
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from worker_helpers import wait_for_batch
+from worker_helpers import kill_while_reading, wait_for_batch
 
 from donut_hole.db import Document, Extraction, make_engine, migrate, session_factory, session_scope
 from donut_hole.settings import Settings
@@ -58,20 +57,7 @@ def test_the_watchdog_sends_again_what_a_killed_worker_left_processing(
     settings = embedded_settings
     assert settings.broker_url.startswith("sqla+sqlite:") and settings.database_url.startswith("sqlite:")
     batch_id = submit_files(settings=settings, paths=sorted(scan_dir.glob("*.jpg"))[:8], source="test")
-    first = start_worker(settings)
-
-    deadline = time.monotonic() + 120
-    in_flight: list[str] = []
-    while not in_flight:  # kill while a group is being read, after one group was stored
-        documents = _documents(settings, batch_id)
-        done = sum(status == "done" for status, _, _ in documents.values())
-        processing = [i for i, (status, _, _) in documents.items() if status == "processing"]
-        if done >= 2 and processing:
-            first.kill()
-            in_flight = processing
-        assert done < len(documents), "the worker finished before it could be killed"
-        assert time.monotonic() < deadline, f"no progress:\n{first.log_tail()}"
-        time.sleep(0.02)
+    in_flight = kill_while_reading(settings, batch_id, start_worker(settings))  # after one group was stored
 
     # Not old enough yet for the default age (the hard time limit + 60 s): nothing is taken back.
     assert recover_stalled(settings=settings) == 0
@@ -79,8 +65,8 @@ def test_the_watchdog_sends_again_what_a_killed_worker_left_processing(
     second = start_worker(settings.model_copy(update={"stalled_after_s": 2}))
     counts = wait_for_batch(settings, batch_id, worker=second, timeout_s=120)
 
-    assert counts["done"] == len(documents) and counts["failed"] == 0
     documents = _documents(settings, batch_id)
+    assert counts["done"] == len(documents) == 8 and counts["failed"] == 0
     assert all(extractions == 1 for _, _, extractions in documents.values()), "a document was stored twice"
     assert all(documents[i][1] == 2 for i in in_flight), "the killed group was not read again"
     assert '"event": "documents.recovered"' in second.log_tail(200)

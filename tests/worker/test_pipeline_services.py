@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from worker_helpers import Worker, wait_for_batch
+from worker_helpers import Worker, kill_while_reading, wait_for_batch
 
 from donut_hole.db import Document, Extraction, Field, make_engine, repository, session_factory, session_scope
 from donut_hole.settings import Settings
@@ -149,26 +148,10 @@ def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(
     batch_id = submit_uris(settings=settings, uris=uris, source="test")
     app = "tests.worker.celery_test_app:celery_app"
     first = start_worker(settings, app=app, concurrency=1)
-
-    engine = make_engine(settings.database_url)
-    sessions = session_factory(engine)
-    deadline = time.monotonic() + 120
-    in_flight: list[str] = []
-    while not in_flight:  # kill while a group is being read, after at least one group was stored
-        with session_scope(sessions) as session:
-            documents = session.scalars(select(Document).where(Document.batch_id == batch_id)).all()
-            done = sum(d.status.value == "done" for d in documents)
-            processing = [d.id for d in documents if d.status.value == "processing"]
-        if done >= 2 and processing:
-            first.kill()
-            in_flight = processing
-        assert done < len(uris), "the worker finished before it could be killed"
-        assert time.monotonic() < deadline, f"no progress:\n{first.log_tail()}"
-        time.sleep(0.02)
+    in_flight = kill_while_reading(settings, batch_id, first)  # after at least one group was stored
 
     second = start_worker(settings, app=app, concurrency=1)
     counts = wait_for_batch(settings, batch_id, worker=second, timeout_s=120)
-    engine.dispose()
 
     assert counts["done"] == len(uris) and counts["failed"] == 0
     documents = {d["id"]: d for d in _documents(settings, batch_id)}

@@ -147,3 +147,34 @@ def wait_for_batch(
             time.sleep(0.2)
     finally:
         engine.dispose()
+
+
+def kill_while_reading(
+    settings: Settings, batch_id: str, worker: Worker, *, min_done: int = 2, timeout_s: float = 120
+) -> list[str]:
+    """SIGKILL ``worker`` while it reads a group, once ``min_done`` documents are stored; returns the ids
+    it was reading (``processing`` at the kill)."""
+    from sqlalchemy import select
+
+    from donut_hole.db import Document
+
+    engine = make_engine(settings.database_url)
+    sessions = session_factory(engine)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            with session_scope(sessions) as session:
+                rows = session.execute(
+                    select(Document.status, Document.id).where(Document.batch_id == batch_id)
+                )
+                statuses = [(status.value, document_id) for status, document_id in rows]
+            done = sum(status == "done" for status, _ in statuses)
+            processing = [document_id for status, document_id in statuses if status == "processing"]
+            if done >= min_done and processing:
+                worker.kill()
+                return processing
+            assert done < len(statuses), "the worker finished before it could be killed"
+            assert time.monotonic() < deadline, f"no progress:\n{worker.log_tail()}"
+            time.sleep(0.02)
+    finally:
+        engine.dispose()
