@@ -11,16 +11,17 @@
 # the models (fp32 safetensors, ~30 MB and ~16 MB), run.json, logs, histories, evaluations and the report.
 # Then here: donut-hole ship --run <the fetched run> --readme README.md
 # The transformers of that image (5.17) passes this project's model and compression tests (checked on CPU).
-# Smoke test on a CPU: SMOKE=1 PY=.venv/bin/python DH=".venv/bin/python -m donut_hole" OUT=/tmp/dev \
-#     scripts/device_default_model.sh teacher  (then: ... student)
+# Smoke test on a CPU: SMOKE=1 WHEELS=none PY=.venv/bin/python DH=".venv/bin/python -m donut_hole" \
+#     RUN=/tmp/dev/run OUT=/tmp/dev/out scripts/device_default_model.sh teacher  (then: ... student)
 set -euo pipefail
 PHASE=${1:?usage: $0 teacher|student}
 RUN=${RUN:-runs/default}
 N_TRAIN=${N_TRAIN:-30000}
 OUT=${OUT:-/tmp/device-out}
-if compgen -G ".whl/*.whl" > /dev/null; then
+WHEELS=${WHEELS:-.whl}  # WHEELS=none: use the packages already there (a CPU smoke test in the venv)
+if compgen -G "$WHEELS/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/*.whl
+        "$WHEELS"/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
