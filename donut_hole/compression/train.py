@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -131,16 +132,35 @@ class DonutDataset(Dataset):
         self.processor = processor
         self.task_token = task_token
         self.max_length = max_length
-        size = processor.image_processor.size
-        self.image_size = (int(size["height"]), int(size["width"]))
+        ip = processor.image_processor
+        self.image_size = (int(ip.size["height"]), int(ip.size["width"]))
+        # A scan already at the model's size (synth writes them so) passes DONUT's thumbnail, resize and pad
+        # unchanged: only rescale and normalise remain, done here in torch (2.7 ms -> 0.3 ms a 448x448 scan
+        # on one core, which feeds a GPU's training from fewer loader processes).
+        self._fast = (
+            type(ip).__name__.startswith("DonutImageProcessor")
+            and ip.do_rescale
+            and ip.do_normalize
+            and not ip.do_align_long_axis
+        )
+        self._scale = float(ip.rescale_factor)
+        self._mean = torch.tensor(ip.image_mean, dtype=torch.float32).view(-1, 1, 1)
+        self._std = torch.tensor(ip.image_std, dtype=torch.float32).view(-1, 1, 1)
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """``pixel_values`` (3, H, W) of one RGB image, as the processor gives them."""
+        height, width = self.image_size
+        if self._fast and image.size == (width, height) and image.mode == "RGB":
+            x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)
+            return (x * self._scale - self._mean) / self._std
+        return self.processor.image_processor(image, return_tensors="pt")["pixel_values"][0]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         sample = self.samples[index]
-        image = load_image(sample.image_path, target_size=self.image_size)
-        pixels = self.processor.image_processor(image, return_tensors="pt")["pixel_values"][0]
+        pixels = self.pixels(load_image(sample.image_path, target_size=self.image_size))
         tokenizer = self.processor.tokenizer
         text = target_sequence(sample.gt_parse, task_token=self.task_token, eos_token=tokenizer.eos_token)
         ids = tokenizer(text, add_special_tokens=False, truncation=True, max_length=self.max_length)[

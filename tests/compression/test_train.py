@@ -221,3 +221,28 @@ def test_time_limit_stops_early_and_saves_like_the_last_step(tmp_path, data):
     assert [record["step"] for record in history] == [1]  # one step, then the limit
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 1
     assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_dataset_pixels_match_the_processor_on_scans_at_the_model_size(tmp_path):
+    """The torch fast path (rescale + normalise only) gives the processor's values; other sizes use it."""
+    from PIL import Image
+
+    from donut_hole.compression.train import DonutDataset
+
+    scans = generate(
+        ["bill_of_lading"], n=2, out=tmp_path / "scans", seed=4, image_size=(448, 448), progress=False
+    )
+    samples = read_dataset(scans)
+    _, processor = new_model("tiny", documents=[s.gt_parse for s in samples], image_size=(448, 448))
+    dataset = DonutDataset(samples, processor, task_token="<s_x>", max_length=64)
+    reference = processor.image_processor
+    assert dataset._fast
+    for sample in samples:
+        image = Image.open(sample.image_path).convert("RGB")
+        assert image.size == (448, 448)
+        expected = reference(image, return_tensors="pt")["pixel_values"][0]
+        assert torch.allclose(dataset.pixels(image), expected, atol=1e-6)
+        other = image.resize((200, 120))  # not the model's size: the processor's thumbnail and padding
+        assert torch.equal(dataset.pixels(other), reference(other, return_tensors="pt")["pixel_values"][0])
+    pixels, ids = dataset[0]
+    assert pixels.shape == (3, 448, 448) and ids.dtype == torch.long
