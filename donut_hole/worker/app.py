@@ -41,7 +41,7 @@ def time_limits(settings: Settings) -> tuple[int, int]:
 
 
 def stalled_after_s(settings: Settings) -> int:
-    """How long a document may stay ``processing`` before it counts as lost (see :mod:`.recovery`).
+    """How long a document may stay ``processing`` before it counts as lost (see :mod:`.watchdog`).
 
     Past the hard time limit no live worker can still be reading it: the limit kills the pool process.
     """

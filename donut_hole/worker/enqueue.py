@@ -163,15 +163,18 @@ def recover_stalled(*, settings: Settings, older_than_s: float | None = None) ->
         f"sent again: the worker reading it stopped without finishing (processing for more than "
         f"{age_s:g} s: killed, out of memory or a lost machine)"
     )
+    # The messages go out before the commit: if the broker is down the update is rolled back and the
+    # documents stay 'processing' for the next look, never 'queued' with no message on its way.
     with session_scope(_sessions(settings)) as session:
         rows = repository.requeue_stalled(
             session, started_before=utcnow() - timedelta(seconds=age_s), reason=reason
         )
-    by_batch: dict[str, list[str]] = {}
-    for document_id, batch_id in rows:
-        by_batch.setdefault(batch_id, []).append(document_id)
+        by_batch: dict[str, list[str]] = {}
+        for document_id, batch_id in rows:
+            by_batch.setdefault(batch_id, []).append(document_id)
+        for batch_id, document_ids in by_batch.items():
+            send_groups(settings, sorted(document_ids), batch_id=batch_id)
     for batch_id, document_ids in by_batch.items():
-        send_groups(settings, sorted(document_ids), batch_id=batch_id)
         log_event(log, "documents.recovered", batch_id=batch_id, documents=len(document_ids))
     return len(rows)
 
