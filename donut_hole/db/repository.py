@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypedDict
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
@@ -262,16 +262,29 @@ def mark_retrying(session: Session, *, document_id: str, reason: str) -> Documen
     return document
 
 
-def requeue_stalled(session: Session, *, started_before: datetime, reason: str) -> list[tuple[str, str]]:
-    """``processing`` documents whose attempt started before ``started_before``: back to ``queued``.
+def requeue_stalled(
+    session: Session, *, started_before: datetime, waiting_before: datetime | None = None, reason: str
+) -> list[tuple[str, str]]:
+    """Documents no worker is reading any more, to be sent again: returns ``(document_id, batch_id)`` pairs.
 
-    Returns their ``(document_id, batch_id)`` pairs. One conditional ``UPDATE`` does it, so when several
-    workers look at the same time each document is taken back by one of them only. ``attempts`` is kept:
-    the next claim counts the new attempt and gives up after ``max_retries + 1`` of them.
+    They are the ``processing`` ones whose attempt started before ``started_before`` and, with
+    ``waiting_before``, the ones ``queued`` for another attempt (``attempts > 0``: waiting for a retry, or
+    sent again before) and untouched since then. They become ``queued`` with ``reason`` in ``error``. One
+    conditional ``UPDATE`` does it, so when several workers look at the same time each document is taken
+    by one of them only. ``attempts`` is kept: the next claim counts the new attempt and gives up after
+    ``max_retries + 1`` of them.
     """
+    stalled = and_(Document.status == DocumentStatus.processing, Document.started_at < started_before)
+    if waiting_before is not None:
+        waiting = and_(
+            Document.status == DocumentStatus.queued,
+            Document.attempts > 0,
+            Document.updated_at < waiting_before,
+        )
+        stalled = or_(stalled, waiting)
     rows = session.execute(
         update(Document)
-        .where(Document.status == DocumentStatus.processing, Document.started_at < started_before)
+        .where(stalled)
         .values(status=DocumentStatus.queued, error=_clip(reason, ERROR_MAX), updated_at=utcnow())
         .returning(Document.id, Document.batch_id)
         .execution_options(synchronize_session=False)

@@ -39,7 +39,13 @@ from donut_hole.storage import (
     open_store,
     parse_s3_uri,
 )
-from donut_hole.worker.app import TASK_EXPAND, TASK_PROCESS, make_celery, stalled_after_s
+from donut_hole.worker.app import (
+    MAX_RETRY_DELAY_S,
+    TASK_EXPAND,
+    TASK_PROCESS,
+    make_celery,
+    stalled_after_s,
+)
 from donut_hole.worker.batching import chunked
 from donut_hole.worker.logging import log_event
 
@@ -150,24 +156,31 @@ def resend_queued(*, settings: Settings, batch_id: str) -> int:
 
 
 def recover_stalled(*, settings: Settings, older_than_s: float | None = None) -> int:
-    """Send again the documents ``processing`` for longer than ``older_than_s``; returns how many.
+    """Send again the documents a vanished worker left behind; returns how many.
 
-    Their worker stopped without finishing them (killed, out of memory, a lost machine), and a broker that
-    does not redeliver (the embedded SQLite transport) would leave them there for good. The default age is
-    :func:`~donut_hole.worker.app.stalled_after_s`, past the hard time limit, so no live worker is still
-    reading them; a copy that still arrives later finds them done and skips them. Each worker runs this
-    once a minute (:mod:`.watchdog`); ``donut-hole enqueue --recover`` runs it by hand.
+    They are ``processing`` for longer than ``older_than_s``, or ``queued`` for a retry and untouched for
+    longer than that plus the longest retry delay (a worker holds a retry's message until its countdown
+    ends). Their worker stopped without finishing them (killed, out of memory, a lost machine), and a
+    broker that does not redeliver (the embedded SQLite transport) would leave them there for good. The
+    default age is :func:`~donut_hole.worker.app.stalled_after_s`, past the hard time limit, so no live
+    worker is still reading them; a copy that still arrives later finds them done and skips them. Each
+    worker runs this once a minute (:mod:`.watchdog`); ``donut-hole enqueue --recover`` runs it by hand.
     """
     age_s = older_than_s if older_than_s is not None else stalled_after_s(settings)
+    now = utcnow()
     reason = (
-        f"sent again: the worker reading it stopped without finishing (processing for more than "
-        f"{age_s:g} s: killed, out of memory or a lost machine)"
+        f"sent again: no worker finished it (processing for more than {age_s:g} s, or waiting for a "
+        f"retry for more than {age_s + MAX_RETRY_DELAY_S:g} s: its worker was killed, ran out of memory "
+        "or was lost)"
     )
     # The messages go out before the commit: if the broker is down the update is rolled back and the
     # documents stay 'processing' for the next look, never 'queued' with no message on its way.
     with session_scope(_sessions(settings)) as session:
         rows = repository.requeue_stalled(
-            session, started_before=utcnow() - timedelta(seconds=age_s), reason=reason
+            session,
+            started_before=now - timedelta(seconds=age_s),
+            waiting_before=now - timedelta(seconds=age_s + MAX_RETRY_DELAY_S),
+            reason=reason,
         )
         by_batch: dict[str, list[str]] = {}
         for document_id, batch_id in rows:

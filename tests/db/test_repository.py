@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from donut_hole.db import (
@@ -219,33 +219,46 @@ def test_a_retry_after_failure_clears_the_error(factory: Factory) -> None:
         assert document.error is None and document.finished_at is None
 
 
-def test_requeue_stalled_takes_back_old_processing_documents_once(factory: Factory) -> None:
-    batch_id, (old, fresh, done, waiting) = _batch(
-        factory, ["s3://a/old", "s3://a/fresh", "s3://a/d", "s3://a/q"]
-    )
+def test_requeue_stalled_takes_back_old_processing_and_retrying_documents_once(factory: Factory) -> None:
+    uris = ["s3://a/old", "s3://a/fresh", "s3://a/done", "s3://a/new", "s3://a/retry", "s3://a/retry-soon"]
+    batch_id, (old, fresh, done, new, retry, retry_soon) = _batch(factory, uris)
+    hour_ago = utcnow() - timedelta(hours=1)
     with session_scope(factory) as session:
-        for document_id in (old, fresh, done):
+        for document_id in (old, fresh, done, retry, retry_soon):
             repository.mark_processing(session, document_id=document_id)
-        repository.get_document(session, document_id=old).started_at = utcnow() - timedelta(hours=1)
-        repository.get_document(session, document_id=done).started_at = utcnow() - timedelta(hours=1)
+        for document_id in (retry, retry_soon):
+            repository.mark_retrying(session, document_id=document_id, reason="S3 unreachable")
     _save(factory, done, _model(factory), [("x", "1", None)])
-    cutoff = utcnow() - timedelta(minutes=10)
+    with session_scope(factory) as session:
+        for document_id in (old, done):
+            repository.get_document(session, document_id=document_id).started_at = hour_ago
+        for document_id in (retry, new):  # untouched for an hour: waiting for a retry, and never tried
+            session.execute(update(Document).where(Document.id == document_id).values(updated_at=hour_ago))
+    cutoffs = {
+        "started_before": utcnow() - timedelta(minutes=10),
+        "waiting_before": utcnow() - timedelta(minutes=15),
+    }
 
     with session_scope(factory) as session:
-        taken = repository.requeue_stalled(session, started_before=cutoff, reason="sent again")
+        taken = repository.requeue_stalled(session, **cutoffs, reason="sent again")
     with session_scope(factory) as session:
-        again = repository.requeue_stalled(session, started_before=cutoff, reason="sent again")
+        again = repository.requeue_stalled(session, **cutoffs, reason="sent again")
         states = {
             d.id: (d.status.value, d.error, d.attempts)
-            for d in (repository.get_document(session, document_id=i) for i in (old, fresh, done, waiting))
+            for d in (
+                repository.get_document(session, document_id=i)
+                for i in (old, fresh, done, new, retry, retry_soon)
+            )
         }
 
-    assert taken == [(old, batch_id)] and again == []
+    assert sorted(taken) == sorted([(old, batch_id), (retry, batch_id)]) and again == []
     assert states == {
         old: ("queued", "sent again", 1),  # the next claim counts the next attempt
         fresh: ("processing", None, 1),
         done: ("done", None, 1),
-        waiting: ("queued", None, 0),
+        new: ("queued", None, 0),  # never tried: it waits for its first message, however long the queue
+        retry: ("queued", "sent again", 1),
+        retry_soon: ("queued", "retrying after attempt 1: S3 unreachable", 1),
     }
 
 

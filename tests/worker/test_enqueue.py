@@ -136,5 +136,7 @@ def test_recover_stalled_sends_lost_documents_again_and_keeps_them_when_the_brok
     with session_scope(sessions) as session:
         documents = [repository.get_document(session, document_id=i) for i in ids]
         assert [d.status.value for d in documents] == ["queued", "queued", "queued"]
-        assert documents[0].error.startswith("sent again: the worker reading it stopped")
+        assert documents[0].error.startswith(
+            "sent again: no worker finished it (processing for more than 0 s"
+        )
         assert documents[0].attempts == 1 and documents[2].error is None
