@@ -174,7 +174,7 @@ def recover_stalled(*, settings: Settings, older_than_s: float | None = None) ->
         "or was lost)"
     )
     # The messages go out before the commit: if the broker is down the update is rolled back and the
-    # documents stay 'processing' for the next look, never 'queued' with no message on its way.
+    # documents stay as they were for the next look, never 'queued' with no message on its way.
     with session_scope(_sessions(settings)) as session:
         rows = repository.requeue_stalled(
             session,

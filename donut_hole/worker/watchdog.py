@@ -6,9 +6,10 @@ another worker after the visibility timeout; the embedded SQLite transport never
 would wait for good. So the main process of every worker runs one daemon thread that calls
 :func:`~donut_hole.worker.enqueue.recover_stalled` when the worker is ready and then every
 :func:`interval_s` seconds: documents ``processing`` for longer than ``DONUT_HOLE_STALLED_AFTER_S`` (default:
-the hard time limit + 60 s, when no live worker can still be reading them) go back to ``queued`` and are
-sent again. With Redis this only comes first when the visibility timeout is longer; the copy that arrives
-later finds the documents done and skips them (the tasks' writes are idempotent).
+the hard time limit + 60 s, when no live worker can still be reading them), and those waiting for a retry
+whose message went with such a worker, go back to ``queued`` and are sent again. With Redis this only
+comes first when the visibility timeout is longer; the copy that arrives later finds the documents done
+and skips them (the tasks' writes are idempotent).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from typing import Any
 from celery import signals
 
 from donut_hole.settings import Settings
+from donut_hole.worker.app import stalled_after_s
+from donut_hole.worker.enqueue import recover_stalled
 from donut_hole.worker.logging import log_event
+from donut_hole.worker.tasks import settings_of
 
 log = logging.getLogger("donut_hole.worker")
 
@@ -29,8 +33,6 @@ MAX_INTERVAL_S = 60.0
 
 def interval_s(settings: Settings) -> float:
     """Seconds between two looks: a quarter of the stall age, between 1 s and a minute."""
-    from donut_hole.worker.app import stalled_after_s
-
     return min(MAX_INTERVAL_S, max(1.0, stalled_after_s(settings) / 4))
 
 
@@ -43,8 +45,6 @@ class Watchdog(threading.Thread):
         self._stopped = threading.Event()
 
     def run(self) -> None:
-        from donut_hole.worker.enqueue import recover_stalled
-
         interval = interval_s(self.settings)
         while True:
             try:
@@ -63,14 +63,11 @@ _running: Watchdog | None = None
 
 @signals.worker_ready.connect
 def _start(sender: Any = None, **_: Any) -> None:
-    from donut_hole.worker.tasks import settings_of
-
     global _running
-    app = getattr(sender, "app", None)
-    settings = settings_of(app) if app is not None else None
-    if settings is None or _running is not None:
+    app = getattr(sender, "app", None)  # the consumer of the worker that is ready
+    if app is None or _running is not None:
         return
-    _running = Watchdog(settings)
+    _running = Watchdog(settings_of(app))
     _running.start()
 
 

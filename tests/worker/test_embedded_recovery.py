@@ -10,27 +10,23 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from worker_helpers import kill_while_reading, wait_for_batch
+from worker_helpers import database, kill_while_reading, wait_for_batch
 
-from donut_hole.db import Document, Extraction, make_engine, migrate, session_factory, session_scope
+from donut_hole.db import Document, Extraction, migrate, session_scope
 from donut_hole.settings import Settings
 from donut_hole.worker.enqueue import recover_stalled, submit_files
 
 
 def _documents(settings: Settings, batch_id: str) -> dict[str, tuple[str, int, int]]:
     """``{id: (status, attempts, extractions)}`` of the batch."""
-    engine = make_engine(settings.database_url)
-    try:
-        with session_scope(session_factory(engine)) as session:
-            rows = session.execute(
-                select(Document.id, Document.status, Document.attempts, func.count(Extraction.id))
-                .outerjoin(Extraction, Extraction.document_id == Document.id)
-                .where(Document.batch_id == batch_id)
-                .group_by(Document.id)
-            )
-            return {row[0]: (row[1].value, row[2], row[3]) for row in rows}
-    finally:
-        engine.dispose()
+    with database(settings) as sessions, session_scope(sessions) as session:
+        rows = session.execute(
+            select(Document.id, Document.status, Document.attempts, func.count(Extraction.id))
+            .outerjoin(Extraction, Extraction.document_id == Document.id)
+            .where(Document.batch_id == batch_id)
+            .group_by(Document.id)
+        )
+        return {row[0]: (row[1].value, row[2], row[3]) for row in rows}
 
 
 @pytest.fixture

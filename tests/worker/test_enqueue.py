@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from worker_helpers import purge
+from worker_helpers import database, purge
 
 from donut_hole.db import migrate, repository, session_factory, session_scope
 from donut_hole.db.session import make_engine
@@ -114,29 +114,29 @@ def test_recover_stalled_sends_lost_documents_again_and_keeps_them_when_the_brok
         sock.bind(("127.0.0.1", 0))
         down = local.model_copy(update={"broker_url": f"redis://127.0.0.1:{sock.getsockname()[1]}/0"})
     migrate.upgrade(down.database_url)
-    sessions = session_factory(make_engine(down.database_url))
-    with session_scope(sessions) as session:
-        batch = repository.create_batch(session, source="test", uris=["a.jpg", "b.jpg", "c.jpg"])
-        ids = sorted(document.id for document in batch.documents)
-        for document_id in ids[:2]:  # a worker claimed two of them, then vanished
-            repository.mark_processing(session, document_id=document_id)
+    with database(down) as sessions:
+        with session_scope(sessions) as session:
+            batch = repository.create_batch(session, source="test", uris=["a.jpg", "b.jpg", "c.jpg"])
+            ids = sorted(document.id for document in batch.documents)
+            for document_id in ids[:2]:  # a worker claimed two of them, then vanished
+                repository.mark_processing(session, document_id=document_id)
 
-    with pytest.raises(BrokerUnavailable):
-        recover_stalled(settings=down, older_than_s=0)
-    with session_scope(sessions) as session:  # rolled back: still 'processing', for the next look
-        assert repository.batch_progress(session, batch_id=batch.id)["processing"] == 2
+        with pytest.raises(BrokerUnavailable):
+            recover_stalled(settings=down, older_than_s=0)
+        with session_scope(sessions) as session:  # rolled back: still 'processing'
+            assert repository.batch_progress(session, batch_id=batch.id)["processing"] == 2
 
-    up = down.model_copy(update={"broker_url": redis_url, "queue": f"test-{uuid.uuid4().hex[:10]}"})
-    try:
-        assert recover_stalled(settings=up) == 0  # younger than the hard time limit + 60 s
-        assert recover_stalled(settings=up, older_than_s=0) == 2
-        assert redis.Redis.from_url(redis_url).llen(up.queue) == 1  # one group of the two ids
-    finally:
-        purge(up)
-    with session_scope(sessions) as session:
-        documents = [repository.get_document(session, document_id=i) for i in ids]
-        assert [d.status.value for d in documents] == ["queued", "queued", "queued"]
-        assert documents[0].error.startswith(
-            "sent again: no worker finished it (processing for more than 0 s"
-        )
-        assert documents[0].attempts == 1 and documents[2].error is None
+        up = down.model_copy(update={"broker_url": redis_url, "queue": f"test-{uuid.uuid4().hex[:10]}"})
+        try:
+            assert recover_stalled(settings=up) == 0  # younger than the hard time limit + 60 s
+            assert recover_stalled(settings=up, older_than_s=0) == 2
+            assert redis.Redis.from_url(redis_url).llen(up.queue) == 1  # one group of the two ids
+        finally:
+            purge(up)
+        with session_scope(sessions) as session:
+            documents = [repository.get_document(session, document_id=i) for i in ids]
+            assert [d.status.value for d in documents] == ["queued", "queued", "queued"]
+            assert documents[0].error.startswith(
+                "sent again: no worker finished it (processing for more than 0 s"
+            )
+            assert documents[0].attempts == 1 and documents[2].error is None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from worker_helpers import Worker, kill_while_reading, wait_for_batch
+from worker_helpers import Worker, database, kill_while_reading, wait_for_batch
 
 from donut_hole.db import Document, Extraction, Field, make_engine, repository, session_factory, session_scope
 from donut_hole.settings import Settings
@@ -23,27 +23,23 @@ def _upload(settings: Settings, folder: Path, prefix: str) -> list[str]:
 
 
 def _documents(settings: Settings, batch_id: str) -> list[dict]:
-    engine = make_engine(settings.database_url)
-    try:
-        with session_scope(session_factory(engine)) as session:
-            rows = session.execute(
-                select(
-                    Document.id,
-                    Document.status,
-                    Document.error,
-                    Document.attempts,
-                    func.count(Extraction.id.distinct()),
-                    func.count(Field.id),
-                )
-                .outerjoin(Extraction, Extraction.document_id == Document.id)
-                .outerjoin(Field, Field.extraction_id == Extraction.id)
-                .where(Document.batch_id == batch_id)
-                .group_by(Document.id)
+    with database(settings) as sessions, session_scope(sessions) as session:
+        rows = session.execute(
+            select(
+                Document.id,
+                Document.status,
+                Document.error,
+                Document.attempts,
+                func.count(Extraction.id.distinct()),
+                func.count(Field.id),
             )
-            keys = ("id", "status", "error", "attempts", "extractions", "fields")
-            return [dict(zip(keys, row, strict=True)) for row in rows]
-    finally:
-        engine.dispose()
+            .outerjoin(Extraction, Extraction.document_id == Document.id)
+            .outerjoin(Field, Field.extraction_id == Extraction.id)
+            .where(Document.batch_id == batch_id)
+            .group_by(Document.id)
+        )
+        keys = ("id", "status", "error", "attempts", "extractions", "fields")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
 def test_a_batch_of_20_scans_flows_from_s3_to_postgres(

@@ -10,15 +10,27 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 from donut_hole import demo
 from donut_hole.db import make_engine, repository, session_factory, session_scope
 from donut_hole.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def database(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """Sessions on the settings' database; the engine is disposed when the block ends."""
+    engine = make_engine(settings.database_url)
+    try:
+        yield session_factory(engine)
+    finally:
+        engine.dispose()
 
 
 def purge(settings: Settings) -> None:
@@ -125,10 +137,8 @@ def wait_for_batch(
     settings: Settings, batch_id: str, *, worker: Worker, timeout_s: float = 120
 ) -> dict[str, int]:
     """Poll the batch's counts until every document is done or failed (and its listing is over)."""
-    engine = make_engine(settings.database_url)
-    sessions = session_factory(engine)
     deadline = time.monotonic() + timeout_s
-    try:
+    with database(settings) as sessions:
         while True:
             with session_scope(sessions) as session:
                 counts = repository.batch_progress(session, batch_id=batch_id)
@@ -145,8 +155,6 @@ def wait_for_batch(
                     f"batch {batch_id} not finished after {timeout_s} s: {counts}\n{worker.log_tail()}"
                 )
             time.sleep(0.2)
-    finally:
-        engine.dispose()
 
 
 def kill_while_reading(
@@ -158,10 +166,8 @@ def kill_while_reading(
 
     from donut_hole.db import Document
 
-    engine = make_engine(settings.database_url)
-    sessions = session_factory(engine)
     deadline = time.monotonic() + timeout_s
-    try:
+    with database(settings) as sessions:
         while True:
             with session_scope(sessions) as session:
                 rows = session.execute(
@@ -176,5 +182,3 @@ def kill_while_reading(
             assert done < len(statuses), "the worker finished before it could be killed"
             assert time.monotonic() < deadline, f"no progress:\n{worker.log_tail()}"
             time.sleep(0.02)
-    finally:
-        engine.dispose()
