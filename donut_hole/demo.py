@@ -153,9 +153,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 def start_worker(settings: Settings, *, processes: int, log_path: Path) -> subprocess.Popen[bytes]:
     """``donut-hole worker`` in its own process group, with ``settings`` in its environment."""
     env = settings_env(settings)
-    # Not ``-m donut_hole.cli``: that runs cli.py as __main__, apart from the module commands register on.
-    entry = "from donut_hole.cli import app; app(prog_name='donut-hole')"
-    command = [sys.executable, "-c", entry, "worker", "--concurrency", str(processes)]
+    command = [sys.executable, "-m", "donut_hole", "worker", "--concurrency", str(processes)]
     with log_path.open("wb") as log:
         return subprocess.Popen(
             command,

@@ -20,8 +20,6 @@ from donut_hole.cli import app
 from donut_hole.documents.synth import generate
 from donut_hole.settings import get_settings
 
-ENTRY = "from donut_hole.cli import app; app(prog_name='donut-hole')"
-
 
 @pytest.fixture
 def embedded_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
@@ -42,7 +40,7 @@ def test_demo_reads_a_batch_with_real_workers_and_leaves_the_results(
     embedded_env: dict[str, str], tmp_path: Path
 ) -> None:
     run = subprocess.run(
-        [sys.executable, "-c", ENTRY, "demo", "--n", "5", "--timeout", "150"],
+        [sys.executable, "-m", "donut_hole", "demo", "--n", "5", "--timeout", "150"],
         env={**embedded_env, "COLUMNS": "160"},
         cwd=tmp_path,
         capture_output=True,

@@ -89,7 +89,7 @@ class Worker:
             ]  # fmt: skip
         else:
             command = [
-                sys.executable, "-c", "from donut_hole.cli import app; app(prog_name='donut-hole')", "worker",
+                sys.executable, "-m", "donut_hole", "worker",
                 "--concurrency", str(concurrency), "--metrics-port", str(metrics_port),
             ]  # fmt: skip
         with log_path.open("ab") as log:

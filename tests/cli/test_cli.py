@@ -11,6 +11,10 @@ from donut_hole.documents.synth import generate
 from donut_hole.model.build import new_model, save_model
 
 runner = CliRunner()
+COMMANDS = [
+    "synth", "evaluate", "predict", "train", "compress", "ship",
+    "demo", "worker", "enqueue", "results", "migrate", "api",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +75,7 @@ def test_predict_prints_json_lines_and_fails_bad_files(dataset, model_dir):
 
 
 def test_train_set_overrides_any_recipe_key(tmp_path, dataset):
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = Path(__file__).resolve().parents[2] / "configs"
     base = ["train", "--recipe", str(configs / "teacher-small.yaml"), "--train", str(dataset)]
     base += ["--val", str(dataset), "--out", str(tmp_path / "run")]
 
@@ -96,10 +100,18 @@ def test_python_dash_m_has_every_command(module: str) -> None:
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [sys.executable, "-m", module, "--help"], cwd=root, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    commands = {"synth", "train", "compress", "evaluate", "ship", "worker", "enqueue", "results"}
-    assert all(f" {name} " in done.stdout for name in commands), done.stdout
+    assert all(f" {name} " in done.stdout for name in COMMANDS), done.stdout
+
+
+def test_every_command_is_registered_once_in_the_documented_order() -> None:
+    from typer.main import get_command
+
+    from donut_hole.cli.main import COMMANDS as functions
+
+    assert list(get_command(app).commands) == COMMANDS  # type: ignore[attr-defined]
+    assert [f.__name__ for f in functions] == COMMANDS

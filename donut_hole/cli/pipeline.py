@@ -1,7 +1,7 @@
-"""Pipeline commands of ``donut-hole``: demo, worker, enqueue, results, migrate, api.
+"""Commands of the document pipeline: ``worker``, ``enqueue``, ``results``, ``migrate`` and ``api``.
 
-Registered on the main :data:`donut_hole.cli.app` when :mod:`donut_hole.cli` is imported. Each command is
-a thin shell over :mod:`donut_hole.worker.enqueue`, :mod:`donut_hole.db` and :mod:`donut_hole.demo`.
+Each is a thin shell over :mod:`donut_hole.worker.enqueue`, :mod:`donut_hole.db` and the Celery and FastAPI
+apps.
 """
 
 from __future__ import annotations
@@ -18,20 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from donut_hole.cli import _fail, app, console, err_console
-from donut_hole.settings import Settings, SettingsError, get_settings
-
-
-def _database_problem(settings: Settings, exc: Any) -> str:
-    where = settings.database_url.split("@")[-1]
-    return f"cannot use the database {where}: {exc.orig}; is it running, and migrated (donut-hole migrate)?"
-
-
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except SettingsError as exc:
-        raise _fail(str(exc)) from exc
+from donut_hole.cli.common import console, database_problem, err_console, fail, load_settings
 
 
 class OutputFormat(enum.StrEnum):
@@ -40,24 +27,6 @@ class OutputFormat(enum.StrEnum):
     csv = "csv"
 
 
-@app.command()
-def demo(
-    n: Annotated[int, typer.Option(min=1, max=500, help="Synthetic scans to read.")] = 12,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic scans.")] = 0,
-    concurrency: Annotated[int | None, typer.Option(min=1, help="Worker processes (default: 2).")] = None,
-    timeout: Annotated[float, typer.Option(min=1, help="Give up after this many seconds.")] = 300.0,
-) -> None:
-    """Run the pipeline end to end on the embedded defaults: scans → queue → workers → SQLite → table."""
-    from donut_hole.demo import DemoError, run_demo
-    from donut_hole.worker.enqueue import BrokerUnavailable, EnqueueError
-
-    try:
-        run_demo(_settings(), n=n, seed=seed, concurrency=concurrency, timeout_s=timeout, console=console)
-    except (DemoError, EnqueueError, BrokerUnavailable) as exc:
-        raise _fail(str(exc), code=1) from exc
-
-
-@app.command()
 def worker(
     concurrency: Annotated[
         int | None, typer.Option(min=1, help="Pool processes (default: one per core).")
@@ -74,12 +43,12 @@ def worker(
     ] = None,
 ) -> None:
     """Run a Celery worker: one model per pool process, one group of documents per forward pass."""
-    settings = _settings()
+    settings = load_settings()
     if settings.storage_url.startswith("s3://"):
         from donut_hole.storage import CREDENTIALS_HELP, s3_credentials_missing
 
         if s3_credentials_missing():
-            raise _fail(
+            raise fail(
                 f"the object store is {settings.storage_url} but no AWS credentials were found: "
                 f"{CREDENTIALS_HELP}; a worker without them could read no scan"
             )
@@ -122,19 +91,18 @@ def _local_files(targets: list[str]) -> list[Path]:
                 try:
                     files.extend(sample.image_path for sample in read_dataset(path))
                 except DatasetError as exc:
-                    raise _fail(str(exc)) from exc
+                    raise fail(str(exc)) from exc
             else:
                 files.extend(sorted(p for p in path.iterdir() if p.is_file() and is_image_uri(p.name)))
         elif path.is_file():
             files.append(path)
         else:
-            raise _fail(f"{target} is neither an s3:// URI nor an existing file or folder")
+            raise fail(f"{target} is neither an s3:// URI nor an existing file or folder")
     if not files:
-        raise _fail(f"no images in {', '.join(targets)}")
+        raise fail(f"no images in {', '.join(targets)}")
     return files
 
 
-@app.command()
 def enqueue(
     targets: Annotated[
         list[str] | None,
@@ -174,12 +142,12 @@ def enqueue(
         submit_uris,
     )
 
-    settings = _settings()
+    settings = load_settings()
     targets = targets or []
     try:
         if resend or recover:
             if targets or (resend and recover):
-                raise _fail(f"{'--resend' if resend else '--recover'} takes no other arguments")
+                raise fail(f"{'--resend' if resend else '--recover'} takes no other arguments")
             if resend:
                 sent = resend_queued(settings=settings, batch_id=resend)
                 what = f"queued documents of batch {resend}"
@@ -189,12 +157,12 @@ def enqueue(
             err_console.print(f"sent {sent} {what} again")
             return
         if older_than is not None:
-            raise _fail("--older-than goes with --recover")
+            raise fail("--older-than goes with --recover")
         if not targets:
-            raise _fail("give an s3:// prefix, s3:// URIs, a folder or files to enqueue")
+            raise fail("give an s3:// prefix, s3:// URIs, a folder or files to enqueue")
         if any(t.startswith("s3://") for t in targets):
             if not all(t.startswith("s3://") for t in targets):
-                raise _fail("do not mix s3:// URIs and local files in one call")
+                raise fail("do not mix s3:// URIs and local files in one call")
             if len(targets) == 1 and _is_prefix(targets[0]):
                 batch_id = submit_prefix(settings=settings, prefix_uri=targets[0])
             else:
@@ -202,9 +170,9 @@ def enqueue(
         else:
             batch_id = submit_files(settings=settings, paths=_local_files(targets), source="cli")
     except (EnqueueError, BrokerUnavailable) as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     except OperationalError as exc:
-        raise _fail(_database_problem(settings, exc)) from exc
+        raise fail(database_problem(settings, exc)) from exc
     typer.echo(batch_id)
     err_console.print(f"follow it with: donut-hole results --batch {batch_id}")
 
@@ -223,7 +191,6 @@ def _csv_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any
     return header, out
 
 
-@app.command()
 def results(
     batch: Annotated[str, typer.Option("--batch", help="Batch id (printed by enqueue).")],
     format: Annotated[
@@ -235,20 +202,20 @@ def results(
 
     from donut_hole.db import make_engine, repository, session_factory, session_scope
 
-    settings = _settings()
+    settings = load_settings()
     engine = make_engine(settings.database_url)
     try:
         with session_scope(session_factory(engine)) as session:
             found = repository.get_batch(session, batch_id=batch)
             if found is None:
-                raise _fail(f"batch {batch!r} does not exist in {settings.database_url.split('@')[-1]}")
+                raise fail(f"batch {batch!r} does not exist in {settings.database_url.split('@')[-1]}")
             status, error = found.status.value, found.error
             counts = repository.batch_progress(session, batch_id=batch)
             rows: list[dict[str, Any]] = [
                 dict(row) for row in repository.results_for_batch(session, batch_id=batch)
             ]
     except OperationalError as exc:
-        raise _fail(_database_problem(settings, exc)) from exc
+        raise fail(database_problem(settings, exc)) from exc
     finally:
         engine.dispose()
     if format is OutputFormat.json:
@@ -284,12 +251,11 @@ def results(
     console.print(f"{summary}" + (f"; listing failed: {error}" if error else ""), highlight=False)
 
 
-@app.command()
 def migrate() -> None:
     """Create or upgrade the database tables (Alembic migrations to the newest revision)."""
     from donut_hole.db import migrate as migrations
 
-    settings = _settings()
+    settings = load_settings()
     if settings.database_url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrations.upgrade(settings.database_url)
@@ -298,7 +264,6 @@ def migrate() -> None:
     )
 
 
-@app.command()
 def api(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
@@ -307,5 +272,5 @@ def api(
     """Serve the HTTP API (uvicorn, donut_hole.api.main:create_app)."""
     import uvicorn
 
-    _settings()  # fail here, with the variable's name, rather than inside uvicorn
+    load_settings()  # fail here, with the variable's name, rather than inside uvicorn
     uvicorn.run("donut_hole.api.main:create_app", factory=True, host=host, port=port, workers=workers)

@@ -1,0 +1,108 @@
+"""Offline commands: ``train`` a teacher and ``compress`` it into its DONUT-hole student."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from donut_hole.cli.common import console, fail
+
+
+def _overrides(steps: int | None, device: str | None, settings: list[str] | None = None) -> dict[str, object]:
+    """Recipe overrides from --steps, --device and repeated ``--set key.path=value`` (YAML values)."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in settings or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise fail(f"--set expects KEY=VALUE (e.g. train.batch_size=16), got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise fail(f"--set {key.strip()}: {raw!r} is not a YAML value ({exc})") from exc
+    if steps is not None:
+        out["train.steps"] = steps
+    if device is not None:
+        out["train.device"] = device
+    return out
+
+
+def train(
+    recipe: Annotated[Path, typer.Option(help="Teacher recipe YAML (e.g. configs/teacher-small.yaml).")],
+    train_data: Annotated[Path, typer.Option("--train", help="Training dataset folder.")],
+    val_data: Annotated[Path, typer.Option("--val", help="Validation dataset folder.")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoint, history, model/.")],
+    steps: Annotated[int | None, typer.Option(min=0, help="Override train.steps.")] = None,
+    device: Annotated[str | None, typer.Option(help="Override train.device (auto, cpu, cuda).")] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override any recipe key, repeatable: --set train.batch_size=16."),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt if present.")] = False,
+) -> None:
+    """Train (from a preset) or fine-tune (from a model folder) a DONUT teacher."""
+    from donut_hole.compression.recipe import RecipeError, TeacherRecipe, load_recipe
+    from donut_hole.compression.teacher import train_teacher
+    from donut_hole.compression.train import CheckpointError
+    from donut_hole.dataset import DatasetError
+    from donut_hole.model.build import ModelLoadError
+
+    try:
+        spec = load_recipe(recipe, TeacherRecipe, overrides=_overrides(steps, device, settings))
+        history = train_teacher(spec, train_dir=train_data, val_dir=val_data, out_dir=out, resume=resume)
+    except (RecipeError, DatasetError, ModelLoadError, CheckpointError) as exc:
+        raise fail(str(exc)) from exc
+    last = history[-1] if history else {}
+    console.print(
+        f"saved {out / 'model'}  step {last.get('step', 0)}  "
+        f"F1 {last.get('f1', float('nan')):.4f}  nTED acc {last.get('ted_accuracy', float('nan')):.4f}"
+    )
+
+
+def compress(
+    teacher: Annotated[Path, typer.Option(help="Teacher model folder (any DONUT checkpoint).")],
+    recipe: Annotated[Path, typer.Option(help="Compression recipe YAML (e.g. configs/tiny.yaml).")],
+    val_data: Annotated[Path, typer.Option("--val", help="Validation dataset folder.")],
+    out: Annotated[Path, typer.Option(help="Run folder: model/, report.json, report.md, plots.")],
+    train_data: Annotated[
+        Path | None, typer.Option("--train", help="Training dataset folder (needed when steps > 0).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(min=0, help="Override train.steps (0: no training).")] = None,
+    device: Annotated[str | None, typer.Option(help="Override train.device (auto, cpu, cuda).")] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override any recipe key, repeatable: --set train.batch_size=16."),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt if present.")] = False,
+) -> None:
+    """Build the DONUT-hole student of a teacher: derive, distill, prune, save, report."""
+    from donut_hole.compression.compress import compress as run_compress
+    from donut_hole.compression.recipe import CompressRecipe, RecipeError, load_recipe
+    from donut_hole.compression.student import StudentError
+    from donut_hole.dataset import DatasetError
+    from donut_hole.model.build import ModelLoadError
+
+    try:
+        spec = load_recipe(recipe, CompressRecipe, overrides=_overrides(steps, device, settings))
+        report = run_compress(
+            spec,
+            teacher_path=teacher,
+            train_dir=train_data,
+            val_dir=val_data,
+            out_dir=out,
+            name=recipe.stem,
+            resume=resume,
+        )
+    except (RecipeError, DatasetError, ModelLoadError, StudentError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    t, s = report["teacher"], report["student"]
+    console.print((out / "report.md").read_text(encoding="utf-8").split("\n\n**Global CKA**")[0])
+    console.print(
+        f"\nstudent density {s['density']['prunable_density_vs_teacher']:.4f} of the teacher's prunable "
+        "weights "
+        f"(target {report['target_density']}), global CKA {report['cka']['global']:.4f}, "
+        f"F1 {t['eval']['f1']:.4f} → {s['eval']['f1']:.4f}\nwrote {out / 'report.md'} and {out / 'model'}"
+    )

@@ -1,0 +1,103 @@
+"""Commands that use a DONUT model: ``evaluate`` and ``predict`` a folder, ``ship`` trained models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from donut_hole.cli.common import console, fail
+
+
+def evaluate(
+    model: Annotated[Path, typer.Option(help="Model folder (save_pretrained layout).")],
+    data: Annotated[Path, typer.Option(help="DONUT dataset folder with metadata.jsonl.")],
+    out: Annotated[Path | None, typer.Option(help="Where to write the JSON report.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N samples.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+) -> None:
+    """Score a model on a dataset: field F1, nTED accuracy and per-field exact match."""
+    from donut_hole.dataset import DatasetError, read_dataset
+    from donut_hole.evaluate import evaluate_reader
+    from donut_hole.model.build import ModelLoadError
+    from donut_hole.model.predict import DonutReader
+
+    try:
+        samples = read_dataset(data, limit=limit)
+        reader = DonutReader.from_path(model, max_new_tokens=max_new_tokens)
+    except (DatasetError, ModelLoadError) as exc:
+        raise fail(str(exc)) from exc
+    evaluation = evaluate_reader(reader, samples, batch_size=batch_size)
+    result = evaluation.result
+    table = Table(title=f"{model} on {data} ({result.n} documents)")
+    table.add_column("field")
+    table.add_column("exact match", justify="right")
+    for name, score in result.field_exact_match.items():
+        table.add_row(name, f"{score:.3f}")
+    console.print(table)
+    errors = sum(1 for r in evaluation.records if r["error"])
+    console.print(
+        f"field F1 [bold]{result.f1:.4f}[/]  nTED accuracy [bold]{result.ted_accuracy:.4f}[/]  "
+        f"unreadable {errors}  {evaluation.docs_per_s:.2f} docs/s"
+    )
+    path = evaluation.write_json(out or Path(model) / "evaluation.json")
+    console.print(f"wrote {path}")
+
+
+def predict(
+    model: Annotated[Path, typer.Option(help="Model folder.")],
+    images: Annotated[list[Path], typer.Argument(help="Scans to read.")],
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+) -> None:
+    """Read scans and print one JSON line per image ({"file", "fields", "confidence"} or {"error"})."""
+    from donut_hole.model.build import ModelLoadError
+    from donut_hole.model.predict import DocumentError, DonutReader
+
+    try:
+        reader = DonutReader.from_path(model, max_new_tokens=max_new_tokens)
+    except ModelLoadError as exc:
+        raise fail(str(exc)) from exc
+    failed = 0
+    for path in images:
+        try:
+            pred = reader.predict_detailed([path], batch_size=batch_size)[0]
+            line = {"file": str(path), "fields": pred.data, "confidence": round(pred.confidence, 4)}
+        except DocumentError as exc:
+            failed += 1
+            line = {"file": str(path), "error": exc.reason}
+        typer.echo(json.dumps(line, ensure_ascii=False))
+    if failed:
+        raise typer.Exit(1)
+
+
+def ship(
+    run: Annotated[Path, typer.Option(help="Finished run folder of scripts/train_default_model.sh.")],
+    models: Annotated[Path, typer.Option(help="Where the model folders go.")] = Path("models"),
+    readme: Annotated[
+        Path | None, typer.Option(help="README whose default-models markers get the teacher/student table.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Ship even when targets are not met (the card says so).")
+    ] = False,
+) -> None:
+    """Copy a trained teacher and its student into models/ with model cards (checks issue 5's targets)."""
+    from donut_hole.model.card import ShipError
+    from donut_hole.model.card import ship as ship_models
+
+    try:
+        done = ship_models(run, models, readme=readme, force=force)
+    except ShipError as exc:
+        raise fail(str(exc), code=1) from exc
+    for target in done["targets"]:
+        mark = "[green]met[/]" if target.met else "[bold red]not met[/]"
+        value = "–" if target.value is None else f"{target.value:.4f}"
+        console.print(f"{target.name}: {value} (limit {target.limit:g}) {mark}")
+    for side, folder in done["models"].items():
+        console.print(f"shipped {side}: {folder}")
+    if readme is not None and not done["readme_updated"]:
+        console.print(f"[yellow]{readme} has no default-models markers: table not written[/]")

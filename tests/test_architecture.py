@@ -1,0 +1,137 @@
+"""The package's wiring: every module imports, no import cycle at module level, layers import downwards.
+
+The graph is read from the source (``ast``), so a cycle is found even where Python's import order happens
+to hide it. Module-level imports are those that run when the module is imported (the module body, class
+bodies, ``if``/``try`` blocks; not function bodies, not ``if TYPE_CHECKING:``). The layer rules look at
+every import, also those inside functions, since a lazy import is still an arrow.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+import donut_hole
+
+PACKAGE = Path(donut_hole.__file__).resolve().parent
+NOT_IMPORTABLE = {
+    "donut_hole.__main__",  # runs the command
+    "donut_hole.cli.__main__",
+    "donut_hole.db.migrations.env",  # runs inside Alembic's context
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {
+    module_name(path): path
+    for path in sorted(PACKAGE.rglob("*.py"))
+    if "versions" not in path.relative_to(PACKAGE).parts  # Alembic revisions: loaded by Alembic only
+}
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _statements(body: list[ast.stmt], *, module_level: bool) -> list[ast.stmt]:
+    """The statements of ``body`` and of the blocks nested in it (functions too unless ``module_level``)."""
+    found: list[ast.stmt] = []
+    for node in body:
+        found.append(node)
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            if not module_level:
+                found += _statements(node.body, module_level=module_level)
+            found += _statements(node.orelse, module_level=module_level)
+            continue
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and module_level:
+            continue
+        for field in ("body", "orelse", "finalbody", "handlers"):
+            nested = getattr(node, field, None)
+            if isinstance(nested, list):
+                blocks = [h.body for h in nested] if field == "handlers" else [nested]
+                for block in blocks:
+                    statements = [s for s in block if isinstance(s, ast.stmt)]
+                    found += _statements(statements, module_level=module_level)
+    return found
+
+
+def imports_of(name: str, *, module_level: bool) -> set[str]:
+    """The modules of the package that module ``name`` imports (a submodule rather than its package)."""
+    path = MODULES[name]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets: set[str] = set()
+    for node in _statements(tree.body, module_level=module_level):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}"
+                targets.add(submodule if submodule in MODULES else base)
+    return {target for target in targets if target in MODULES and target != name}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as a path ``[a, b, ..., a]``, or ``None``."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done:
+            return None
+        path.append(node)
+        for target in sorted(graph[node]):
+            if cycle := visit(target):
+                return cycle
+        path.pop()
+        done.add(node)
+        return None
+
+    for node in sorted(graph):
+        if cycle := visit(node):
+            return cycle
+    return None
+
+
+def test_find_cycle_finds_one() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_cycle_at_module_level() -> None:
+    graph = {name: imports_of(name, module_level=True) for name in MODULES}
+    assert "donut_hole.cli.main" in graph["donut_hole.cli"]  # the graph sees package imports
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+@pytest.mark.parametrize("name", sorted(set(MODULES) - NOT_IMPORTABLE))
+def test_every_module_imports(name: str) -> None:
+    importlib.import_module(name)
+
+
+def _in(name: str, *packages: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
+def arrows() -> list[tuple[str, str]]:
+    return [(a, b) for a in MODULES for b in imports_of(a, module_level=False)]
+
+
+def test_only_the_command_line_imports_the_command_line() -> None:
+    callers = [(a, b) for a, b in arrows() if _in(b, "donut_hole.cli") and not _in(a, "donut_hole.cli")]
+    assert callers == [("donut_hole.__main__", "donut_hole.cli")]
