@@ -28,10 +28,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from donut_hole.db import make_engine, migrate, session_factory
+from donut_hole.db import migrate
 from donut_hole.demo import demo_model, demo_scans, follow_batch, start_worker, stop_worker
+from donut_hole.services import Services
 from donut_hole.settings import Settings
-from donut_hole.storage import open_store
 from donut_hole.worker.enqueue import submit_uris
 from donut_hole.worker.runtime import cpu_count
 
@@ -69,22 +69,21 @@ def model_only(settings: Settings, paths: list[Path], *, processes: int) -> floa
     return len(paths) / max(seconds)
 
 
-def pipeline(settings: Settings, paths: list[Path], *, concurrency: int, console: Console) -> float:
+def pipeline(services: Services, paths: list[Path], *, concurrency: int, console: Console) -> float:
     """Documents per second from submitting the scans' URIs to the last one stored, warm workers."""
-    store = open_store(settings.storage_url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+    settings, store, sessions = services.settings, services.store, services.sessions
     run = f"bench/{time.strftime('%Y%m%d-%H%M%S')}"
     uris = [store.put(f"{run}/{path.name}", path.read_bytes()) for path in paths]
     # Warm-up: a group for every worker process, so that each has loaded its model before the clock starts.
     first = paths[: settings.batch_size * concurrency]
     warm_up = [store.put(f"{run}-warm-up/{path.name}", path.read_bytes()) for path in first]
-    sessions = session_factory(make_engine(settings.database_url))
     log_path = settings.data_dir.resolve() / "bench-worker.log"
     worker = start_worker(settings, processes=concurrency, log_path=log_path)
     try:
-        warm = submit_uris(settings=settings, uris=warm_up, source="bench")
+        warm = submit_uris(services, uris=warm_up, source="bench")
         follow_batch(sessions, warm, worker, log_path, timeout_s=600, console=console)
         start = time.perf_counter()
-        batch_id = submit_uris(settings=settings, uris=uris, source="bench")
+        batch_id = submit_uris(services, uris=uris, source="bench")
         counts = follow_batch(sessions, batch_id, worker, log_path, timeout_s=3600, console=console)
         seconds = time.perf_counter() - start
     finally:
@@ -125,7 +124,8 @@ def main() -> None:
     single = model_only(settings, paths, processes=1)
     alone = model_only(settings, paths, processes=args.concurrency) if args.concurrency > 1 else single
     console.print(f"model only: {single:.2f} docs/s in 1 process, {alone:.2f} in {args.concurrency}")
-    through = pipeline(settings, paths, concurrency=args.concurrency, console=console)
+    with Services(settings) as services:
+        through = pipeline(services, paths, concurrency=args.concurrency, console=console)
 
     table = Table(title="pipeline vs model only (same scans, same run)")
     for column in ("measure", "docs/s"):

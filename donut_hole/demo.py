@@ -25,8 +25,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from donut_hole.db import make_engine, migrate, repository, session_factory, session_scope
+from donut_hole.db import migrate, repository, session_scope
+from donut_hole.services import Services
 from donut_hole.settings import Settings
+from donut_hole.worker.enqueue import submit_files
 
 KINDS = ("shipping_label", "bill_of_lading", "delivery_note")
 
@@ -74,31 +76,29 @@ def run_demo(
     settings = settings.model_copy(update={"model_path": model_path})
     migrate.upgrade(settings.database_url)
     console.print(f"3. database {_shown(settings.database_url)} migrated")
-
-    from donut_hole.worker.enqueue import submit_files
-
-    batch_id = submit_files(settings=settings, paths=sorted(scans.glob("*.jpg")), source="demo")
-    console.print(
-        f"4. batch [bold]{batch_id}[/] queued on {_shown(settings.broker_url)}, store {settings.storage_url}"
-    )
-
-    processes = concurrency or min(2, _cores())
-    log_path = workdir / "worker.log"
-    console.print(f"5. starting {processes} worker processes (log: {log_path})")
-    sessions = session_factory(make_engine(settings.database_url))
-    start = time.perf_counter()
-    worker = start_worker(settings, processes=processes, log_path=log_path)
-    stopping = False
-    try:
-        counts = follow_batch(sessions, batch_id, worker, log_path, timeout_s=timeout_s, console=console)
-        seconds = time.perf_counter() - start
-        worker.send_signal(signal.SIGTERM)  # the warm shutdown runs while the report is printed
-        stopping = True
-        result = _report(
-            sessions, batch_id, answers, counts, seconds=seconds, trained=trained, console=console
+    with Services(settings) as services:
+        batch_id = submit_files(services, paths=sorted(scans.glob("*.jpg")), source="demo")
+        console.print(
+            f"4. batch [bold]{batch_id}[/] queued on {_shown(settings.broker_url)}, "
+            f"store {settings.storage_url}"
         )
-    finally:
-        stop_worker(worker, signalled=stopping)
+        processes = concurrency or min(2, _cores())
+        log_path = workdir / "worker.log"
+        console.print(f"5. starting {processes} worker processes (log: {log_path})")
+        sessions = services.sessions
+        start = time.perf_counter()
+        worker = start_worker(settings, processes=processes, log_path=log_path)
+        stopping = False
+        try:
+            counts = follow_batch(sessions, batch_id, worker, log_path, timeout_s=timeout_s, console=console)
+            seconds = time.perf_counter() - start
+            worker.send_signal(signal.SIGTERM)  # the warm shutdown runs while the report is printed
+            stopping = True
+            result = _report(
+                sessions, batch_id, answers, counts, seconds=seconds, trained=trained, console=console
+            )
+        finally:
+            stop_worker(worker, signalled=stopping)
     _print_next_steps(settings, batch_id, console)
     return result
 

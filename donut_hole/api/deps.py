@@ -1,7 +1,9 @@
-"""Dependencies of the routes: settings, a database session per request, and the API-key check.
+"""Dependencies of the routes: settings, the app's services, a database session per request, the key check.
 
-The engine and session factory are made once per app, in its lifespan (:mod:`donut_hole.api.main`), and
-kept on ``app.state``; a request borrows a session from them and gives it back when it ends.
+The app's :class:`~donut_hole.services.Services` (engine and sessions, object store, Celery app) are made
+once, in its lifespan (:mod:`donut_hole.api.main`), and kept on ``app.state``; a request borrows a session
+from them and gives it back when it ends. Routes that queue work pass that session to
+:mod:`donut_hole.worker.enqueue`, so the rows are written and committed through it.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from donut_hole.db import session_scope
+from donut_hole.services import Services
 from donut_hole.settings import Settings
 
 NO_KEYS_DETAIL = "the server has no API keys configured (DONUT_HOLE_API_KEYS); it refuses every request"
@@ -29,10 +32,17 @@ def get_app_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-def get_db(request: Request) -> Iterator[Session]:
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_db(services: ServicesDep) -> Iterator[Session]:
     """A session for this request: committed when the route returns, rolled back when it raises."""
-    factory: sessionmaker[Session] = request.app.state.session_factory
-    with session_scope(factory) as session:
+    with session_scope(services.sessions) as session:
         yield session
 
 

@@ -1,4 +1,4 @@
-"""The FastAPI application: ``create_app`` wires settings, the database engine, middleware and routers.
+"""The FastAPI application: ``create_app`` wires settings, the services, middleware and routers.
 
 Run it with ``donut-hole api`` or ``uvicorn --factory donut_hole.api.main:create_app``. OpenAPI docs are at
 ``/docs``. Every ``/v1`` route needs ``Authorization: Bearer <key>`` with a key of ``DONUT_HOLE_API_KEYS``;
@@ -20,7 +20,7 @@ from donut_hole.api.errors import install_error_handlers
 from donut_hole.api.limits import MAX_JSON_BODY_BYTES, MULTIPART_OVERHEAD_BYTES, BodySizeLimit
 from donut_hole.api.metrics import RequestMetrics
 from donut_hole.api.routes import batches, documents, health, search
-from donut_hole.db import make_engine, session_factory
+from donut_hole.services import Services
 from donut_hole.settings import Settings, get_settings
 from donut_hole.worker.logging import log_event
 
@@ -48,7 +48,8 @@ def _engine_options(database_url: str) -> dict[str, Any]:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """One engine and session factory for the app's lifetime; disposed at shutdown."""
+    """One :class:`~donut_hole.services.Services` for the app's lifetime (engine, store, Celery app);
+    closed at shutdown."""
     settings: Settings = app.state.settings
     if not usable_keys(settings.api_keys):
         log_event(
@@ -57,13 +58,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             level=logging.WARNING,
             message="DONUT_HOLE_API_KEYS is empty: every /v1 request will be refused with 401",
         )
-    engine = make_engine(settings.database_url, **_engine_options(settings.database_url))
-    app.state.engine = engine
-    app.state.session_factory = session_factory(engine)
+    services = Services(settings, engine_options=_engine_options(settings.database_url))
+    app.state.services = services
     try:
         yield
     finally:
-        engine.dispose()
+        services.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -132,6 +132,7 @@ def enqueue(
     """Queue scans for reading; prints the batch id."""
     from sqlalchemy.exc import OperationalError
 
+    from donut_hole.services import Services
     from donut_hole.worker.enqueue import (
         BrokerUnavailable,
         EnqueueError,
@@ -144,31 +145,32 @@ def enqueue(
 
     settings = load_settings()
     targets = targets or []
+    if (resend or recover) and (targets or (resend and recover)):
+        raise fail(f"{'--resend' if resend else '--recover'} takes no other arguments")
+    if older_than is not None and not (resend or recover):
+        raise fail("--older-than goes with --recover")
+    if not (targets or resend or recover):
+        raise fail("give an s3:// prefix, s3:// URIs, a folder or files to enqueue")
+    s3 = [t.startswith("s3://") for t in targets]
+    if any(s3) and not all(s3):
+        raise fail("do not mix s3:// URIs and local files in one call")
     try:
-        if resend or recover:
-            if targets or (resend and recover):
-                raise fail(f"{'--resend' if resend else '--recover'} takes no other arguments")
-            if resend:
-                sent = resend_queued(settings=settings, batch_id=resend)
-                what = f"queued documents of batch {resend}"
+        with Services(settings) as services:
+            if resend or recover:
+                if resend:
+                    sent = resend_queued(services, batch_id=resend)
+                    what = f"queued documents of batch {resend}"
+                else:
+                    sent = recover_stalled(services, older_than_s=older_than)
+                    what = "stalled documents"
+                err_console.print(f"sent {sent} {what} again")
+                return
+            if any(s3) and len(targets) == 1 and _is_prefix(targets[0]):
+                batch_id = submit_prefix(services, prefix_uri=targets[0])
+            elif any(s3):
+                batch_id = submit_uris(services, uris=targets, source="cli")
             else:
-                sent = recover_stalled(settings=settings, older_than_s=older_than)
-                what = "stalled documents"
-            err_console.print(f"sent {sent} {what} again")
-            return
-        if older_than is not None:
-            raise fail("--older-than goes with --recover")
-        if not targets:
-            raise fail("give an s3:// prefix, s3:// URIs, a folder or files to enqueue")
-        if any(t.startswith("s3://") for t in targets):
-            if not all(t.startswith("s3://") for t in targets):
-                raise fail("do not mix s3:// URIs and local files in one call")
-            if len(targets) == 1 and _is_prefix(targets[0]):
-                batch_id = submit_prefix(settings=settings, prefix_uri=targets[0])
-            else:
-                batch_id = submit_uris(settings=settings, uris=targets, source="cli")
-        else:
-            batch_id = submit_files(settings=settings, paths=_local_files(targets), source="cli")
+                batch_id = submit_files(services, paths=_local_files(targets), source="cli")
     except (EnqueueError, BrokerUnavailable) as exc:
         raise fail(str(exc)) from exc
     except OperationalError as exc:
@@ -200,12 +202,12 @@ def results(
     """Show a batch's documents: status, error or note, confidence and extracted fields."""
     from sqlalchemy.exc import OperationalError
 
-    from donut_hole.db import make_engine, repository, session_factory, session_scope
+    from donut_hole.db import repository, session_scope
+    from donut_hole.services import Services
 
     settings = load_settings()
-    engine = make_engine(settings.database_url)
     try:
-        with session_scope(session_factory(engine)) as session:
+        with Services(settings) as services, session_scope(services.sessions) as session:
             found = repository.get_batch(session, batch_id=batch)
             if found is None:
                 raise fail(f"batch {batch!r} does not exist in {settings.database_url.split('@')[-1]}")
@@ -216,8 +218,6 @@ def results(
             ]
     except OperationalError as exc:
         raise fail(database_problem(settings, exc)) from exc
-    finally:
-        engine.dispose()
     if format is OutputFormat.json:
         typer.echo(
             json.dumps(

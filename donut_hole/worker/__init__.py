@@ -5,7 +5,8 @@
   :mod:`.broker`: the embedded SQLite broker, polled faster than kombu's default.
 - :mod:`.tasks`: thin tasks (ids in, retries decided) over :mod:`.process`, the plain functions that fetch,
   decode, predict, validate and persist.
-- :mod:`.runtime`: the per-process engine, store and model; :mod:`.batching`: how documents are grouped;
+- :mod:`.runtime`: the per-process :class:`~donut_hole.services.Services` (engine, store, the worker's Celery
+  app) and model; :mod:`.batching`: how documents are grouped;
   :mod:`.fields`: per-field confidences; :mod:`.metrics` and :mod:`.logging`: Prometheus and JSON logs.
 
 Importing this package is cheap; torch is imported when a worker process first needs the model.

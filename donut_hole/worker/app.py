@@ -96,8 +96,14 @@ def make_celery(settings: Settings | None = None, *, overrides: Mapping[str, Any
     config = celery_config(settings)
     config.update(overrides or {})
     app.conf.update(config)
-    app.donut_hole_settings = settings  # type: ignore[attr-defined]  # read by tasks.settings_of
+    app.donut_hole_settings = settings  # type: ignore[attr-defined]  # read by settings_of
     return app
+
+
+def settings_of(app: Celery) -> Settings:
+    """The settings an app runs with: those :func:`make_celery` attached, else the process settings."""
+    settings = getattr(app, "donut_hole_settings", None)
+    return settings if isinstance(settings, Settings) else get_settings()
 
 
 @signals.worker_init.connect

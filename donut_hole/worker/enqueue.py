@@ -1,10 +1,12 @@
 """Submit work: write the batch and its documents, commit, and only then send messages carrying ids.
 
-The API and the CLI call these functions; they are the only way work enters the queue::
+The API and the CLI call these functions; they are the only way work enters the queue. They take the
+process's :class:`~donut_hole.services.Services` (store, Celery app, and sessions when the caller passes
+none) and, optionally, the caller's ``session``, which is committed before anything is sent::
 
-    batch_id = submit_uris(settings=s, uris=["s3://scans/a.jpg", "s3://scans/b.jpg"], source="api")
-    batch_id = submit_prefix(settings=s, prefix_uri="s3://scans/2025-01-07/")
-    batch_id, document_id = submit_upload(settings=s, data=jpeg_bytes, filename="label.jpg")
+    batch_id = submit_uris(services, uris=["s3://scans/a.jpg", "s3://scans/b.jpg"], source="api")
+    batch_id = submit_prefix(services, prefix_uri="s3://scans/2025-01-07/", session=request_session)
+    batch_id, document_id = submit_upload(services, data=jpeg_bytes, filename="label.jpg")
 
 Each message carries a group of up to ``batch_size`` document ids (one forward pass; see
 :mod:`.batching`). Bad input raises :class:`EnqueueError` (a ``ValueError``) before anything is written.
@@ -18,17 +20,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 
-from celery import Celery
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from donut_hole.db import DocumentStatus, make_engine, repository, session_factory, session_scope
+from donut_hole.db import DocumentStatus, repository, session_scope
 from donut_hole.db.models import utcnow
+from donut_hole.services import Services
 from donut_hole.settings import Settings
 from donut_hole.storage import (
     InvalidLocation,
@@ -36,16 +38,9 @@ from donut_hole.storage import (
     ObjectStore,
     S3Store,
     check_key,
-    open_store,
     parse_s3_uri,
 )
-from donut_hole.worker.app import (
-    MAX_RETRY_DELAY_S,
-    TASK_EXPAND,
-    TASK_PROCESS,
-    make_celery,
-    stalled_after_s,
-)
+from donut_hole.worker.app import MAX_RETRY_DELAY_S, TASK_EXPAND, TASK_PROCESS, stalled_after_s
 from donut_hole.worker.batching import chunked
 from donut_hole.worker.logging import log_event
 
@@ -75,27 +70,27 @@ class BrokerUnavailable(RuntimeError):
 # ------------------------------------------------------------------------------------------ entry points
 
 
-def submit_uris(*, settings: Settings, uris: list[str], source: str) -> str:
+def submit_uris(services: Services, *, uris: list[str], source: str, session: Session | None = None) -> str:
     """Queue the scans at ``uris`` (``s3://bucket/key`` or keys of the configured store) as one batch."""
-    batch_id, _ = _submit(settings, _resolve_all(settings, uris), source=source)
+    batch_id, _ = _submit(services, _resolve_all(services, uris), source=source, session=session)
     return batch_id
 
 
-def submit_prefix(*, settings: Settings, prefix_uri: str) -> str:
+def submit_prefix(services: Services, *, prefix_uri: str, session: Session | None = None) -> str:
     """Queue every image under ``prefix_uri``; a task lists it, so this returns at once.
 
     The batch starts ``expanding`` and becomes ``accepted`` once every document row exists (``failed``
     with a reason when the prefix cannot be listed or holds no image).
     """
-    prefix = _resolve_prefix(settings, prefix_uri)
-    with session_scope(_sessions(settings)) as session:
-        batch = repository.create_batch(session, source=f"prefix {prefix}", uris=[], expanding=True)
+    prefix = _resolve_prefix(services, prefix_uri)
+    with _transaction(services, session) as writing:
+        batch = repository.create_batch(writing, source=f"prefix {prefix}", uris=[], expanding=True)
         batch_id = batch.id
     try:
-        _celery(settings).send_task(
+        services.celery.send_task(
             TASK_EXPAND,
             args=[batch_id, prefix],
-            queue=settings.queue,
+            queue=services.settings.queue,
             retry=True,
             retry_policy=_PUBLISH_RETRY,
         )
@@ -105,24 +100,32 @@ def submit_prefix(*, settings: Settings, prefix_uri: str) -> str:
     return batch_id
 
 
-def submit_upload(*, settings: Settings, data: bytes, filename: str) -> tuple[str, str]:
+def submit_upload(
+    services: Services, *, data: bytes, filename: str, session: Session | None = None
+) -> tuple[str, str]:
     """Store one uploaded scan under ``uploads/<uuid>/<safe filename>``, then queue it: (batch, document)."""
+    settings = services.settings
     _check_upload(settings, data, filename)
-    store = _store(settings)
+    store = _store(services)
     uri = store.put(f"{UPLOAD_PREFIX}/{uuid.uuid4()}/{safe_filename(filename)}", data)
     batch_id, document_ids = _submit(
-        settings, [_resolve(store, settings, uri)], source="upload", sha256s=[_sha256(data)]
+        services,
+        [_resolve(store, settings, uri)],
+        source="upload",
+        sha256s=[_sha256(data)],
+        session=session,
     )
     return batch_id, document_ids[0]
 
 
-def submit_files(*, settings: Settings, paths: Sequence[Path], source: str = "cli") -> str:
+def submit_files(services: Services, *, paths: Sequence[Path], source: str = "cli") -> str:
     """Upload local scans to the store (``uploads/<uuid>/<name>``) and queue them as one batch."""
     if not paths:
         raise EnqueueError("no files to submit")
     if len(paths) > MAX_DOCUMENTS:
         raise EnqueueError(f"{len(paths)} files is more than {MAX_DOCUMENTS}; upload them and use a prefix")
-    store = _store(settings)
+    settings = services.settings
+    store = _store(services)
     folder = f"{UPLOAD_PREFIX}/{uuid.uuid4()}"
     names: dict[str, Path] = {}
     for path in paths:
@@ -139,23 +142,23 @@ def submit_files(*, settings: Settings, paths: Sequence[Path], source: str = "cl
         _check_upload(settings, data, str(path))
         uris.append(_resolve(store, settings, store.put(f"{folder}/{name}", data)))
         shas.append(_sha256(data))
-    batch_id, _ = _submit(settings, uris, source=source, sha256s=shas)
+    batch_id, _ = _submit(services, uris, source=source, sha256s=shas)
     return batch_id
 
 
-def resend_queued(*, settings: Settings, batch_id: str) -> int:
+def resend_queued(services: Services, *, batch_id: str) -> int:
     """Send messages again for the batch's documents that are still ``queued``; returns how many."""
-    with session_scope(_sessions(settings)) as session:
+    with session_scope(services.sessions) as session:
         try:
             rows = repository.results_for_batch(session, batch_id=batch_id)
         except repository.BatchNotFound as exc:
             raise EnqueueError(str(exc)) from exc
     queued = [row["document_id"] for row in rows if row["status"] == DocumentStatus.queued.value]
-    send_groups(settings, queued, batch_id=batch_id)
+    send_groups(services, queued, batch_id=batch_id)
     return len(queued)
 
 
-def recover_stalled(*, settings: Settings, older_than_s: float | None = None) -> int:
+def recover_stalled(services: Services, *, older_than_s: float | None = None) -> int:
     """Send again the documents a vanished worker left behind; returns how many.
 
     They are ``processing`` for longer than ``older_than_s``, or ``queued`` for a retry and untouched for
@@ -166,7 +169,7 @@ def recover_stalled(*, settings: Settings, older_than_s: float | None = None) ->
     worker is still reading them; a copy that still arrives later finds them done and skips them. Each
     worker runs this once a minute (:mod:`.watchdog`); ``donut-hole enqueue --recover`` runs it by hand.
     """
-    age_s = older_than_s if older_than_s is not None else stalled_after_s(settings)
+    age_s = older_than_s if older_than_s is not None else stalled_after_s(services.settings)
     now = utcnow()
     reason = (
         f"sent again: no worker finished it (processing for more than {age_s:g} s, or waiting for a "
@@ -175,7 +178,7 @@ def recover_stalled(*, settings: Settings, older_than_s: float | None = None) ->
     )
     # The messages go out before the commit: if the broker is down the update is rolled back and the
     # documents stay as they were for the next look, never 'queued' with no message on its way.
-    with session_scope(_sessions(settings)) as session:
+    with session_scope(services.sessions) as session:
         rows = repository.requeue_stalled(
             session,
             started_before=now - timedelta(seconds=age_s),
@@ -186,7 +189,7 @@ def recover_stalled(*, settings: Settings, older_than_s: float | None = None) ->
         for document_id, batch_id in rows:
             by_batch.setdefault(batch_id, []).append(document_id)
         for batch_id, document_ids in by_batch.items():
-            send_groups(settings, sorted(document_ids), batch_id=batch_id)
+            send_groups(services, sorted(document_ids), batch_id=batch_id)
     for batch_id, document_ids in by_batch.items():
         log_event(log, "documents.recovered", batch_id=batch_id, documents=len(document_ids))
     return len(rows)
@@ -195,16 +198,20 @@ def recover_stalled(*, settings: Settings, older_than_s: float | None = None) ->
 # --------------------------------------------------------------------------------------------- sending
 
 
-def send_group(app: Celery, settings: Settings, document_ids: list[str]) -> None:
+def send_group(services: Services, document_ids: list[str]) -> None:
     """One message: a group of document ids for one forward pass, on the settings' queue."""
-    app.send_task(
-        TASK_PROCESS, args=[document_ids], queue=settings.queue, retry=True, retry_policy=_PUBLISH_RETRY
+    services.celery.send_task(
+        TASK_PROCESS,
+        args=[document_ids],
+        queue=services.settings.queue,
+        retry=True,
+        retry_policy=_PUBLISH_RETRY,
     )
 
 
-def send_groups(settings: Settings, document_ids: list[str], *, batch_id: str) -> None:
+def send_groups(services: Services, document_ids: list[str], *, batch_id: str) -> None:
     """Send ``document_ids`` in groups of ``batch_size`` over one broker connection."""
-    app = _celery(settings)
+    app, settings = services.celery, services.settings
     try:
         with app.producer_or_acquire() as producer:
             for group in chunked(document_ids, settings.batch_size):
@@ -220,14 +227,30 @@ def send_groups(settings: Settings, document_ids: list[str], *, batch_id: str) -
         raise BrokerUnavailable(batch_id, exc) from exc
 
 
+@contextmanager
+def _transaction(services: Services, session: Session | None) -> Iterator[Session]:
+    """The caller's ``session``, committed when the block ends, or a new one of ``services``."""
+    if session is None:
+        with session_scope(services.sessions) as own:
+            yield own
+    else:
+        yield session
+        session.commit()  # a failure leaves the rollback to the caller, who owns the session
+
+
 def _submit(
-    settings: Settings, uris: list[str], *, source: str, sha256s: Sequence[str | None] | None = None
+    services: Services,
+    uris: list[str],
+    *,
+    source: str,
+    sha256s: Sequence[str | None] | None = None,
+    session: Session | None = None,
 ) -> tuple[str, list[str]]:
-    with session_scope(_sessions(settings)) as session:
-        batch = repository.create_batch(session, source=source, uris=uris, sha256s=sha256s)
+    with _transaction(services, session) as writing:
+        batch = repository.create_batch(writing, source=source, uris=uris, sha256s=sha256s)
         batch_id, document_ids = batch.id, [document.id for document in batch.documents]
     # Committed: a worker that takes a message is sure to find its rows.
-    send_groups(settings, document_ids, batch_id=batch_id)
+    send_groups(services, document_ids, batch_id=batch_id)
     log_event(log, "batch.submitted", batch_id=batch_id, documents=len(document_ids), source=source)
     return batch_id, document_ids
 
@@ -251,7 +274,7 @@ def _check_upload(settings: Settings, data: bytes, filename: str) -> None:
         )
 
 
-def _resolve_all(settings: Settings, uris: list[str]) -> list[str]:
+def _resolve_all(services: Services, uris: list[str]) -> list[str]:
     if isinstance(uris, str) or not isinstance(uris, list | tuple):
         raise EnqueueError("uris must be a list of URIs")
     if not uris:
@@ -260,11 +283,11 @@ def _resolve_all(settings: Settings, uris: list[str]) -> list[str]:
         raise EnqueueError(
             f"{len(uris)} URIs is more than {MAX_DOCUMENTS} per batch; submit a prefix instead"
         )
-    store = _store(settings)
+    store = _store(services)
     resolved: list[str] = []
     seen: dict[str, str] = {}
     for uri in uris:
-        full = _resolve(store, settings, uri)
+        full = _resolve(store, services.settings, uri)
         if full in seen:
             raise EnqueueError(f"duplicate document: {uri!r} and {seen[full]!r} name the same object")
         seen[full] = uri
@@ -302,10 +325,10 @@ def _resolve(store: ObjectStore, settings: Settings, uri: object) -> str:
     raise EnqueueError(f"cannot resolve {uri!r} against the store {store.url}")
 
 
-def _resolve_prefix(settings: Settings, prefix_uri: object) -> str:
+def _resolve_prefix(services: Services, prefix_uri: object) -> str:
     if not isinstance(prefix_uri, str) or not prefix_uri.strip():
         raise EnqueueError("the prefix is empty: give s3://bucket/prefix/")
-    store = _store(settings)
+    settings, store = services.settings, _store(services)
     try:
         if prefix_uri.startswith("s3://"):
             bucket, _ = parse_s3_uri(prefix_uri, require_key=False)
@@ -339,35 +362,8 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-# -------------------------------------------------------------------------------------- shared clients
-
-_lock = threading.Lock()
-_session_makers: dict[str, sessionmaker[Session]] = {}
-_stores: dict[tuple[str, str | None, str], ObjectStore] = {}
-_apps: dict[tuple[str, str], Celery] = {}
-
-
-def _sessions(settings: Settings) -> sessionmaker[Session]:
-    with _lock:
-        if settings.database_url not in _session_makers:
-            _session_makers[settings.database_url] = session_factory(make_engine(settings.database_url))
-        return _session_makers[settings.database_url]
-
-
-def _store(settings: Settings) -> ObjectStore:
-    key = (settings.storage_url, settings.s3_endpoint_url, settings.s3_region)
-    with _lock:
-        if key not in _stores:
-            try:
-                _stores[key] = open_store(key[0], endpoint_url=key[1], region=key[2])
-            except InvalidLocation as exc:
-                raise EnqueueError(f"DONUT_HOLE_STORAGE_URL: {exc}") from exc
-        return _stores[key]
-
-
-def _celery(settings: Settings) -> Celery:
-    key = (settings.broker_url, settings.queue)
-    with _lock:
-        if key not in _apps:
-            _apps[key] = make_celery(settings)
-        return _apps[key]
+def _store(services: Services) -> ObjectStore:
+    try:
+        return services.store
+    except InvalidLocation as exc:
+        raise EnqueueError(f"DONUT_HOLE_STORAGE_URL: {exc}") from exc

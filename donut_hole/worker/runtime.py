@@ -1,8 +1,8 @@
-"""What one worker process holds: the database engine, the object store and the model, each made once.
+"""What one worker process holds: its :class:`~donut_hole.services.Services` and the model, each made once.
 
 A :class:`Runtime` is created lazily in the process that runs tasks (a Celery pool process), never in the
 parent before ``fork``: engines and torch thread pools do not survive a fork. :func:`get_runtime` returns
-the process's runtime and makes a new one when the process id changed.
+the process's runtime and makes a new one when the process id or the worker's Celery app changed.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from celery import Celery
 
-from donut_hole.db import make_engine, repository, session_factory, session_scope
+from donut_hole.db import repository, session_scope
+from donut_hole.services import Services
 from donut_hole.settings import Settings
-from donut_hole.storage import ObjectStore, open_store
+from donut_hole.worker.app import settings_of
 from donut_hole.worker.logging import log_event
 
 if TYPE_CHECKING:
@@ -43,25 +43,16 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-class Runtime:
-    """Engine, session factory, store and model of one process; each made on first use."""
+class Runtime(Services):
+    """The services of one worker process (engine, sessions, store, the worker's Celery app) and its model.
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    Each part is made on first use; ``celery`` is the app of the worker that runs the tasks, so what a
+    task sends goes out through the worker's own connection.
+    """
+
+    def __init__(self, settings: Settings, *, celery: Celery | None = None) -> None:
+        super().__init__(settings, celery=celery)
         self.pid = os.getpid()
-
-    @cached_property
-    def engine(self) -> Engine:
-        return make_engine(self.settings.database_url)
-
-    @cached_property
-    def sessions(self) -> sessionmaker[Session]:
-        return session_factory(self.engine)
-
-    @cached_property
-    def store(self) -> ObjectStore:
-        s = self.settings
-        return open_store(s.storage_url, endpoint_url=s.s3_endpoint_url, region=s.s3_region)
 
     @cached_property
     def reader(self) -> DonutReader:
@@ -101,10 +92,6 @@ class Runtime:
             )
             return model.id
 
-    def close(self) -> None:
-        if "engine" in self.__dict__:
-            self.engine.dispose()
-
 
 def model_digest(folder: Path) -> str:
     """sha256 over the names and bytes of a checkpoint folder's weight, config and tokenizer files."""
@@ -121,13 +108,13 @@ _lock = threading.Lock()
 _runtime: Runtime | None = None
 
 
-def get_runtime(settings: Settings) -> Runtime:
-    """This process's runtime for ``settings`` (a new one after a fork or when the settings changed)."""
+def get_runtime(app: Celery) -> Runtime:
+    """This process's runtime for the worker app ``app`` (a new one after a fork or for another app)."""
     global _runtime
     with _lock:
         current = _runtime
-        if current is None or current.pid != os.getpid() or current.settings is not settings:
+        if current is None or current.pid != os.getpid() or current.celery is not app:
             if current is not None and current.pid == os.getpid():
                 current.close()
-            _runtime = current = Runtime(settings)
+            _runtime = current = Runtime(settings_of(app), celery=app)
         return current

@@ -1,7 +1,8 @@
 """Celery tasks: thin shells that take ids, call :mod:`.process` and decide about retries.
 
 The tasks are bound to whichever app runs them (``shared_task``); the settings are the app's
-(:func:`~donut_hole.worker.app.make_celery` attaches them), so tests can run workers with their own settings.
+(:func:`~donut_hole.worker.app.make_celery` attaches them), so tests can run workers with their own settings,
+and the process's :class:`~donut_hole.worker.runtime.Runtime` sends with that same app.
 
 Retries: a transient error (object store or database unreachable) sends the affected documents back with
 a delay of :func:`backoff_s`, at most ``max_retries`` times; on the last try they are marked ``failed`` with
@@ -14,11 +15,10 @@ import logging
 import random
 from typing import Any
 
-from celery import Celery, Task, shared_task
+from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from donut_hole.settings import Settings, get_settings
 from donut_hole.storage import TransientStorageError
 from donut_hole.worker import metrics, process
 from donut_hole.worker.app import MAX_RETRY_DELAY_S, TASK_EXPAND, TASK_PROCESS, time_limits
@@ -29,12 +29,6 @@ from donut_hole.worker.runtime import get_runtime
 log = logging.getLogger("donut_hole.worker")
 
 DATABASE_ERRORS = (OperationalError, InterfaceError)
-
-
-def settings_of(app: Celery) -> Settings:
-    """The settings a task runs with: its app's (see ``make_celery``), else the process settings."""
-    settings = getattr(app, "donut_hole_settings", None)
-    return settings if isinstance(settings, Settings) else get_settings()
 
 
 def backoff_s(
@@ -51,8 +45,8 @@ def backoff_s(
 @shared_task(bind=True, name=TASK_PROCESS)
 def process_documents(self: Task, document_ids: list[str]) -> dict[str, int]:
     """Read one group of documents in one forward pass and store the results."""
-    settings = settings_of(self.app)
-    rt = get_runtime(settings)
+    rt = get_runtime(self.app)
+    settings = rt.settings
     retries = self.request.retries
     last_try = retries >= settings.max_retries
     try:
@@ -89,12 +83,11 @@ def process_documents(self: Task, document_ids: list[str]) -> dict[str, int]:
 @shared_task(bind=True, name=TASK_EXPAND)
 def expand_prefix(self: Task, batch_id: str, prefix_uri: str) -> int:
     """List an S3 prefix into a batch and send its documents; retried on transient errors."""
-    settings = settings_of(self.app)
-    rt = get_runtime(settings)
-    app = self.app
+    rt = get_runtime(self.app)
+    settings = rt.settings
     try:
         return process.expand_prefix(
-            rt, batch_id=batch_id, prefix_uri=prefix_uri, send=lambda ids: send_group(app, settings, ids)
+            rt, batch_id=batch_id, prefix_uri=prefix_uri, send=lambda ids: send_group(rt, ids)
         )
     except (TransientStorageError, *DATABASE_ERRORS) as exc:
         retries = self.request.retries

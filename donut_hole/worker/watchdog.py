@@ -9,7 +9,8 @@ would wait for good. So the main process of every worker runs one daemon thread 
 the hard time limit + 60 s, when no live worker can still be reading them), and those waiting for a retry
 whose message went with such a worker, go back to ``queued`` and are sent again. With Redis this only
 comes first when the visibility timeout is longer; the copy that arrives later finds the documents done
-and skips them (the tasks' writes are idempotent).
+and skips them (the tasks' writes are idempotent). The thread owns its
+:class:`~donut_hole.services.Services` (with the worker's Celery app) and closes them when it stops.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from typing import Any
 
 from celery import signals
 
+from donut_hole.services import Services
 from donut_hole.settings import Settings
-from donut_hole.worker.app import stalled_after_s
+from donut_hole.worker.app import settings_of, stalled_after_s
 from donut_hole.worker.enqueue import recover_stalled
 from donut_hole.worker.logging import log_event
-from donut_hole.worker.tasks import settings_of
 
 log = logging.getLogger("donut_hole.worker")
 
@@ -39,20 +40,24 @@ def interval_s(settings: Settings) -> float:
 class Watchdog(threading.Thread):
     """Calls ``recover_stalled`` now and every :func:`interval_s` seconds until :meth:`stop`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, services: Services) -> None:
         super().__init__(name="donut-hole-watchdog", daemon=True)
-        self.settings = settings
+        self.services = services
         self._stopped = threading.Event()
 
     def run(self) -> None:
-        interval = interval_s(self.settings)
-        while True:
-            try:
-                recover_stalled(settings=self.settings)
-            except Exception as exc:  # a database or broker outage: look again at the next round
-                log_event(log, "watchdog.error", level=logging.WARNING, error=f"{type(exc).__name__}: {exc}")
-            if self._stopped.wait(interval):
-                return
+        interval = interval_s(self.services.settings)
+        try:
+            while True:
+                try:
+                    recover_stalled(self.services)
+                except Exception as exc:  # a database or broker outage: look again at the next round
+                    error = f"{type(exc).__name__}: {exc}"
+                    log_event(log, "watchdog.error", level=logging.WARNING, error=error)
+                if self._stopped.wait(interval):
+                    return
+        finally:
+            self.services.close()
 
     def stop(self) -> None:
         self._stopped.set()
@@ -67,7 +72,7 @@ def _start(sender: Any = None, **_: Any) -> None:
     app = getattr(sender, "app", None)  # the consumer of the worker that is ready
     if app is None or _running is not None:
         return
-    _running = Watchdog(settings_of(app))
+    _running = Watchdog(Services(settings_of(app), celery=app))
     _running.start()
 
 

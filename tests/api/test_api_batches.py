@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine, event
 
 from donut_hole.db.migrate import upgrade
 from donut_hole.settings import Settings
@@ -149,3 +150,41 @@ def test_rows_are_committed_before_the_broker_is_asked(
         batch_id = response.json()["batch_id"]
         batch = client.get(f"/v1/batches/{batch_id}", headers=auth).json()
         assert batch["counts"]["queued"] == 1
+
+
+def test_work_is_written_through_the_request_session_and_the_one_engine_is_disposed(
+    settings_factory: Any, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app's services own the only engine; enqueue writes through the request's session."""
+    from donut_hole import services
+    from donut_hole.api import create_app
+    from donut_hole.worker import enqueue
+
+    engines: list[Engine] = []
+    disposed: list[Engine] = []
+    make_engine = services.make_engine
+
+    def spy(url: str, **options: Any) -> Engine:
+        engines.append(make_engine(url, **options))
+        event.listen(engines[-1], "engine_disposed", disposed.append)
+        return engines[-1]
+
+    def no_session_of_its_own(*_: Any) -> None:
+        raise AssertionError("enqueue opened a session of its own")
+
+    monkeypatch.setattr(services, "make_engine", spy)
+    monkeypatch.setattr(enqueue, "session_scope", no_session_of_its_own)
+    settings = settings_factory(broker_url="redis://127.0.0.1:1/0")  # stored, then 503: nothing is sent
+    upgrade(settings.database_url)
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    with TestClient(create_app(settings)) as client:
+        written = [
+            client.post("/v1/batches", json={"uris": ["scans/a.png"]}, headers=auth),
+            client.post("/v1/batches", json={"prefix": "scans/"}, headers=auth),
+            client.post("/v1/documents", files={"file": ("a.png", png, "image/png")}, headers=auth),
+        ]
+        assert [response.status_code for response in written] == [503, 503, 503]
+        for response in written:
+            assert client.get(f"/v1/batches/{response.json()['batch_id']}", headers=auth).status_code == 200
+        assert len(engines) == 1 and disposed == []
+    assert disposed == engines

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from worker_helpers import database, kill_while_reading, wait_for_batch
 
 from donut_hole.db import Document, Extraction, migrate, session_scope
+from donut_hole.services import Services
 from donut_hole.settings import Settings
 from donut_hole.worker.enqueue import recover_stalled, submit_files
 
@@ -52,11 +53,13 @@ def test_the_watchdog_sends_again_what_a_killed_worker_left_processing(
 ) -> None:
     settings = embedded_settings
     assert settings.broker_url.startswith("sqla+sqlite:") and settings.database_url.startswith("sqlite:")
-    batch_id = submit_files(settings=settings, paths=sorted(scan_dir.glob("*.jpg"))[:8], source="test")
+    with Services(settings) as services:
+        batch_id = submit_files(services, paths=sorted(scan_dir.glob("*.jpg"))[:8], source="test")
     in_flight = kill_while_reading(settings, batch_id, start_worker(settings))  # after one group was stored
 
     # Not old enough yet for the default age (the hard time limit + 60 s): nothing is taken back.
-    assert recover_stalled(settings=settings) == 0
+    with Services(settings) as services:
+        assert recover_stalled(services) == 0
     # The next worker's watchdog counts 2 s in 'processing' as lost (DONUT_HOLE_STALLED_AFTER_S).
     second = start_worker(settings.model_copy(update={"stalled_after_s": 2}))
     counts = wait_for_batch(settings, batch_id, worker=second, timeout_s=120)

@@ -11,8 +11,8 @@ import pytest
 import redis
 from worker_helpers import database, purge
 
-from donut_hole.db import migrate, repository, session_factory, session_scope
-from donut_hole.db.session import make_engine
+from donut_hole.db import migrate, repository, session_scope
+from donut_hole.services import Services
 from donut_hole.settings import Settings
 from donut_hole.worker.enqueue import (
     BrokerUnavailable,
@@ -58,25 +58,26 @@ def s3(tmp_path: Path) -> Settings:
 def test_submit_uris_rejects_bad_input_with_a_readable_message(
     s3: Settings, uris: object, message: str
 ) -> None:
-    with pytest.raises(EnqueueError, match=re.escape(message)):
-        submit_uris(settings=s3, uris=uris, source="test")  # type: ignore[arg-type]
+    with Services(s3) as services, pytest.raises(EnqueueError, match=re.escape(message)):
+        submit_uris(services, uris=uris, source="test")  # type: ignore[arg-type]
 
 
 def test_validation_knows_which_store_can_read_what(local: Settings, s3: Settings) -> None:
-    with pytest.raises(EnqueueError, match="the object store is the local directory"):
-        submit_uris(settings=local, uris=["s3://scans/a.jpg"], source="test")
-    with pytest.raises(EnqueueError, match="lies outside the store root"):
-        submit_uris(settings=local, uris=["file:///etc/passwd"], source="test")
-    with pytest.raises(EnqueueError, match="the prefix is empty"):
-        submit_prefix(settings=s3, prefix_uri="")
-    with pytest.raises(EnqueueError, match="unsupported prefix"):
-        submit_prefix(settings=s3, prefix_uri="ftp://scans/day1/")
-    with pytest.raises(EnqueueError, match="is not allowed"):
-        submit_prefix(settings=s3, prefix_uri="s3://elsewhere/day1/")
-    with pytest.raises(EnqueueError, match="is empty"):
-        submit_upload(settings=local, data=b"", filename="a.jpg")
-    with pytest.raises(EnqueueError, match=r"a\.jpg is 4,096 bytes; the limit is 2,048"):
-        submit_upload(settings=local, data=b"x" * 4096, filename="a.jpg")
+    with Services(local) as on_disk, Services(s3) as in_s3:
+        with pytest.raises(EnqueueError, match="the object store is the local directory"):
+            submit_uris(on_disk, uris=["s3://scans/a.jpg"], source="test")
+        with pytest.raises(EnqueueError, match="lies outside the store root"):
+            submit_uris(on_disk, uris=["file:///etc/passwd"], source="test")
+        with pytest.raises(EnqueueError, match="the prefix is empty"):
+            submit_prefix(in_s3, prefix_uri="")
+        with pytest.raises(EnqueueError, match="unsupported prefix"):
+            submit_prefix(in_s3, prefix_uri="ftp://scans/day1/")
+        with pytest.raises(EnqueueError, match="is not allowed"):
+            submit_prefix(in_s3, prefix_uri="s3://elsewhere/day1/")
+        with pytest.raises(EnqueueError, match="is empty"):
+            submit_upload(on_disk, data=b"", filename="a.jpg")
+        with pytest.raises(EnqueueError, match=r"a\.jpg is 4,096 bytes; the limit is 2,048"):
+            submit_upload(on_disk, data=b"x" * 4096, filename="a.jpg")
     assert not (local.data_dir / "store").exists(), "nothing may be stored for a rejected upload"
 
 
@@ -88,22 +89,26 @@ def test_rows_are_committed_before_messages_and_can_be_resent(local: Settings, r
     migrate.upgrade(down.database_url)
     (local.data_dir / "store").mkdir()
 
-    with pytest.raises(BrokerUnavailable, match="is stored but the broker is unreachable") as error:
-        submit_uris(settings=down, uris=["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"], source="test")
+    with (
+        Services(down) as services,
+        pytest.raises(BrokerUnavailable, match="is stored but the broker is unreachable") as error,
+    ):
+        submit_uris(services, uris=["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"], source="test")
 
     batch_id = error.value.batch_id
-    with session_scope(session_factory(make_engine(down.database_url))) as session:
+    with database(down) as sessions, session_scope(sessions) as session:
         assert repository.batch_progress(session, batch_id=batch_id)["queued"] == 5
     up = local.model_copy(
         update={"broker_url": redis_url, "queue": f"test-{uuid.uuid4().hex[:10]}", "batch_size": 2}
     )
-    try:
-        assert resend_queued(settings=up, batch_id=batch_id) == 5
-        assert redis.Redis.from_url(redis_url).llen(up.queue) == 3  # groups of 2, 2 and 1 document ids
-    finally:
-        purge(up)
-    with pytest.raises(EnqueueError, match="does not exist"):
-        resend_queued(settings=up, batch_id=str(uuid.uuid4()))
+    with Services(up) as services:
+        try:
+            assert resend_queued(services, batch_id=batch_id) == 5
+            assert redis.Redis.from_url(redis_url).llen(up.queue) == 3  # groups of 2, 2 and 1 document ids
+        finally:
+            purge(up)
+        with pytest.raises(EnqueueError, match="does not exist"):
+            resend_queued(services, batch_id=str(uuid.uuid4()))
 
 
 @pytest.mark.services
@@ -121,15 +126,16 @@ def test_recover_stalled_sends_lost_documents_again_and_keeps_them_when_the_brok
             for document_id in ids[:2]:  # a worker claimed two of them, then vanished
                 repository.mark_processing(session, document_id=document_id)
 
-        with pytest.raises(BrokerUnavailable):
-            recover_stalled(settings=down, older_than_s=0)
+        with Services(down) as services, pytest.raises(BrokerUnavailable):
+            recover_stalled(services, older_than_s=0)
         with session_scope(sessions) as session:  # rolled back: still 'processing'
             assert repository.batch_progress(session, batch_id=batch.id)["processing"] == 2
 
         up = down.model_copy(update={"broker_url": redis_url, "queue": f"test-{uuid.uuid4().hex[:10]}"})
         try:
-            assert recover_stalled(settings=up) == 0  # younger than the hard time limit + 60 s
-            assert recover_stalled(settings=up, older_than_s=0) == 2
+            with Services(up) as services:
+                assert recover_stalled(services) == 0  # younger than the hard time limit + 60 s
+                assert recover_stalled(services, older_than_s=0) == 2
             assert redis.Redis.from_url(redis_url).llen(up.queue) == 1  # one group of the two ids
         finally:
             purge(up)

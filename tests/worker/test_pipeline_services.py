@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from worker_helpers import Worker, database, kill_while_reading, wait_for_batch
 
 from donut_hole.db import Document, Extraction, Field, make_engine, repository, session_factory, session_scope
+from donut_hole.services import Services
 from donut_hole.settings import Settings
 from donut_hole.storage import open_store
 from donut_hole.worker.enqueue import submit_prefix, submit_upload, submit_uris
@@ -20,6 +21,11 @@ pytestmark = pytest.mark.services
 def _upload(settings: Settings, folder: Path, prefix: str) -> list[str]:
     store = open_store(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
     return [store.put(f"{prefix}/{path.name}", path.read_bytes()) for path in sorted(folder.glob("*.jpg"))]
+
+
+def _submit(settings: Settings, uris: list[str]) -> str:
+    with Services(settings) as services:
+        return submit_uris(services, uris=uris, source="test")
 
 
 def _documents(settings: Settings, batch_id: str) -> list[dict]:
@@ -48,7 +54,7 @@ def test_a_batch_of_20_scans_flows_from_s3_to_postgres(
     uris = _upload(pipeline_settings, scan_dir, f"flow-{uuid.uuid4().hex[:6]}")
     assert len(uris) == 20 and all(uri.startswith("s3://") for uri in uris)
 
-    batch_id = submit_uris(settings=pipeline_settings, uris=uris, source="test")
+    batch_id = _submit(pipeline_settings, uris)
     counts = wait_for_batch(pipeline_settings, batch_id, worker=shared_worker)
 
     assert counts == {"queued": 0, "processing": 0, "done": 20, "failed": 0, "total": 20}
@@ -87,7 +93,7 @@ def test_bad_scans_fail_alone_with_clear_reasons(
     # Groups of 4 in this order: every group mixes good and bad documents.
     uris = [good[0], corrupt, missing, good[1], text, good[2]]
 
-    batch_id = submit_uris(settings=pipeline_settings, uris=uris, source="test")
+    batch_id = _submit(pipeline_settings, uris)
     counts = wait_for_batch(pipeline_settings, batch_id, worker=shared_worker)
 
     assert counts["done"] == 3 and counts["failed"] == 3
@@ -116,10 +122,11 @@ def test_a_prefix_is_expanded_by_a_task_and_uploads_are_stored_first(
         f"{prefix}/metadata.jsonl", (scan_dir / "metadata.jsonl").read_bytes()
     )  # not an image: left out
 
-    batch_id = submit_prefix(settings=pipeline_settings, prefix_uri=f"{store.url}/{prefix}/")
-    upload_batch, document_id = submit_upload(
-        settings=pipeline_settings, data=(scan_dir / "000007.jpg").read_bytes(), filename="../Scan 7.JPG"
-    )
+    with Services(pipeline_settings) as services:
+        batch_id = submit_prefix(services, prefix_uri=f"{store.url}/{prefix}/")
+        upload_batch, document_id = submit_upload(
+            services, data=(scan_dir / "000007.jpg").read_bytes(), filename="../Scan 7.JPG"
+        )
 
     assert wait_for_batch(pipeline_settings, batch_id, worker=shared_worker)["done"] == 5
     assert wait_for_batch(pipeline_settings, upload_batch, worker=shared_worker)["done"] == 1
@@ -141,7 +148,7 @@ def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(
         update={"queue": f"{pipeline_settings.queue}-kill", "batch_size": 2, "max_new_tokens": 256}
     )
     uris = _upload(settings, scan_dir, f"kill-{uuid.uuid4().hex[:6]}")[:12]
-    batch_id = submit_uris(settings=settings, uris=uris, source="test")
+    batch_id = _submit(settings, uris)
     app = "tests.worker.celery_test_app:celery_app"
     first = start_worker(settings, app=app, concurrency=1)
     in_flight = kill_while_reading(settings, batch_id, first)  # after at least one group was stored
@@ -164,7 +171,7 @@ def test_a_group_over_the_time_limit_fails_with_the_reason(
         update={"queue": f"{pipeline_settings.queue}-slow", "task_time_limit_s": 1, "max_new_tokens": 480}
     )
     uris = _upload(settings, scan_dir, f"slow-{uuid.uuid4().hex[:6]}")[:4]
-    batch_id = submit_uris(settings=settings, uris=uris, source="test")
+    batch_id = _submit(settings, uris)
 
     counts = wait_for_batch(settings, batch_id, worker=start_worker(settings), timeout_s=90)
 

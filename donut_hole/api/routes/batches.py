@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from sqlalchemy.orm import Session
 
 from donut_hole.api import metrics
-from donut_hole.api.deps import ApiKeyDep, SessionDep, SettingsDep
+from donut_hole.api.deps import ApiKeyDep, ServicesDep, SessionDep, SettingsDep
 from donut_hole.api.schemas import (
     MAX_PAGE,
     BatchCreate,
@@ -66,12 +66,17 @@ def batch_public(session: Session, batch_id: str) -> BatchPublic:
     },
 )
 def create_batch(
-    body: BatchCreate, settings: SettingsDep, session: SessionDep, response: Response
+    body: BatchCreate,
+    settings: SettingsDep,
+    services: ServicesDep,
+    session: SessionDep,
+    response: Response,
 ) -> BatchPublic:
     """Queue the scans at ``uris``, or every object under ``prefix`` (listed by a task).
 
-    The batch and its documents are committed before the messages are sent. A prefix batch starts with
-    status ``expanding`` and no documents; poll ``GET /v1/batches/{id}``.
+    The batch and its documents are written through the request's session and committed before the
+    messages are sent. A prefix batch starts with status ``expanding`` and no documents; poll
+    ``GET /v1/batches/{id}``.
     """
     allowed = allowed_buckets(settings)
     if allowed is not None:
@@ -79,12 +84,12 @@ def create_batch(
         if refused:
             raise HTTPException(403, detail=f"bucket(s) not allowed: {', '.join(refused)}")
     if body.uris is not None:
-        batch_id = enqueue.submit_uris(settings=settings, uris=body.uris, source="api")
+        batch_id = enqueue.submit_uris(services, uris=body.uris, source="api", session=session)
         metrics.BATCHES_QUEUED.labels("uris").inc()
         metrics.DOCUMENTS_QUEUED.labels("uris").inc(len(body.uris))
     else:
         assert body.prefix is not None  # BatchCreate holds exactly one of the two
-        batch_id = enqueue.submit_prefix(settings=settings, prefix_uri=body.prefix)
+        batch_id = enqueue.submit_prefix(services, prefix_uri=body.prefix, session=session)
         metrics.BATCHES_QUEUED.labels("prefix").inc()
     response.headers["Location"] = f"/v1/batches/{batch_id}"
     return batch_public(session, batch_id)

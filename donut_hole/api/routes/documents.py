@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, HTTPException, Response, UploadFile
 
 from donut_hole.api import metrics
-from donut_hole.api.deps import ApiKeyDep, SessionDep, SettingsDep
+from donut_hole.api.deps import ApiKeyDep, ServicesDep, SessionDep, SettingsDep
 from donut_hole.api.images import SNIFF_BYTES, sniff_image_type
 from donut_hole.api.queries import documents_public
 from donut_hole.api.schemas import DocumentPublic, UploadAccepted
@@ -34,6 +34,8 @@ router = APIRouter(prefix="/v1/documents", tags=["documents"], dependencies=[Api
 def upload_document(
     file: Annotated[UploadFile, File(description="One scanned page: JPEG, PNG, TIFF, WebP, BMP or GIF.")],
     settings: SettingsDep,
+    services: ServicesDep,
+    session: SessionDep,
     response: Response,
 ) -> UploadAccepted:
     """Store one scan in the object store and queue it as a batch of one document.
@@ -52,7 +54,7 @@ def upload_document(
             415, detail="the file is not a JPEG, PNG, TIFF, WebP, BMP or GIF image (checked by its content)"
         )
     batch_id, document_id = enqueue.submit_upload(
-        settings=settings, data=data, filename=file.filename or "upload"
+        services, data=data, filename=file.filename or "upload", session=session
     )
     metrics.BATCHES_QUEUED.labels("upload").inc()
     metrics.DOCUMENTS_QUEUED.labels("upload").inc()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from kombu import Connection
 from sqlalchemy import Engine, text
 
-from donut_hole.api.deps import SettingsDep
+from donut_hole.api.deps import ServicesDep, SettingsDep
 from donut_hole.api.metrics import exposition
 from donut_hole.api.schemas import Check, Health
 from donut_hole.worker.logging import log_event
@@ -44,12 +44,12 @@ def check_broker(url: str, *, timeout_s: float = BROKER_TIMEOUT_S) -> Check:
 
 
 @router.get("/healthz", responses={503: {"model": Health, "description": "The database or broker is down."}})
-def healthz(request: Request, settings: SettingsDep) -> JSONResponse:
+def healthz(services: ServicesDep, settings: SettingsDep) -> JSONResponse:
     """200 when the database answers ``SELECT 1`` and the broker accepts a connection, else 503.
 
     Both are needed to take work (rows first, then messages), so a readiness probe can use this route.
     """
-    database = check_database(request.app.state.engine)
+    database = check_database(services.engine)
     broker = check_broker(settings.broker_url)
     ok = database.ok and broker.ok
     health = Health(status="ok" if ok else "unavailable", database=database, broker=broker)
