@@ -108,8 +108,8 @@ def run_demo(
 
 def demo_scans(folder: Path, *, n: int, seed: int) -> tuple[Path, dict[str, dict[str, Any]]]:
     """The demo's scans (made once per ``n``/``seed``) and their ground truth by file name."""
-    from donut_hole.dataset import read_dataset
     from donut_hole.documents.synth import generate
+    from donut_hole.evaluation.dataset import read_dataset
 
     folder = folder / f"n{n}-seed{seed}"
     if not (folder / "metadata.jsonl").is_file():
@@ -238,7 +238,7 @@ def _report(
     trained: bool,
     console: Console,
 ) -> DemoResult:
-    from donut_hole.compression.metrics import evaluate
+    from donut_hole.evaluation.metrics import evaluate
 
     preds, truth = [], []
     table = Table(title=f"batch {batch_id}", show_lines=False)

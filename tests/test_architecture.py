@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,53 @@ def arrows() -> list[tuple[str, str]]:
 def test_only_the_command_line_imports_the_command_line() -> None:
     callers = [(a, b) for a, b in arrows() if _in(b, "donut_hole.cli") and not _in(a, "donut_hole.cli")]
     assert callers == [("donut_hole.__main__", "donut_hole.cli")]
+
+
+SERVING = ("donut_hole.worker", "donut_hole.api", "donut_hole.db", "donut_hole.services", "donut_hole.demo")
+BELOW_BOTH = ("donut_hole.model", "donut_hole.documents", "donut_hole.evaluation", "donut_hole.logs")
+
+
+def test_the_halves_do_not_import_each_other() -> None:
+    backwards = [
+        (a, b)
+        for a, b in arrows()
+        if (_in(a, "donut_hole.compression") and _in(b, *SERVING, "donut_hole.storage"))
+        or (_in(a, *SERVING) and _in(b, "donut_hole.compression"))
+    ]
+    assert backwards == []
+
+
+def test_what_both_halves_use_imports_neither() -> None:
+    upwards = [
+        (a, b)
+        for a, b in arrows()
+        if _in(a, *BELOW_BOTH) and _in(b, "donut_hole.compression", "donut_hole.cli", *SERVING)
+    ]
+    assert upwards == []
+
+
+def test_the_api_uses_the_worker_only_through_enqueue() -> None:
+    used = {b for a, b in arrows() if _in(a, "donut_hole.api") and _in(b, "donut_hole.worker")}
+    assert used <= {"donut_hole.worker.enqueue"}
+
+
+LIGHT = [
+    "donut_hole.cli",  # --help stays instant: commands import torch when they run
+    "donut_hole.compression.recipe",  # reading a recipe needs neither torch nor the training loop
+    "donut_hole.evaluation.dataset",
+    "donut_hole.evaluation.metrics",
+    "donut_hole.logs",
+]
+
+
+def test_light_modules_do_not_import_torch() -> None:
+    heavy = ["torch", "transformers", "donut_hole.compression.train"]
+    code = (
+        "import importlib, sys\n"
+        f"for name in {LIGHT!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -21,9 +21,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
+from donut_hole.logs import log_event
 from donut_hole.storage import StorageError, TransientStorageError
 from donut_hole.worker.enqueue import BrokerUnavailable, EnqueueError
-from donut_hole.worker.logging import log_event
 
 log = logging.getLogger("donut_hole.api")
 

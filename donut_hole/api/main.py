@@ -20,9 +20,9 @@ from donut_hole.api.errors import install_error_handlers
 from donut_hole.api.limits import MAX_JSON_BODY_BYTES, MULTIPART_OVERHEAD_BYTES, BodySizeLimit
 from donut_hole.api.metrics import RequestMetrics
 from donut_hole.api.routes import batches, documents, health, search
+from donut_hole.logs import log_event
 from donut_hole.services import Services
 from donut_hole.settings import Settings, get_settings
-from donut_hole.worker.logging import log_event
 
 log = logging.getLogger("donut_hole.api")
 

@@ -47,7 +47,7 @@ def train(
     from donut_hole.compression.recipe import RecipeError, TeacherRecipe, load_recipe
     from donut_hole.compression.teacher import train_teacher
     from donut_hole.compression.train import CheckpointError
-    from donut_hole.dataset import DatasetError
+    from donut_hole.evaluation.dataset import DatasetError
     from donut_hole.model.build import ModelLoadError
 
     try:
@@ -82,7 +82,7 @@ def compress(
     from donut_hole.compression.compress import compress as run_compress
     from donut_hole.compression.recipe import CompressRecipe, RecipeError, load_recipe
     from donut_hole.compression.student import StudentError
-    from donut_hole.dataset import DatasetError
+    from donut_hole.evaluation.dataset import DatasetError
     from donut_hole.model.build import ModelLoadError
 
     try:

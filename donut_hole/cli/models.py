@@ -21,8 +21,8 @@ def evaluate(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
 ) -> None:
     """Score a model on a dataset: field F1, nTED accuracy and per-field exact match."""
-    from donut_hole.dataset import DatasetError, read_dataset
-    from donut_hole.evaluate import evaluate_reader
+    from donut_hole.evaluation.dataset import DatasetError, read_dataset
+    from donut_hole.evaluation.evaluate import evaluate_reader
     from donut_hole.model.build import ModelLoadError
     from donut_hole.model.predict import DonutReader
 

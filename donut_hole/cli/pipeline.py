@@ -80,7 +80,7 @@ def _is_prefix(target: str) -> bool:
 
 
 def _local_files(targets: list[str]) -> list[Path]:
-    from donut_hole.dataset import DatasetError, read_dataset
+    from donut_hole.evaluation.dataset import DatasetError, read_dataset
     from donut_hole.worker.process import is_image_uri
 
     files: list[Path] = []

@@ -34,8 +34,8 @@ from donut_hole.compression.report import cka_analysis, folder_size, measure_lat
 from donut_hole.compression.student import LayerMap, StudentSpec, derive_student
 from donut_hole.compression.train import resolve_device, target_texts, train
 from donut_hole.compression.vocab import prune_vocabulary
-from donut_hole.dataset import Sample, read_dataset
-from donut_hole.evaluate import evaluate_reader
+from donut_hole.evaluation.dataset import Sample, read_dataset
+from donut_hole.evaluation.evaluate import evaluate_reader
 from donut_hole.model.build import count_parameters, load_model, save_model
 from donut_hole.model.predict import DonutReader
 

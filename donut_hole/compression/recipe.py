@@ -1,7 +1,9 @@
 """Recipes: one flat YAML per experiment, validated by pydantic and saved beside every run.
 
 ``TeacherRecipe`` drives ``donut-hole train``; ``CompressRecipe`` drives ``donut-hole compress``. Unknown
-keys are errors, so a typo in a recipe fails before hours of training, not after.
+keys are errors, so a typo in a recipe fails before hours of training, not after. This module is the one
+home of the configuration types (``TrainConfig`` too, which the training loop takes) and imports neither
+torch nor the loop, so reading and checking a recipe stays light.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from donut_hole.compression.train import TrainConfig
-
 
 class RecipeError(ValueError):
     """A recipe file is missing, not YAML, or holds a bad value; the message names the key."""
@@ -21,6 +21,36 @@ class RecipeError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class TrainConfig(_Strict):
+    """Optimisation settings shared by teacher training and student distillation (``train:`` in a recipe)."""
+
+    steps: int = Field(1000, ge=0, description="Optimizer steps; 0 skips training.")
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final lr as a fraction of lr (cosine floor).")
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    eval_every: int = Field(200, ge=1)
+    eval_samples: int = Field(64, ge=1, description="Validation documents scored at each evaluation.")
+    checkpoint_every: int = Field(200, ge=1)
+    log_every: int = Field(10, ge=1)
+    max_length: int = Field(256, ge=8, description="Longest target sequence in tokens.")
+    max_new_tokens: int = Field(256, ge=1)
+    seed: int = 0
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    device: str = Field("auto", description="auto, cpu or cuda")
+    time_limit_s: float | None = Field(
+        None,
+        gt=0,
+        description="Stop after this many seconds of training (this run), then evaluate, checkpoint and "
+        "save as after the last step. The lr schedule and a pruner's then follow the steps or the "
+        "elapsed fraction of this time, whichever is further along, so the run anneals (and reaches its "
+        "density) in time. For a fixed budget of machine time.",
+    )
+    bf16: bool = Field(True, description="bf16 autocast when training on CUDA.")
 
 
 class TeacherModel(_Strict):

@@ -10,7 +10,7 @@ import torch
 
 from donut_hole.compression.recipe import TeacherRecipe, save_recipe
 from donut_hole.compression.train import train
-from donut_hole.dataset import read_dataset
+from donut_hole.evaluation.dataset import read_dataset
 from donut_hole.model.build import PRESETS, Preset, load_model, new_model
 from donut_hole.model.tokens import field_tokens
 

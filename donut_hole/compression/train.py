@@ -23,13 +23,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import DonutProcessor, VisionEncoderDecoderModel
 
 from donut_hole.compression.distill import ce_loss, shift_for_decoder
-from donut_hole.dataset import Sample
+from donut_hole.compression.recipe import TrainConfig
+from donut_hole.evaluation.dataset import Sample
+from donut_hole.evaluation.evaluate import evaluate_reader
 from donut_hole.model.build import save_model, task_token_of
 from donut_hole.model.predict import DonutReader, load_image
 from donut_hole.model.tokens import json2token
@@ -55,38 +56,6 @@ def _stop_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-class TrainConfig(BaseModel):
-    """Optimisation settings shared by teacher training and student distillation."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    steps: int = Field(1000, ge=0, description="Optimizer steps; 0 skips training.")
-    batch_size: int = Field(8, ge=1)
-    lr: float = Field(5e-4, gt=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final lr as a fraction of lr (cosine floor).")
-    warmup_steps: int = Field(100, ge=0)
-    weight_decay: float = Field(0.01, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    eval_every: int = Field(200, ge=1)
-    eval_samples: int = Field(64, ge=1, description="Validation documents scored at each evaluation.")
-    checkpoint_every: int = Field(200, ge=1)
-    log_every: int = Field(10, ge=1)
-    max_length: int = Field(256, ge=8, description="Longest target sequence in tokens.")
-    max_new_tokens: int = Field(256, ge=1)
-    seed: int = 0
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
-    device: str = Field("auto", description="auto, cpu or cuda")
-    time_limit_s: float | None = Field(
-        None,
-        gt=0,
-        description="Stop after this many seconds of training (this run), then evaluate, checkpoint and "
-        "save as after the last step. The lr schedule and a pruner's then follow the steps or the "
-        "elapsed fraction of this time, whichever is further along, so the run anneals (and reaches its "
-        "density) in time. For a fixed budget of machine time.",
-    )
-    bf16: bool = Field(True, description="bf16 autocast when training on CUDA.")
 
 
 def get_lr(step: int, *, lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
@@ -236,8 +205,6 @@ def score_model(
     max_new_tokens: int,
 ) -> dict[str, Any]:
     """Field F1 / nTED accuracy of the in-memory model on ``samples`` (no save needed)."""
-    from donut_hole.evaluate import evaluate_reader
-
     was_training = model.training
     reader = DonutReader(model, processor, max_new_tokens=max_new_tokens)
     evaluation = evaluate_reader(reader, samples, batch_size=batch_size, progress=False)

@@ -7,7 +7,7 @@
   decode, predict, validate and persist.
 - :mod:`.runtime`: the per-process :class:`~donut_hole.services.Services` (engine, store, the worker's Celery
   app) and model; :mod:`.batching`: how documents are grouped;
-  :mod:`.fields`: per-field confidences; :mod:`.metrics` and :mod:`.logging`: Prometheus and JSON logs.
+  :mod:`.fields`: per-field confidences; :mod:`.metrics`: Prometheus (JSON logs: :mod:`donut_hole.logs`).
 
 Importing this package is cheap; torch is imported when a worker process first needs the model.
 """

@@ -121,8 +121,8 @@ def _share_cores(sender: Any = None, **_: Any) -> None:
 
 @signals.setup_logging.connect
 def _json_logging(loglevel: Any = None, **_: Any) -> None:
-    """Replace Celery's log setup: every line of the worker is a JSON object (see :mod:`.logging`)."""
-    from donut_hole.worker.logging import configure_json_logging
+    """Replace Celery's log setup: every line of the worker is a JSON object (see :mod:`donut_hole.logs`)."""
+    from donut_hole.logs import configure_json_logging
 
     configure_json_logging(loglevel or get_settings().log_level)
 

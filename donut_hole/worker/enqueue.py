@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from donut_hole.db import DocumentStatus, repository, session_scope
 from donut_hole.db.models import utcnow
+from donut_hole.logs import log_event
 from donut_hole.services import Services
 from donut_hole.settings import Settings
 from donut_hole.storage import (
@@ -42,7 +43,6 @@ from donut_hole.storage import (
 )
 from donut_hole.worker.app import MAX_RETRY_DELAY_S, TASK_EXPAND, TASK_PROCESS, stalled_after_s
 from donut_hole.worker.batching import chunked
-from donut_hole.worker.logging import log_event
 
 log = logging.getLogger("donut_hole.enqueue")
 

@@ -31,6 +31,7 @@ from typing import Any
 from donut_hole.db import DocumentStatus, repository, session_scope
 from donut_hole.db.models import BatchStatus
 from donut_hole.documents.schemas import SchemaError, detect_kind, validate_document
+from donut_hole.logs import log_event
 from donut_hole.storage import (
     ObjectNotFound,
     ObjectTooLarge,
@@ -40,7 +41,6 @@ from donut_hole.storage import (
 from donut_hole.worker import metrics
 from donut_hole.worker.batching import Grouper, chunked
 from donut_hole.worker.fields import field_rows
-from donut_hole.worker.logging import log_event
 from donut_hole.worker.runtime import Runtime
 
 log = logging.getLogger("donut_hole.worker")

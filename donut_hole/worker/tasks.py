@@ -19,11 +19,11 @@ from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from donut_hole.logs import log_event
 from donut_hole.storage import TransientStorageError
 from donut_hole.worker import metrics, process
 from donut_hole.worker.app import MAX_RETRY_DELAY_S, TASK_EXPAND, TASK_PROCESS, time_limits
 from donut_hole.worker.enqueue import send_group
-from donut_hole.worker.logging import log_event
 from donut_hole.worker.runtime import get_runtime
 
 log = logging.getLogger("donut_hole.worker")

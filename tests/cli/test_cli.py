@@ -27,7 +27,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> Path:
-    from donut_hole.dataset import read_dataset
+    from donut_hole.evaluation.dataset import read_dataset
 
     docs = [s.gt_parse for s in read_dataset(dataset)]
     model, processor = new_model("tiny", documents=docs, image_size=(160, 160))

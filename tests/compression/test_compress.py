@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 from donut_hole.cli import app
 from donut_hole.compression.compress import compress, unstructured_density
 from donut_hole.compression.recipe import CompressRecipe, load_recipe
-from donut_hole.dataset import read_dataset
 from donut_hole.documents.synth import generate
+from donut_hole.evaluation.dataset import read_dataset
 from donut_hole.model.build import load_model, new_model, save_model
 from donut_hole.model.predict import DonutReader
 

@@ -5,17 +5,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from donut_hole.compression.recipe import TrainConfig
 from donut_hole.compression.train import (
     CheckpointError,
     StepSampler,
-    TrainConfig,
     collate,
     get_lr,
     target_sequence,
     train,
 )
-from donut_hole.dataset import read_dataset
 from donut_hole.documents.synth import generate
+from donut_hole.evaluation.dataset import read_dataset
 from donut_hole.model.build import load_model, new_model
 
 

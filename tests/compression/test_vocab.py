@@ -16,8 +16,8 @@ from donut_hole.compression.vocab import (
     prune_vocabulary,
     tokens_to_keep,
 )
-from donut_hole.dataset import read_dataset
 from donut_hole.documents.synth import generate
+from donut_hole.evaluation.dataset import read_dataset
 from donut_hole.model.build import load_model, new_model, save_model, task_token_of
 from donut_hole.model.predict import DonutReader
 from donut_hole.model.tokens import field_tokens, leaf_values

@@ -11,9 +11,9 @@ from donut_hole.cli import app
 from donut_hole.compression.compress import compress
 from donut_hole.compression.recipe import CompressRecipe, TeacherRecipe, load_recipe
 from donut_hole.compression.teacher import train_teacher
-from donut_hole.dataset import read_dataset
 from donut_hole.documents.synth import generate
-from donut_hole.evaluate import evaluate_reader
+from donut_hole.evaluation.dataset import read_dataset
+from donut_hole.evaluation.evaluate import evaluate_reader
 from donut_hole.model.build import load_model
 from donut_hole.model.card import END, START, STUDENT_NAME, TEACHER_NAME, ShipError, ship
 from donut_hole.model.predict import DonutReader

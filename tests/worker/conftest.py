@@ -48,7 +48,7 @@ def scan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory, scan_dir: Path) -> Path:
     """An untrained tiny DONUT at 160x160 pixels: fast, and enough to exercise the whole pipeline."""
-    from donut_hole.dataset import read_dataset
+    from donut_hole.evaluation.dataset import read_dataset
     from donut_hole.model.build import new_model, save_model
 
     documents = [sample.gt_parse for sample in read_dataset(scan_dir)]

@@ -1,9 +1,7 @@
-"""Pure parts of the worker: grouping, backoff, per-field confidences, Celery settings, logs, file names."""
+"""Pure parts of the worker: grouping, backoff, per-field confidences, Celery settings, file names."""
 
 from __future__ import annotations
 
-import json
-import logging
 import random
 
 import pytest
@@ -14,7 +12,6 @@ from donut_hole.worker.app import celery_config, time_limits
 from donut_hole.worker.batching import Grouper, chunked
 from donut_hole.worker.enqueue import safe_filename
 from donut_hole.worker.fields import field_rows, flatten_parse
-from donut_hole.worker.logging import JsonFormatter, log_event
 from donut_hole.worker.process import is_image_uri, schema_note
 from donut_hole.worker.tasks import backoff_s
 
@@ -103,20 +100,3 @@ def test_image_uris_and_safe_filenames() -> None:
     assert safe_filename("../My Scan (1).JPG") == "My_Scan_1_.JPG"
     assert safe_filename("C:\\scans\\label.png") == "label.png"
     assert safe_filename("..") == "upload" and safe_filename("") == "upload"
-
-
-def test_log_lines_are_json_with_ids() -> None:
-    logger = logging.getLogger("test.worker.json")
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        log_event(logger, "document.done", batch_id="b1", document_id="d1", latency_ms=1.5)
-    finally:
-        logger.removeHandler(handler)
-    line = json.loads(JsonFormatter().format(records[0]))
-    assert line["event"] == "document.done" and line["level"] == "INFO"
-    assert (line["batch_id"], line["document_id"], line["latency_ms"]) == ("b1", "d1", 1.5)
-    assert line["ts"].endswith("Z") and isinstance(line["pid"], int)

@@ -13,8 +13,8 @@ from donut_hole.api.images import SNIFF_BYTES, sniff_image_type
 from donut_hole.api.queries import documents_public
 from donut_hole.api.schemas import DocumentPublic, UploadAccepted
 from donut_hole.db import repository
+from donut_hole.logs import log_event
 from donut_hole.worker import enqueue
-from donut_hole.worker.logging import log_event
 
 log = logging.getLogger("donut_hole.api")
 

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, text
 from donut_hole.api.deps import ServicesDep, SettingsDep
 from donut_hole.api.metrics import exposition
 from donut_hole.api.schemas import Check, Health
-from donut_hole.worker.logging import log_event
+from donut_hole.logs import log_event
 
 log = logging.getLogger("donut_hole.api")
 

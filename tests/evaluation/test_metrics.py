@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zss import Node
 
-from donut_hole.compression.metrics import (
+from donut_hole.evaluation.metrics import (
     EvalResult,
     construct_tree_from_dict,
     corpus_ted_accuracy,

@@ -11,8 +11,8 @@ from typing import Any
 
 from rich.progress import Progress
 
-from donut_hole.compression.metrics import EvalResult, evaluate
-from donut_hole.dataset import Sample
+from donut_hole.evaluation.dataset import Sample
+from donut_hole.evaluation.metrics import EvalResult, evaluate
 from donut_hole.model.predict import DocumentError, DonutReader
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from donut_hole.dataset import DatasetError, read_dataset
+from donut_hole.evaluation.dataset import DatasetError, read_dataset
 
 
 def _write(folder, lines):
@@ -37,7 +37,7 @@ def test_bad_dataset_errors_name_the_place(tmp_path):
         read_dataset(tmp_path)
 
 
-REAL_SCANS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_scans"
+REAL_SCANS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real_scans"
 
 
 def test_real_scans_folder_reads():
