@@ -1,15 +1,19 @@
 """Smoke test of ``benchmarks/models.py`` (the script, not a benchmark): ``--quick --preset tiny`` runs in a
-subprocess and writes JSON with every variant and field; its pure helpers are checked on known values."""
+subprocess and writes JSON with every variant and field; its pure helpers are checked on known values, and
+its recommended student is the one ``donut-hole compress`` builds."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "models.py"
@@ -42,12 +46,19 @@ RESULT_FIELDS = [
 
 
 def load_script():
+    """The script as a module; loading it puts the repository root on ``sys.path`` (for ``benchmarks``)."""
     spec = importlib.util.spec_from_file_location("benchmark_models", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def part(name: str) -> Any:
+    """``benchmarks.students.<name>``, one of the script's modules."""
+    load_script()
+    return importlib.import_module(f"benchmarks.students.{name}")
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +113,13 @@ def test_quick_run_densities_follow_the_recipe(quick):
 
 
 def test_planner_and_percentile():
-    m = load_script()
-    assert m.repeats_for(10, left_s=100, later_s=[50], repeats=3) == 3
-    assert m.repeats_for(10, left_s=100, later_s=[85], repeats=3) == 1  # the rest is kept for the 85 s pass
-    assert m.repeats_for(60, left_s=100, later_s=[50], repeats=3) == 1  # no room for the later one: still 1
-    assert m.repeats_for(101, left_s=100, later_s=[], repeats=3) == 0
-    assert m.percentile([3.0], 95) == 3.0
-    assert m.percentile([1.0, 2.0, 3.0, 4.0], 95) == pytest.approx(3.85)
+    m, repeats_for, percentile = load_script(), part("schedule").repeats_for, part("passes").percentile
+    assert repeats_for(10, left_s=100, later_s=[50], repeats=3) == 3
+    assert repeats_for(10, left_s=100, later_s=[85], repeats=3) == 1  # the rest is kept for the 85 s pass
+    assert repeats_for(60, left_s=100, later_s=[50], repeats=3) == 1  # no room for the later one: still 1
+    assert repeats_for(101, left_s=100, later_s=[], repeats=3) == 0
+    assert percentile([3.0], 95) == 3.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 95) == pytest.approx(3.85)
     assert m.parse_sizes("2560x1920,1280x960") == [(2560, 1920), (1280, 960)]
     with pytest.raises(m.BenchmarkError):
         m.parse_sizes("2560-1920")
@@ -151,7 +162,7 @@ def test_vocabulary_pruned_student_generates_with_renumbered_ids(tmp_path):
 
 
 def test_benchmark_vocabulary_fills_up_to_the_requested_rows():
-    m = load_script()
+    m = part("variants")
     from donut_hole.model.build import new_model
 
     docs = [{"document_type": "shipping_label", "carrier": "Kestrel Cargo", "weight": "12 kg"}]
@@ -162,3 +173,30 @@ def test_benchmark_vocabulary_fills_up_to_the_requested_rows():
     assert set(tok.all_special_ids) <= set(kept)
     everything, _ = m.benchmark_vocabulary(tok, ["Kestrel"], rows=10**6, total=len(tok))
     assert everything == list(range(len(tok)))
+
+
+def test_the_recommended_student_is_the_one_compress_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from donut_hole.compression.prune import magnitude_prune_
+    from donut_hole.compression.recipe import CompressRecipe, load_recipe
+    from donut_hole.compression.student import build_student
+    from donut_hole.model.build import count_parameters, new_model
+
+    variants = part("variants")
+    recipe = load_recipe(ROOT / "configs" / "tiny.yaml", CompressRecipe)
+    teacher, _ = new_model("tiny", documents=[{"document_type": "shipping_label", "carrier": "Kestrel"}])
+    calls: list[CompressRecipe] = []
+
+    def spy(model: Any, given: CompressRecipe) -> Any:
+        calls.append(given)
+        return build_student(model, given)
+
+    monkeypatch.setattr(variants, "build_student", spy)
+    built = variants.build_variants(
+        teacher, recipe, device=torch.device("cpu"), names=["teacher", "structured"]
+    )
+    assert calls == [recipe]
+    expected = build_student(teacher, recipe)
+    magnitude_prune_(expected.model, density=expected.density, scope=recipe.prune.scope)
+    structured = built[1].info
+    assert structured["parameters"] == count_parameters(expected.model)
+    assert structured["density_prunable_vs_teacher"] == pytest.approx(recipe.prune.target_density, abs=1e-3)

@@ -98,11 +98,5 @@ def compress(
         )
     except (RecipeError, DatasetError, ModelLoadError, StudentError, ValueError) as exc:
         raise fail(str(exc)) from exc
-    t, s = report["teacher"], report["student"]
-    console.print((out / "report.md").read_text(encoding="utf-8").split("\n\n**Global CKA**")[0])
-    console.print(
-        f"\nstudent density {s['density']['prunable_density_vs_teacher']:.4f} of the teacher's prunable "
-        "weights "
-        f"(target {report['target_density']}), global CKA {report['cka']['global']:.4f}, "
-        f"F1 {t['eval']['f1']:.4f} → {s['eval']['f1']:.4f}\nwrote {out / 'report.md'} and {out / 'model'}"
-    )
+    console.print(report.comparison())
+    console.print(f"\n{report.summary()}\nwrote {out / 'report.md'} and {out / 'model'}")

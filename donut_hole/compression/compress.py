@@ -1,8 +1,9 @@
 """``donut-hole compress``: teacher → DONUT-hole student, with the side-by-side report.
 
-load teacher → derive student (fewer Swin blocks and decoder layers, weights copied) → structured FFN
-pruning → distill (CE + KL at temperature T + hidden-state terms) while pruning gradually to the target
-density → make sparsity permanent → save → evaluate teacher and student on the same validation set.
+load teacher → build the student (:func:`~donut_hole.compression.student.build_student`: fewer Swin blocks
+and decoder layers, weights copied, structured FFN pruning) → distill (CE + KL at temperature T +
+hidden-state terms) while pruning gradually to the target density → make sparsity permanent → save →
+evaluate teacher and student on the same validation set → :class:`~.report.CompressReport`.
 
 Density target: ``prune.target_density`` is *nonzero prunable weights of the student / prunable weights of
 the teacher*. Fewer layers and FFN removal already lower it; magnitude pruning covers the rest, at a
@@ -21,17 +22,18 @@ from typing import Any
 import torch
 from transformers import VisionEncoderDecoderModel
 
-from donut_hole.compression.distill import DistillWeights, distillation_loss, shift_for_decoder
-from donut_hole.compression.prune import (
-    MagnitudePruner,
-    apply_semi_structured_,
-    density_report,
-    prunable_weights,
-    prune_ffn_,
+from donut_hole.compression.distill import distillation_loss, shift_for_decoder
+from donut_hole.compression.prune import MagnitudePruner, apply_semi_structured_, density_report
+from donut_hole.compression.recipe import CompressRecipe, DistillConfig, save_recipe
+from donut_hole.compression.report import (
+    CompressReport,
+    ModelSide,
+    cka_analysis,
+    folder_size,
+    measure_latency,
+    write_report,
 )
-from donut_hole.compression.recipe import CompressRecipe, save_recipe
-from donut_hole.compression.report import cka_analysis, folder_size, measure_latency, write_report
-from donut_hole.compression.student import LayerMap, StudentSpec, derive_student
+from donut_hole.compression.student import LayerMap, build_student
 from donut_hole.compression.train import resolve_device, target_texts, train
 from donut_hole.compression.vocab import prune_vocabulary
 from donut_hole.evaluation.dataset import Sample, read_dataset
@@ -49,7 +51,7 @@ class DistillObjective:
         self,
         teacher: VisionEncoderDecoderModel,
         *,
-        weights: DistillWeights,
+        weights: DistillConfig,
         layer_map: LayerMap,
         pad_token_id: int,
     ):
@@ -70,15 +72,6 @@ class DistillObjective:
         )
 
 
-def unstructured_density(*, target: float, teacher_prunable: int, student_prunable: int) -> float:
-    """Density over the student's own prunable weights that meets ``target`` relative to the teacher.
-
-    >>> unstructured_density(target=0.46, teacher_prunable=1000, student_prunable=600)
-    0.7666666666666667
-    """
-    return min(1.0, target * teacher_prunable / student_prunable)
-
-
 def compress(
     recipe: CompressRecipe,
     *,
@@ -89,7 +82,7 @@ def compress(
     name: str = "donut-hole",
     resume: bool = False,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> CompressReport:
     """Build, train and save the student in ``out_dir/model``; write ``out_dir/report.{json,md}``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -105,37 +98,9 @@ def compress(
     device = resolve_device(recipe.train.device)
     teacher, processor = load_model(teacher_path, device=device)
 
-    student, layer_map = derive_student(
-        teacher,
-        StudentSpec(
-            encoder_depths=recipe.student.encoder_depths,
-            decoder_layers=recipe.student.decoder_layers,
-            selection=recipe.student.selection,
-        ),
-    )
+    built = build_student(teacher, recipe)
+    student, layer_map, density, structure = built.model, built.layer_map, built.density, built.structure
     (out_dir / "layer_map.json").write_text(layer_map.to_json(), encoding="utf-8")
-    structure: dict[str, Any] = {
-        "encoder_depths": recipe.student.encoder_depths,
-        "teacher_encoder_depths": list(teacher.config.encoder.depths),
-        "decoder_layers": layer_map.decoder_layers,
-        "encoder_blocks": layer_map.encoder_blocks,
-        "parameters_after_layer_selection": count_parameters(student),
-    }
-    if recipe.prune.ffn_keep_ratio < 1.0:
-        structure["ffn_pruning"] = {
-            k: v
-            for k, v in prune_ffn_(student, keep_ratio=recipe.prune.ffn_keep_ratio).items()
-            if k != "kept"
-        }
-
-    teacher_prunable = sum(w.numel() for w in prunable_weights(teacher).values())
-    student_prunable = sum(w.numel() for w in prunable_weights(student).values())
-    density = unstructured_density(
-        target=recipe.prune.target_density,
-        teacher_prunable=teacher_prunable,
-        student_prunable=student_prunable,
-    )
-    structure["unstructured_density_over_student"] = density
     pruner = None
     if density < 1.0:
         start = int(recipe.prune.start_fraction * steps)
@@ -146,9 +111,11 @@ def compress(
 
     history: list[dict[str, Any]] = []
     if steps > 0:
-        weights = DistillWeights(**recipe.distill.model_dump())
         objective = DistillObjective(
-            teacher, weights=weights, layer_map=layer_map, pad_token_id=processor.tokenizer.pad_token_id
+            teacher,
+            weights=recipe.distill,
+            layer_map=layer_map,
+            pad_token_id=processor.tokenizer.pad_token_id,
         )
         history = train(
             student,
@@ -219,11 +186,11 @@ def build_report(
     student_path: Path,
     val_dir: Path,
     name: str,
-) -> dict[str, Any]:
+) -> CompressReport:
     """Measure both models on the same documents, in this run (``processor`` is the teacher's)."""
     cfg = recipe.report
     evaluated = val_samples[: cfg.eval_samples] if cfg.eval_samples else val_samples
-    sides: dict[str, dict[str, Any]] = {}
+    sides: dict[str, ModelSide] = {}
     sides_models = (
         ("teacher", teacher, processor, teacher_path),
         ("student", student, student_processor or processor, student_path),
@@ -231,19 +198,19 @@ def build_report(
     for side, model, side_processor, path in sides_models:
         reader = DonutReader(model, side_processor, max_new_tokens=recipe.train.max_new_tokens)
         evaluation = evaluate_reader(reader, evaluated, batch_size=cfg.batch_size, progress=False)
-        sides[side] = {
-            "parameters": count_parameters(model),
-            "density": density_report(model, teacher=teacher),
-            "file_bytes": folder_size(path),
-            "eval": evaluation.result.to_dict(),
-            "latency": measure_latency(
+        sides[side] = ModelSide(
+            parameters=count_parameters(model),
+            density=density_report(model, teacher=teacher),
+            file_bytes=folder_size(path),
+            eval=evaluation.result.to_dict(),
+            latency=measure_latency(
                 reader,
                 val_samples[: cfg.latency_samples],
                 repeats=cfg.latency_repeats,
                 batch_size=cfg.batch_size,
             ),
-        }
-        log.info("%s: %s", side, sides[side]["eval"])
+        )
+        log.info("%s: %s", side, sides[side].eval)
     cka = cka_analysis(
         teacher,
         student,
@@ -254,20 +221,20 @@ def build_report(
         student_token_map=student_token_map,
     )
     device = next(student.parameters()).device
-    return {
-        "name": name,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {torch.get_num_threads()} threads"
+    return CompressReport(
+        name=name,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        machine=f"{platform.machine()} {torch.get_num_threads()} threads"
         + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
-        "latency_device": device.type,
-        "teacher_path": str(teacher_path),
-        "student_path": str(student_path),
-        "val_dir": str(val_dir),
-        "recipe": json.loads(recipe.model_dump_json()),
-        "teacher": sides["teacher"],
-        "student": sides["student"],
-        "cka": cka,
-        "history": history,
-        "student_structure": structure,
-        "target_density": recipe.prune.target_density,
-    }
+        latency_device=device.type,
+        teacher_path=str(teacher_path),
+        student_path=str(student_path),
+        val_dir=str(val_dir),
+        recipe=json.loads(recipe.model_dump_json()),
+        teacher=sides["teacher"],
+        student=sides["student"],
+        cka=cka,
+        history=history,
+        student_structure=structure,
+        target_density=recipe.prune.target_density,
+    )

@@ -9,12 +9,13 @@ autocast does not lose precision in the sums.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from donut_hole.compression.recipe import DistillConfig
 
 IGNORE_INDEX = -100
 
@@ -127,24 +128,6 @@ def hidden_loss(
     return torch.stack(terms).mean()
 
 
-@dataclass(frozen=True)
-class DistillWeights:
-    """Weights of the distillation terms; a term with weight 0 is not computed."""
-
-    ce: float = field(default=1.0, metadata={"help": "Cross-entropy on the ground-truth tokens."})
-    kd: float = field(default=1.0, metadata={"help": "KL between teacher and student token distributions."})
-    hidden_encoder: float = field(default=0.0, metadata={"help": "MSE between paired Swin stage outputs."})
-    hidden_decoder: float = field(default=0.0, metadata={"help": "MSE between paired decoder layer outputs."})
-    temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of the KL term."})
-
-    def __post_init__(self) -> None:
-        for name in ("ce", "kd", "hidden_encoder", "hidden_decoder"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"distillation weight {name} must be >= 0, got {getattr(self, name)}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-
-
 def _states(out: Any, name: str, who: str) -> Sequence[Tensor]:
     states = getattr(out, name, None)
     if states is None:
@@ -157,10 +140,12 @@ def distillation_loss(
     teacher_out: Any,
     labels: Tensor,
     *,
-    weights: DistillWeights,
+    weights: DistillConfig,
     layer_map: Any,
 ) -> tuple[Tensor, dict[str, float]]:
     """Weighted sum of the terms, and each term (unweighted) plus ``total`` as floats for logging.
+
+    ``weights`` is the recipe's ``distill:`` section; a term with weight 0 is not computed.
 
     ``student_out`` / ``teacher_out`` are ``Seq2SeqLMOutput`` of the same batch (run the teacher under
     ``torch.no_grad()``; hidden states are needed only for non-zero hidden weights). ``labels (B, T)`` come

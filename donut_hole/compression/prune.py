@@ -267,6 +267,15 @@ class MagnitudePruner:
         return report
 
 
+def magnitude_prune_(model: nn.Module, *, density: float, scope: Scope = "global") -> None:
+    """One-shot magnitude pruning of the prunable weights to ``density``, made permanent at once (what
+    ``donut-hole compress`` does with ``train.steps: 0``); ``density >= 1`` changes nothing."""
+    if density < 1.0:
+        pruner = MagnitudePruner(model, final_density=density, start_step=0, end_step=0, scope=scope)
+        pruner.step(0)
+        pruner.make_permanent_()
+
+
 # --- structured: FFN neurons ------------------------------------------------------------------------------
 
 

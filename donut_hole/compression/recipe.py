@@ -70,18 +70,28 @@ class TeacherRecipe(_Strict):
     train: TrainConfig = TrainConfig()
 
 
+Selection = Literal["uniform", "first"]
+
+
 class StudentConfig(_Strict):
+    """How much of the teacher the student keeps (``student:``); :func:`.student.build_student` reads it."""
+
     encoder_depths: list[int] = Field(description="Swin blocks per stage in the student, e.g. [2, 2, 6, 2].")
     decoder_layers: int = Field(ge=1, description="mBART decoder layers in the student.")
-    selection: Literal["uniform", "first"] = "uniform"
+    selection: Selection = Field(
+        "uniform",
+        description="uniform: evenly spaced teacher blocks, first and last included; first: the first n.",
+    )
 
 
 class DistillConfig(_Strict):
+    """Weights of the distillation terms (``distill:``); a term with weight 0 is not computed."""
+
     ce: float = Field(1.0, ge=0, description="Cross-entropy on the ground-truth tokens.")
     kd: float = Field(1.0, ge=0, description="KL between teacher and student logits at temperature T (× T²).")
     hidden_encoder: float = Field(0.0, ge=0, description="MSE between matched Swin stage outputs.")
     hidden_decoder: float = Field(0.0, ge=0, description="MSE between matched decoder layer outputs.")
-    temperature: float = Field(2.0, gt=0)
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature of the KL term.")
 
 
 class PruneConfig(_Strict):

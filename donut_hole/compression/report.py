@@ -3,6 +3,7 @@
 Every figure is measured in the run that writes the report: parameters, density (over prunable weights
 and over all parameters, relative to the teacher), file size, field F1, nTED accuracy, per-field exact
 match, CKA (per layer pair and global), latency per document (CPU, and GPU when present).
+:class:`CompressReport` holds them; ``report.json`` is its :meth:`~CompressReport.to_dict`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,82 @@ from donut_hole.compression.train import DonutDataset, collate
 from donut_hole.evaluation.dataset import Sample
 from donut_hole.model.build import task_token_of
 from donut_hole.model.predict import DonutReader
+
+
+@dataclass
+class ModelSide:
+    """One model of the comparison: size, density (``prune.density_report``), accuracy, latency."""
+
+    parameters: int
+    density: dict[str, Any]
+    file_bytes: int
+    eval: dict[str, Any]  # EvalResult.to_dict(): f1, ted_accuracy, field_exact_match, n
+    latency: dict[str, float]
+
+
+@dataclass
+class CompressReport:
+    """What ``donut-hole compress`` measured; ``report.json`` is :meth:`to_dict`, ``report.md`` renders it."""
+
+    name: str
+    created_at: str
+    machine: str
+    latency_device: str
+    teacher_path: str
+    student_path: str
+    val_dir: str
+    recipe: dict[str, Any]
+    teacher: ModelSide
+    student: ModelSide
+    cka: dict[str, Any]
+    history: list[dict[str, Any]]
+    student_structure: dict[str, Any]
+    target_density: float
+    plots: dict[str, str] = field(default_factory=dict)  # title -> PNG file name, once written
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def comparison(self) -> str:
+        """The title and the side-by-side table of teacher and student (the head of ``report.md``)."""
+        t, s = self.teacher, self.student
+        rows = [
+            ("parameters", t.parameters, s.parameters),
+            ("nonzero parameters", t.density["all_nonzero"], s.density["all_nonzero"]),
+            ("density, prunable weights (vs teacher)", 1.0, s.density["prunable_density_vs_teacher"]),
+            (
+                "density, all parameters (vs teacher)",
+                t.density["all_density"],
+                s.density["all_density_vs_teacher"],
+            ),
+            ("weights file (MB)", t.file_bytes / 1e6, s.file_bytes / 1e6),
+            ("field F1", t.eval["f1"], s.eval["f1"]),
+            ("nTED accuracy", t.eval["ted_accuracy"], s.eval["ted_accuracy"]),
+        ]
+        for key in t.latency:
+            rows.append((f"{key} ({self.latency_device})", t.latency[key], s.latency.get(key)))
+        lines = [
+            f"# DONUT-hole compression report: {self.name}",
+            "",
+            f"Teacher `{self.teacher_path}` → student `{self.student_path}`, measured on "
+            f"{t.eval['n']} validation documents of `{self.val_dir}` in one run "
+            f"({self.created_at}, {self.machine}).",
+            "",
+            "| | teacher | DONUT-hole student | student / teacher |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, tv, sv in rows:
+            ratio = sv / tv if isinstance(tv, int | float) and isinstance(sv, int | float) and tv else None
+            lines.append(f"| {name} | {_fmt(tv)} | {_fmt(sv)} | {_fmt(ratio, '.3f')} |")
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        """One line: the student's density against the target, global CKA, F1 from teacher to student."""
+        return (
+            f"student density {self.student.density['prunable_density_vs_teacher']:.4f} of the teacher's "
+            f"prunable weights (target {self.target_density}), global CKA {self.cka['global']:.4f}, "
+            f"F1 {self.teacher.eval['f1']:.4f} → {self.student.eval['f1']:.4f}"
+        )
 
 
 def folder_size(path: Path) -> int:
@@ -133,14 +211,13 @@ def measure_latency(
     }
 
 
-def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+def write_report(report: CompressReport, out_dir: Path) -> tuple[Path, Path]:
     """``report.json`` (everything) and ``report.md`` (the side-by-side tables), plus the PNG plots."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = write_plots(report, out_dir)
-    report = {**report, "plots": plots}
+    report.plots = write_plots(report, out_dir)
     json_path = out_dir / "report.json"
-    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    json_path.write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
     md_path = out_dir / "report.md"
     md_path.write_text(render_markdown(report), encoding="utf-8")
     return json_path, md_path
@@ -156,38 +233,10 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
     return str(value)
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    t, s = report["teacher"], report["student"]
-    rows = [
-        ("parameters", t["parameters"], s["parameters"]),
-        ("nonzero parameters", t["density"]["all_nonzero"], s["density"]["all_nonzero"]),
-        ("density, prunable weights (vs teacher)", 1.0, s["density"]["prunable_density_vs_teacher"]),
-        (
-            "density, all parameters (vs teacher)",
-            t["density"]["all_density"],
-            s["density"]["all_density_vs_teacher"],
-        ),
-        ("weights file (MB)", t["file_bytes"] / 1e6, s["file_bytes"] / 1e6),
-        ("field F1", t["eval"]["f1"], s["eval"]["f1"]),
-        ("nTED accuracy", t["eval"]["ted_accuracy"], s["eval"]["ted_accuracy"]),
-    ]
-    for key in t["latency"]:
-        rows.append((f"{key} ({report['latency_device']})", t["latency"][key], s["latency"].get(key)))
+def render_markdown(report: CompressReport) -> str:
+    t, s, cka = report.teacher, report.student, report.cka
     lines = [
-        f"# DONUT-hole compression report: {report['name']}",
-        "",
-        f"Teacher `{report['teacher_path']}` → student `{report['student_path']}`, measured on "
-        f"{t['eval']['n']} validation documents of `{report['val_dir']}` in one run "
-        f"({report['created_at']}, {report['machine']}).",
-        "",
-        "| | teacher | DONUT-hole student | student / teacher |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, tv, sv in rows:
-        ratio = sv / tv if isinstance(tv, int | float) and isinstance(sv, int | float) and tv else None
-        lines.append(f"| {name} | {_fmt(tv)} | {_fmt(sv)} | {_fmt(ratio, '.3f')} |")
-    cka = report["cka"]
-    lines += [
+        report.comparison(),
         "",
         f"**Global CKA** {cka['global']:.4f} (encoder {cka['global_encoder']:.4f}, decoder "
         f"{cka['global_decoder']:.4f}) over {cka['samples']} documents: {cka['definition']}.",
@@ -201,16 +250,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         "| field | teacher | student |",
         "|---|---:|---:|",
     ]
-    fields = sorted(set(t["eval"]["field_exact_match"]) | set(s["eval"]["field_exact_match"]))
-    t_match, s_match = t["eval"]["field_exact_match"], s["eval"]["field_exact_match"]
+    t_match, s_match = t.eval["field_exact_match"], s.eval["field_exact_match"]
+    fields = sorted(set(t_match) | set(s_match))
     lines += [f"| {f} | {_fmt(t_match.get(f))} | {_fmt(s_match.get(f))} |" for f in fields]
-    lines += ["", "## Student", "", "```json", json.dumps(report["student_structure"], indent=2), "```", ""]
-    for title, file in report.get("plots", {}).items():
+    lines += ["", "## Student", "", "```json", json.dumps(report.student_structure, indent=2), "```", ""]
+    for title, file in report.plots.items():
         lines += [f"![{title}]({file})", ""]
     return "\n".join(lines)
 
 
-def write_plots(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
+def write_plots(report: CompressReport, out_dir: Path) -> dict[str, str]:
     """CKA heatmap, density per layer, accuracy vs density over the pruning schedule (PNG)."""
     import matplotlib
 
@@ -218,7 +267,7 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
     import matplotlib.pyplot as plt
 
     written: dict[str, str] = {}
-    cka = report["cka"]
+    cka = report.cka
     fig, ax = plt.subplots(
         figsize=(1 + 0.6 * len(cka["student_layers"]), 1 + 0.45 * len(cka["teacher_layers"]))
     )
@@ -236,7 +285,7 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
     plt.close(fig)
     written["CKA heatmap"] = "cka_heatmap.png"
 
-    layers = report["student"]["density"]["layers"]
+    layers = report.student.density["layers"]
     fig, ax = plt.subplots(figsize=(8, 3))
     ax.bar(range(len(layers)), list(layers.values()), color="tab:blue")
     ax.set_ylim(0, 1.05)
@@ -248,7 +297,7 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
     plt.close(fig)
     written["density per layer"] = "density_per_layer.png"
 
-    history = [h for h in report.get("history", []) if h.get("density") is not None and "f1" in h]
+    history = [h for h in report.history if h.get("density") is not None and "f1" in h]
     if history:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         dens = [h["density"] for h in history]

@@ -6,6 +6,10 @@ embedding, patch merging, norms, token/position embeddings, ``lm_head`` and the 
 (state-dict keys are remapped, e.g. student ``...layers.2.blocks.1.`` ← teacher ``...layers.2.blocks.3.``).
 The tokenizer and processor do not change: the caller keeps using the teacher's processor object.
 
+:func:`build_student` is the one way a recipe becomes a student (``donut-hole compress`` and the
+benchmark both call it): :func:`derive_student`, then the structured FFN pruning of ``prune.ffn_keep_ratio``,
+and the density that magnitude pruning still has to reach (:func:`unstructured_density`).
+
 Hidden-state indexing used by :meth:`LayerMap.hidden_pairs` (with ``output_hidden_states=True`` on a
 ``VisionEncoderDecoderModel``):
 
@@ -27,32 +31,22 @@ import copy
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import Any, cast
 
 import torch
-from transformers import VisionEncoderDecoderModel
+from transformers import DonutSwinConfig, MBartConfig, VisionEncoderDecoderModel
 
-Selection = Literal["uniform", "first"]
+from donut_hole.compression.prune import prunable_weights, prune_ffn_
+from donut_hole.compression.recipe import CompressRecipe, Selection, StudentConfig
+from donut_hole.model.build import count_parameters
 
 _ENCODER_BLOCK = re.compile(r"^(encoder\.encoder\.layers\.(\d+)\.blocks\.)(\d+)(\..*)$")
 _DECODER_LAYER = re.compile(r"^(decoder\.model\.decoder\.layers\.)(\d+)(\..*)$")
 
 
 class StudentError(ValueError):
-    """A student spec that does not fit the teacher, or a weight that could not be copied."""
-
-
-@dataclass(frozen=True)
-class StudentSpec:
-    """How much of the teacher to keep."""
-
-    encoder_depths: list[int] = field(metadata={"help": "Swin blocks per stage, e.g. [2, 2, 6, 2]."})
-    decoder_layers: int = field(metadata={"help": "mBART decoder layers."})
-    selection: Selection = field(
-        default="uniform",
-        metadata={"help": "uniform: evenly spaced teacher blocks incl. first and last; first: the first n."},
-    )
+    """A student config that does not fit the teacher, or a weight that could not be copied."""
 
 
 def select_layers(n_teacher: int, n_student: int, selection: Selection = "uniform") -> list[int]:
@@ -111,7 +105,7 @@ class LayerMap:
         return cls(**json.loads(text))
 
 
-def layer_map_for(teacher_depths: list[int], teacher_decoder_layers: int, spec: StudentSpec) -> LayerMap:
+def layer_map_for(teacher_depths: list[int], teacher_decoder_layers: int, spec: StudentConfig) -> LayerMap:
     """The :class:`LayerMap` of ``spec`` on a teacher with these depths (pure; no model needed)."""
     if len(spec.encoder_depths) != len(teacher_depths):
         raise StudentError(
@@ -143,32 +137,38 @@ def teacher_key(student_key: str, layer_map: LayerMap) -> str:
     return student_key
 
 
+def _encoder(model: VisionEncoderDecoderModel) -> DonutSwinConfig:
+    return cast(DonutSwinConfig, model.config.encoder)
+
+
+def _decoder(model: VisionEncoderDecoderModel) -> MBartConfig:
+    return cast(MBartConfig, model.config.decoder)
+
+
 def derive_student(
-    teacher: VisionEncoderDecoderModel, spec: StudentSpec
+    teacher: VisionEncoderDecoderModel, spec: StudentConfig
 ) -> tuple[VisionEncoderDecoderModel, LayerMap]:
     """A student initialised from ``teacher``'s weights, and the map of what it kept.
 
-    The student has the teacher's dtype, device and train/eval mode; the teacher is not changed. Keep using
-    the teacher's processor (tokenizer and image settings are the same).
+    Every tensor of the student is copied from the teacher (a missing or misshapen one is a
+    :class:`StudentError`). The student has the teacher's dtype, device and train/eval mode; the teacher is
+    not changed. Keep using the teacher's processor (tokenizer and image settings are the same).
 
-    >>> student, layer_map = derive_student(teacher, StudentSpec([2, 2, 6, 2], 2))  # doctest: +SKIP
+    >>> spec = StudentConfig(encoder_depths=[2, 2, 6, 2], decoder_layers=2)  # doctest: +SKIP
+    >>> student, layer_map = derive_student(teacher, spec)  # doctest: +SKIP
     """
-    layer_map = layer_map_for(
-        list(teacher.config.encoder.depths), teacher.config.decoder.decoder_layers, spec
-    )
+    layer_map = layer_map_for(list(_encoder(teacher).depths), _decoder(teacher).decoder_layers, spec)
     config = copy.deepcopy(teacher.config)
-    config.encoder.depths = list(spec.encoder_depths)
-    config.decoder.decoder_layers = spec.decoder_layers
+    cast(DonutSwinConfig, config.encoder).depths = list(spec.encoder_depths)
+    cast(MBartConfig, config.decoder).decoder_layers = spec.decoder_layers
     student = VisionEncoderDecoderModel(config=config)
     student.generation_config = copy.deepcopy(teacher.generation_config)
     first = next(teacher.parameters())
-    student.to(device=first.device, dtype=first.dtype)
+    student.to(device=first.device, dtype=first.dtype)  # type: ignore[call-arg]  # transformers' decorated .to()
 
     source = teacher.state_dict()
-    target = student.state_dict()
-    filled: set[str] = set()
     with torch.no_grad():
-        for key, tensor in target.items():
+        for key, tensor in student.state_dict().items():
             from_key = teacher_key(key, layer_map)
             if from_key not in source:
                 raise StudentError(f"student tensor {key} has no teacher tensor {from_key}")
@@ -178,9 +178,54 @@ def derive_student(
                     f"{tuple(source[from_key].shape)}"
                 )
             tensor.copy_(source[from_key])
-            filled.add(key)
-    missing = set(target) - filled
-    if missing:
-        raise StudentError(f"student tensors not filled from the teacher: {sorted(missing)}")
     student.train(teacher.training)
     return student, layer_map
+
+
+def unstructured_density(*, target: float, teacher_prunable: int, student_prunable: int) -> float:
+    """Density over the student's own prunable weights that meets ``target`` relative to the teacher.
+
+    >>> unstructured_density(target=0.46, teacher_prunable=1000, student_prunable=600)
+    0.7666666666666667
+    """
+    return min(1.0, target * teacher_prunable / student_prunable)
+
+
+@dataclass
+class Student:
+    """What :func:`build_student` made: the model, the map of the teacher layers it kept, the density that
+    magnitude pruning still has to reach over its own prunable weights (1.0: none), and ``structure``,
+    the report's account of what was kept and removed."""
+
+    model: VisionEncoderDecoderModel
+    layer_map: LayerMap
+    density: float
+    structure: dict[str, Any]
+
+
+def build_student(teacher: VisionEncoderDecoderModel, recipe: CompressRecipe) -> Student:
+    """The recipe's student of ``teacher``, before magnitude pruning: layers selected and copied
+    (:func:`derive_student`), FFN neurons removed (``prune.ffn_keep_ratio``), and the density left for
+    magnitude pruning so that its nonzero prunable weights are ``prune.target_density`` of the teacher's.
+
+    >>> student = build_student(teacher, load_recipe("configs/tiny.yaml", CompressRecipe))  # doctest: +SKIP
+    >>> MagnitudePruner(student.model, final_density=student.density, ...)  # doctest: +SKIP
+    """
+    model, layer_map = derive_student(teacher, recipe.student)
+    structure: dict[str, Any] = {
+        "encoder_depths": recipe.student.encoder_depths,
+        "teacher_encoder_depths": list(_encoder(teacher).depths),
+        "decoder_layers": layer_map.decoder_layers,
+        "encoder_blocks": layer_map.encoder_blocks,
+        "parameters_after_layer_selection": count_parameters(model),
+    }
+    if recipe.prune.ffn_keep_ratio < 1.0:
+        pruned = prune_ffn_(model, keep_ratio=recipe.prune.ffn_keep_ratio)
+        structure["ffn_pruning"] = {k: v for k, v in pruned.items() if k != "kept"}
+    density = unstructured_density(
+        target=recipe.prune.target_density,
+        teacher_prunable=sum(w.numel() for w in prunable_weights(teacher).values()),
+        student_prunable=sum(w.numel() for w in prunable_weights(model).values()),
+    )
+    structure["unstructured_density_over_student"] = density
+    return Student(model=model, layer_map=layer_map, density=density, structure=structure)

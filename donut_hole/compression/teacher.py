@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from donut_hole.compression.recipe import TeacherRecipe, save_recipe
+from donut_hole.compression.recipe import RecipeError, TeacherRecipe, save_recipe
 from donut_hole.compression.train import train
 from donut_hole.evaluation.dataset import read_dataset
-from donut_hole.model.build import PRESETS, Preset, load_model, new_model
+from donut_hole.model.build import Preset, load_model, new_model, preset_with
 from donut_hole.model.tokens import field_tokens
 
 log = logging.getLogger(__name__)
@@ -26,11 +26,8 @@ def train_teacher(
     out_dir = Path(out_dir)
     save_recipe(recipe, out_dir / "recipe.yaml")
     if recipe.init == "preset":
-        spec = PRESETS[recipe.model.preset]
-        if recipe.model.overrides:
-            spec = Preset(**{**spec.__dict__, **recipe.model.overrides})
         model, processor = new_model(
-            spec,
+            teacher_preset(recipe),
             documents=[s.gt_parse for s in train_samples],
             corpus_vocab_size=recipe.model.corpus_vocab_size,
             image_size=recipe.model.image_size,
@@ -50,6 +47,14 @@ def train_teacher(
         out_dir=out_dir,
         resume=resume,
     )
+
+
+def teacher_preset(recipe: TeacherRecipe) -> Preset:
+    """The recipe's preset with its ``model.overrides``; an unknown field is a :class:`RecipeError`."""
+    try:
+        return preset_with(recipe.model.preset, recipe.model.overrides)
+    except ValueError as exc:
+        raise RecipeError(f"model.overrides: {exc}") from exc
 
 
 def add_field_tokens(model: Any, tokenizer: Any, documents: list[dict[str, Any]]) -> int:

@@ -18,7 +18,7 @@ donut-base  2,2,14,2 / 128           10           4 layers, d_model 1024, vocab 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -56,7 +56,6 @@ class Preset:
     decoder_ffn_dim: int
     max_position_embeddings: int
     vocab_size: int = 0  # 0: taken from the tokenizer
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 PRESETS: dict[str, Preset] = {
@@ -86,6 +85,22 @@ PRESETS: dict[str, Preset] = {
         vocab_size=57525,
     ),
 }
+
+
+def preset_with(preset: str | Preset, overrides: dict[str, Any]) -> Preset:
+    """``preset`` with some fields changed; an unknown field is a ``ValueError`` that names the known ones.
+
+    >>> preset_with("tiny", {"depths": [2, 2, 6, 2]}).depths
+    (2, 2, 6, 2)
+    """
+    spec = PRESETS[preset] if isinstance(preset, str) else preset
+    known = {f.name for f in fields(Preset)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown preset field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    tuples = {"image_size", "depths", "num_heads"}
+    changed: dict[str, Any] = {k: tuple(v) if k in tuples else v for k, v in overrides.items()}
+    return replace(spec, **changed)
 
 
 def check_image_size(preset: Preset) -> None:
@@ -179,7 +194,7 @@ def build_model(
     """
     spec = PRESETS[preset] if isinstance(preset, str) else preset
     if image_size is not None:
-        spec = Preset(**{**spec.__dict__, "image_size": tuple(image_size)})
+        spec = preset_with(spec, {"image_size": image_size})
     start_id = tokenizer.convert_tokens_to_ids(task_token)
     if not isinstance(start_id, int) or start_id == tokenizer.unk_token_id:
         raise ModelLoadError(f"the tokenizer has no task token {task_token!r}; add it as a special token")

@@ -7,8 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from donut_hole.cli import app
-from donut_hole.compression.compress import compress, unstructured_density
+from donut_hole.compression.compress import compress
 from donut_hole.compression.recipe import CompressRecipe, load_recipe
+from donut_hole.compression.student import unstructured_density
 from donut_hole.documents.synth import generate
 from donut_hole.evaluation.dataset import read_dataset
 from donut_hole.model.build import load_model, new_model, save_model
@@ -64,22 +65,22 @@ def test_compress_tiny_end_to_end(tiny_setup):
         progress=False,
     )
 
-    student, density = report["student"], report["student"]["density"]
+    student, density = report.student, report.student.density
     assert abs(density["prunable_density_vs_teacher"] - recipe.prune.target_density) < 0.01
     assert density["all_density_vs_teacher"] < 1.0
-    assert student["parameters"] < report["teacher"]["parameters"]  # fewer blocks, FFN neurons removed
-    assert (
-        report["student_structure"]["ffn_pruning"]["params_after"]
-        < report["student_structure"]["ffn_pruning"]["params_before"]
-    )
-    for side in ("teacher", "student"):
-        assert {"f1", "ted_accuracy", "field_exact_match", "n"} <= set(report[side]["eval"])
-        assert report[side]["latency"]["ms_per_doc_batch1_p50"] > 0
-        assert report[side]["file_bytes"] > 0
-    assert 0.0 <= report["cka"]["global"] <= 1.0
-    assert len(report["cka"]["matrix"]) == 6 and len(report["cka"]["matrix"][0]) == 5  # 4+2 × 4+1 layers
-    assert [h["step"] for h in report["history"]] == [5, 10]
-    assert all(h["density"] is not None for h in report["history"])
+    assert student.parameters < report.teacher.parameters  # fewer blocks, FFN neurons removed
+    ffn = report.student_structure["ffn_pruning"]
+    assert ffn["params_after"] < ffn["params_before"]
+    for side in (report.teacher, report.student):
+        assert {"f1", "ted_accuracy", "field_exact_match", "n"} <= set(side.eval)
+        assert side.latency["ms_per_doc_batch1_p50"] > 0
+        assert side.file_bytes > 0
+    assert 0.0 <= report.cka["global"] <= 1.0
+    assert len(report.cka["matrix"]) == 6 and len(report.cka["matrix"][0]) == 5  # 4+2 × 4+1 layers
+    assert [h["step"] for h in report.history] == [5, 10]
+    assert all(h["density"] is not None for h in report.history)
+    saved = json.loads((out / "report.json").read_text())
+    assert saved == json.loads(json.dumps(report.to_dict())) and set(saved["plots"]) == set(report.plots)
     for name in (
         "report.json",
         "report.md",
@@ -90,7 +91,8 @@ def test_compress_tiny_end_to_end(tiny_setup):
         "layer_map.json",
     ):
         assert (out / name).is_file(), name
-    assert "Global CKA" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert markdown.startswith(report.comparison()) and "Global CKA" in markdown
 
     # The saved student reloads with from_pretrained, has no pruning hooks or masks, and predicts.
     model, processor = load_model(out / "model")
@@ -141,6 +143,35 @@ def test_compress_cli_reports_clear_errors(tiny_setup, tmp_path):
     assert "Swin stages" in result.output
 
 
+def test_compress_cli_prints_the_report_it_returns(tiny_setup, tmp_path):
+    out = tmp_path / "run"
+    small = ["report.cka_samples=4", "report.latency_samples=1", "report.latency_repeats=1"]
+    result = CliRunner().invoke(
+        app,
+        [
+            "compress",
+            "--teacher",
+            str(tiny_setup["teacher"]),
+            "--recipe",
+            str(CONFIGS / "tiny.yaml"),
+            "--val",
+            str(tiny_setup["val"]),
+            "--out",
+            str(out),
+            "--steps",
+            "0",
+            *[arg for item in [*small, "train.max_new_tokens=4"] for arg in ("--set", item)],
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    printed = " ".join(result.stdout.split())  # the console wraps long lines
+    assert "# DONUT-hole compression report: tiny Teacher " in printed
+    assert "| parameters |" in printed and "Global CKA" not in printed  # the table, then the summary
+    assert f"global CKA {report['cka']['global']:.4f}" in printed
+    assert f"wrote {out / 'report.md'} and {out / 'model'}" in printed
+
+
 @pytest.mark.slow
 def test_donut_base_layout_steps_zero(tmp_path):
     """The published layout (random weights): derive, prune one-shot, save, report — no training."""
@@ -169,12 +200,12 @@ def test_donut_base_layout_steps_zero(tmp_path):
         out_dir=tmp_path / "run",
         progress=False,
     )
-    t, s = report["teacher"], report["student"]
-    vocab = report["student_structure"]["vocabulary"]
+    t, s = report.teacher, report.student
+    vocab = report.student_structure["vocabulary"]
     assert vocab["vocab_before"] == 57525 and vocab["vocab_after"] < 1000
-    assert s["parameters"] < 0.75 * t["parameters"]
-    assert 0.43 < s["density"]["prunable_density_vs_teacher"] <= 0.46  # structure alone: 0.446
-    assert s["latency"]["ms_per_doc_batch1_p50"] < t["latency"]["ms_per_doc_batch1_p50"]
+    assert s.parameters < 0.75 * t.parameters
+    assert 0.43 < s.density["prunable_density_vs_teacher"] <= 0.46  # structure alone: 0.446
+    assert s.latency["ms_per_doc_batch1_p50"] < t.latency["ms_per_doc_batch1_p50"]
     assert json.loads((tmp_path / "run" / "report.json").read_text())["history"] == []
     reloaded, _ = load_model(tmp_path / "run" / "model")
     assert list(reloaded.config.encoder.depths) == [1, 1, 4, 2]

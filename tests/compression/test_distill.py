@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from donut_hole.compression.distill import (
-    DistillWeights,
     ce_loss,
     distillation_loss,
     hidden_loss,
     kd_loss,
     shift_for_decoder,
 )
-from donut_hole.compression.student import LayerMap, StudentSpec, derive_student
+from donut_hole.compression.recipe import DistillConfig, StudentConfig
+from donut_hole.compression.student import LayerMap, derive_student
 from donut_hole.model.build import new_model
 
 LN3 = math.log(3.0)
@@ -175,7 +175,7 @@ def test_distillation_loss_is_the_weighted_sum() -> None:
     student, teacher = _outputs(0, requires_grad=True), _outputs(1, requires_grad=True)
     labels = torch.tensor([[1, 2, -100], [3, -100, -100]])
     layer_map = LayerMap([[0], [0]], [1], [1, 1], 2)  # encoder pairs (1, 1), (2, 2); decoder (2, 1)
-    weights = DistillWeights(ce=0.5, kd=2.0, hidden_encoder=0.25, hidden_decoder=4.0, temperature=3.0)
+    weights = DistillConfig(ce=0.5, kd=2.0, hidden_encoder=0.25, hidden_decoder=4.0, temperature=3.0)
     total, parts = distillation_loss(student, teacher, labels, weights=weights, layer_map=layer_map)
 
     mask = labels != -100
@@ -201,24 +201,24 @@ def test_distillation_loss_skips_zero_weights_and_needs_hidden_states() -> None:
     labels = torch.tensor([[1, 2, 3], [3, 4, -100]])
     layer_map = LayerMap([[0], [0]], [0, 1], [1, 1], 2)
     total, parts = distillation_loss(
-        student, teacher, labels, weights=DistillWeights(kd=0.0), layer_map=layer_map
+        student, teacher, labels, weights=DistillConfig(kd=0.0), layer_map=layer_map
     )
     assert set(parts) == {"ce", "total"} and total.item() == pytest.approx(parts["ce"])
     no_states = SimpleNamespace(logits=student.logits, encoder_hidden_states=None, decoder_hidden_states=None)
     with pytest.raises(ValueError, match="output_hidden_states=True"):
         distillation_loss(
-            no_states, teacher, labels, weights=DistillWeights(hidden_encoder=1.0), layer_map=layer_map
+            no_states, teacher, labels, weights=DistillConfig(hidden_encoder=1.0), layer_map=layer_map
         )
-    with pytest.raises(ValueError, match=">= 0"):
-        DistillWeights(kd=-1.0)
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        DistillConfig(kd=-1.0)
     with pytest.raises(ValueError, match="temperature"):
-        DistillWeights(temperature=0.0)
+        DistillConfig(temperature=0.0)
 
 
 def test_distillation_on_a_tiny_donut() -> None:
     """A student identical to its teacher has zero KL and hidden loss; only the student gets gradients."""
     teacher, processor = new_model("tiny", documents=[{"a": "1"}], image_size=(160, 160))
-    student, layer_map = derive_student(teacher, StudentSpec(encoder_depths=[2, 2, 2, 2], decoder_layers=2))
+    student, layer_map = derive_student(teacher, StudentConfig(encoder_depths=[2, 2, 2, 2], decoder_layers=2))
     pad = processor.tokenizer.pad_token_id
     start = teacher.config.decoder_start_token_id
     ids = torch.tensor([[start, 10, 11, 12, 2], [start, 13, 2, pad, pad]])
@@ -227,7 +227,7 @@ def test_distillation_on_a_tiny_donut() -> None:
     with torch.no_grad():
         t_out = teacher(pixel_values=pixels, decoder_input_ids=decoder_input_ids, output_hidden_states=True)
     s_out = student(pixel_values=pixels, decoder_input_ids=decoder_input_ids, output_hidden_states=True)
-    weights = DistillWeights(ce=1.0, kd=1.0, hidden_encoder=1.0, hidden_decoder=1.0)
+    weights = DistillConfig(ce=1.0, kd=1.0, hidden_encoder=1.0, hidden_decoder=1.0)
     total, parts = distillation_loss(s_out, t_out, labels, weights=weights, layer_map=layer_map)
     assert parts["kd"] == pytest.approx(0.0, abs=1e-6)
     assert parts["hidden_encoder"] == pytest.approx(0.0, abs=1e-10)

@@ -31,7 +31,8 @@ from donut_hole.compression.prune import (
     top_k_mask,
     top_neurons,
 )
-from donut_hole.compression.student import StudentSpec, derive_student
+from donut_hole.compression.recipe import StudentConfig
+from donut_hole.compression.student import derive_student
 from donut_hole.model.build import count_parameters, load_model, new_model, save_model
 
 DOCS = [{"document_type": "shipping_label", "tracking_number": "1Z999", "weight": "2.5 kg"}]
@@ -307,7 +308,7 @@ def test_prune_ffn_keep_all_changes_nothing(tiny) -> None:
 
 
 def test_prune_ffn_then_magnitude_on_a_student(tiny) -> None:
-    student, _ = derive_student(tiny, StudentSpec(encoder_depths=[1, 1, 1, 1], decoder_layers=1))
+    student, _ = derive_student(tiny, StudentConfig(encoder_depths=[1, 1, 1, 1], decoder_layers=1))
     prune_ffn_(student, keep_ratio=0.25)
     MagnitudePruner(student, final_density=0.5, start_step=0, end_step=0, scope="layer").step(0)
     report = density_report(student, teacher=tiny)

@@ -39,13 +39,24 @@ def test_errors_name_the_key(tmp_path):
 
 def test_default_model_recipes_fit_together():
     """teacher-small builds (window fits the image) and donut-hole-small derives a student from it."""
-    from donut_hole.compression.student import StudentSpec, derive_student
-    from donut_hole.model.build import PRESETS, Preset, count_parameters, new_model
+    from donut_hole.compression.student import derive_student
+    from donut_hole.compression.teacher import teacher_preset
+    from donut_hole.model.build import count_parameters, new_model
 
     teacher_recipe = load_recipe(CONFIGS / "teacher-small.yaml", TeacherRecipe)
     student_recipe = load_recipe(CONFIGS / "donut-hole-small.yaml", CompressRecipe)
-    spec = Preset(**{**PRESETS[teacher_recipe.model.preset].__dict__, **teacher_recipe.model.overrides})
+    spec = teacher_preset(teacher_recipe)
     teacher, _ = new_model(spec, documents=[{"a": "1"}], image_size=teacher_recipe.model.image_size)
     assert 5_000_000 < count_parameters(teacher) < 12_000_000  # a few tens of MB at most in models/
-    student, _ = derive_student(teacher, StudentSpec(**student_recipe.student.model_dump()))
+    student, _ = derive_student(teacher, student_recipe.student)
     assert count_parameters(student) < 0.7 * count_parameters(teacher)
+
+
+def test_an_unknown_preset_override_is_an_error_not_ignored():
+    from donut_hole.compression.teacher import teacher_preset
+
+    recipe = TeacherRecipe.model_validate({"model": {"overrides": {"depths": [2, 2, 4, 2], "extra": {}}}})
+    with pytest.raises(RecipeError, match=r"model\.overrides: unknown preset field\(s\) extra; known: "):
+        teacher_preset(recipe)
+    recipe = TeacherRecipe.model_validate({"model": {"overrides": {"depths": [2, 2, 4, 2]}}})
+    assert teacher_preset(recipe).depths == (2, 2, 4, 2)

@@ -6,10 +6,12 @@ import pytest
 import torch
 from transformers import VisionEncoderDecoderModel
 
+from donut_hole.compression.prune import prunable_weights
+from donut_hole.compression.recipe import CompressRecipe, StudentConfig
 from donut_hole.compression.student import (
     LayerMap,
     StudentError,
-    StudentSpec,
+    build_student,
     derive_student,
     select_layers,
     teacher_key,
@@ -72,7 +74,7 @@ def test_layer_map_pairs_and_json() -> None:
 
 def test_donut_base_student_params_and_exact_copy(donut_base: VisionEncoderDecoderModel) -> None:
     teacher = donut_base
-    student, layer_map = derive_student(teacher, StudentSpec(encoder_depths=[2, 2, 6, 2], decoder_layers=2))
+    student, layer_map = derive_student(teacher, StudentConfig(encoder_depths=[2, 2, 6, 2], decoder_layers=2))
 
     # 8 Swin blocks of stage 2 (dim 512, 16 heads, window 10) and 2 decoder layers (1024 / 4096) are gone.
     assert swin_block_params(512, 16, 10) == 3_158_160
@@ -110,7 +112,7 @@ def test_donut_base_student_params_and_exact_copy(donut_base: VisionEncoderDecod
 
 
 def test_same_depth_student_gives_identical_logits(tiny: VisionEncoderDecoderModel) -> None:
-    student, layer_map = derive_student(tiny, StudentSpec(encoder_depths=[2, 2, 2, 2], decoder_layers=2))
+    student, layer_map = derive_student(tiny, StudentConfig(encoder_depths=[2, 2, 2, 2], decoder_layers=2))
     assert layer_map.encoder_blocks == [[0, 1]] * 4 and layer_map.decoder_layers == [0, 1]
     assert student.training == tiny.training
     pixels = torch.randn(2, 3, 160, 160, generator=torch.Generator().manual_seed(0))
@@ -122,7 +124,7 @@ def test_same_depth_student_gives_identical_logits(tiny: VisionEncoderDecoderMod
 
 
 def test_hidden_pairs_index_states_of_equal_shape(tiny: VisionEncoderDecoderModel) -> None:
-    student, layer_map = derive_student(tiny, StudentSpec(encoder_depths=[1, 1, 2, 1], decoder_layers=1))
+    student, layer_map = derive_student(tiny, StudentConfig(encoder_depths=[1, 1, 2, 1], decoder_layers=1))
     assert layer_map.decoder_layers == [0]
     assert count_parameters(student) < count_parameters(tiny)
     pixels = torch.randn(1, 3, 160, 160)
@@ -142,8 +144,36 @@ def test_hidden_pairs_index_states_of_equal_shape(tiny: VisionEncoderDecoderMode
 
 def test_bad_specs_are_refused(tiny: VisionEncoderDecoderModel) -> None:
     with pytest.raises(StudentError, match="Swin stages"):
-        derive_student(tiny, StudentSpec(encoder_depths=[2, 2, 2], decoder_layers=1))
+        derive_student(tiny, StudentConfig(encoder_depths=[2, 2, 2], decoder_layers=1))
     with pytest.raises(StudentError, match="cannot keep 3 of 2"):
-        derive_student(tiny, StudentSpec(encoder_depths=[2, 2, 3, 2], decoder_layers=1))
+        derive_student(tiny, StudentConfig(encoder_depths=[2, 2, 3, 2], decoder_layers=1))
     with pytest.raises(StudentError, match="cannot keep 3 of 2"):
-        derive_student(tiny, StudentSpec(encoder_depths=[2, 2, 2, 2], decoder_layers=3))
+        derive_student(tiny, StudentConfig(encoder_depths=[2, 2, 2, 2], decoder_layers=3))
+
+
+def test_build_student_derives_removes_ffn_neurons_and_leaves_the_rest_to_magnitude_pruning(
+    tiny: VisionEncoderDecoderModel,
+) -> None:
+    recipe = CompressRecipe.model_validate(
+        {
+            "student": {"encoder_depths": [1, 1, 2, 1], "decoder_layers": 1},
+            "prune": {"ffn_keep_ratio": 0.5, "target_density": 0.2},
+        }
+    )
+    student = build_student(tiny, recipe)
+    layers, layer_map = derive_student(tiny, recipe.student)
+    assert student.layer_map == layer_map
+    assert count_parameters(student.model) < count_parameters(layers)  # FFN neurons removed
+    ffn = student.structure["ffn_pruning"]
+    assert (
+        ffn["params_before"]
+        == count_parameters(layers)
+        == student.structure["parameters_after_layer_selection"]
+    )
+    assert ffn["params_after"] == count_parameters(student.model)
+    teacher_prunable = sum(w.numel() for w in prunable_weights(tiny).values())
+    own = sum(w.numel() for w in prunable_weights(student.model).values())
+    assert student.density == pytest.approx(0.2 * teacher_prunable / own)
+    assert student.structure["unstructured_density_over_student"] == student.density
+    generous = recipe.model_copy(update={"prune": recipe.prune.model_copy(update={"target_density": 1.0})})
+    assert build_student(tiny, generous).density == 1.0  # structure alone is below the target

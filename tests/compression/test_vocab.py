@@ -156,11 +156,11 @@ def test_compress_with_vocabulary_pruning(documents):
         progress=False,
     )
 
-    vocab = report["student_structure"]["vocabulary"]
+    vocab = report.student_structure["vocabulary"]
     assert vocab["vocab_after"] < vocab["vocab_before"] == len(processor.tokenizer)
-    assert 0.0 <= report["cka"]["global"] <= 1.0
+    assert 0.0 <= report.cka["global"] <= 1.0
     student, student_processor = load_model(documents["root"] / "run" / "model")
     assert student.config.decoder.vocab_size == vocab["vocab_after"] == len(student_processor.tokenizer)
-    assert report["student"]["parameters"] < report["teacher"]["parameters"]
+    assert report.student.parameters < report.teacher.parameters
     reader = DonutReader(student, student_processor, max_new_tokens=4)
     assert len(reader.predict([s.image_path for s in read_dataset(documents["val"])])) == 4

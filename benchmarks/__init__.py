@@ -1,0 +1,1 @@
+"""Measurement scripts, not tests: ``models.py`` (teacher vs DONUT-hole students) and ``pipeline.py``."""
