@@ -16,14 +16,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/donut-hole demo
 
-test: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+test: lint
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy donut_hole/settings.py donut_hole/db donut_hole/storage.py
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy donut_hole
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5 on the GPU machine of the `device` tool: the default models in two calls of a fixed time each.
+# The default models on the GPU machine of the `device` tool, in two calls of a fixed time each.
 #
 # Here first (PyPI reachable): scripts/device_wheels.sh   (pydantic & co., which that image lacks, in .whl)
 # Then, through the device tool, run from the repository root with carry [".whl"]:

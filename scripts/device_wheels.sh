@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Wheels that the GPU machine of the `device` tool lacks, for training and benchmarks there (issues 5, 7).
+# Wheels that the GPU machine of the `device` tool lacks, for training and benchmarks there.
 # Its image has Python 3.12, torch (CUDA), transformers, tokenizers, typer, rich, pyyaml and pillow, but
 # not pydantic, pydantic-settings, zss or python-barcode. Run this here (PyPI reachable), then name `.whl`
 # in the run's `carry` and start its command with:

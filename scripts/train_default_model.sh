@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train the embedded default models (issue 5): synthetic data → teacher → DONUT-hole student → evaluation.
+# Train the embedded default models: synthetic data → teacher → DONUT-hole student → evaluation.
 # Usage: scripts/train_default_model.sh [RUN_DIR] [N_TRAIN]   (GPU strongly advised; resumable)
 # Quick CPU smoke run of the whole chain: SMOKE=1 scripts/train_default_model.sh /tmp/smoke
 # Teacher training on a small CPU machine (no GPU): CPU=1 scripts/train_default_model.sh runs/cpu 12000

@@ -87,7 +87,7 @@ TARGET_PAIRS = (("structured", "teacher"), ("bf16", "teacher-bf16"))  # recommen
 def targets(
     rows: list[dict[str, Any]], variants: list[Variant], recipe: CompressRecipe
 ) -> list[dict[str, Any]]:
-    """The issue's targets for the recommended student, at every measured configuration: ≥ 2× the teacher's
+    """The targets for the recommended student, at every measured configuration: ≥ 2× the teacher's
     documents/second at equal batch size and dtype, with density ≤ the recipe's target over the teacher's
     prunable weights."""
     target = recipe.prune.target_density

@@ -3,7 +3,8 @@
 =====================================  ======  ====================================================
 raised by the layer below              status  why
 =====================================  ======  ====================================================
-``EnqueueError`` (bad input)           422     the request cannot be queued as given; detail says why
+``BucketNotAllowed``                   403     a bucket outside DONUT_HOLE_ALLOWED_BUCKETS
+``EnqueueError`` (other bad input)     422     the request cannot be queued as given; detail says why
 ``BrokerUnavailable``                  503     rows stored, messages not sent; body has ``batch_id``
 ``TransientStorageError``              503     the object store did not answer; retry later
 ``StorageError`` (other)               502     the object store refused the write
@@ -23,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from donut_hole.logs import log_event
 from donut_hole.storage import StorageError, TransientStorageError
-from donut_hole.worker.enqueue import BrokerUnavailable, EnqueueError
+from donut_hole.worker.enqueue import BrokerUnavailable, BucketNotAllowed, EnqueueError
 
 log = logging.getLogger("donut_hole.api")
 
@@ -31,7 +32,7 @@ RETRY_AFTER_S = "5"
 
 
 async def _enqueue_error(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=422)
+    return JSONResponse({"detail": str(exc)}, status_code=403 if isinstance(exc, BucketNotAllowed) else 422)
 
 
 async def _broker_unavailable(request: Request, exc: Exception) -> JSONResponse:

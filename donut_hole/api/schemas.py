@@ -73,11 +73,6 @@ class BatchCreate(BaseModel):
             raise ValueError("give exactly one of 'uris' (a list of URIs) or 'prefix' (an s3:// prefix)")
         return self
 
-    def s3_buckets(self) -> set[str]:
-        """The S3 buckets named by the batch's ``s3://`` URIs or prefix."""
-        uris = self.uris if self.uris is not None else [self.prefix or ""]
-        return {parse_s3_uri(uri, require_key=False)[0] for uri in uris if uri.startswith("s3://")}
-
 
 # ----------------------------------------------------------------------------------------------- responses
 

@@ -85,7 +85,7 @@ def ship(
         bool, typer.Option(help="Ship even when targets are not met (the card says so).")
     ] = False,
 ) -> None:
-    """Copy a trained teacher and its student into models/ with model cards (checks issue 5's targets)."""
+    """Copy a trained teacher and its student into models/ with model cards (checks their targets)."""
     from donut_hole.model.card import ShipError
     from donut_hole.model.card import ship as ship_models
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
-from transformers import VisionEncoderDecoderModel
+from transformers import DonutSwinConfig, MBartConfig, VisionEncoderDecoderModel
 
 FilterFn = Callable[[nn.Module, str], bool]
 ScoreFn = Callable[[Tensor], Tensor]
@@ -87,8 +87,12 @@ def density_schedule(
     >>> density_schedule(4, start=1, end=3, final_density=0.5)  # 0.5 + 0.5 * 0.5**3 at step 2
     [1.0, 1.0, 0.5625, 0.5]
     """
-    kw = {"start": start, "end": end, "final_density": final_density, "initial_density": initial_density}
-    return [cubic_density(step, **kw) for step in range(steps)]
+    return [
+        cubic_density(
+            step, start=start, end=end, final_density=final_density, initial_density=initial_density
+        )
+        for step in range(steps)
+    ]
 
 
 # --- unstructured masks -----------------------------------------------------------------------------------
@@ -359,28 +363,31 @@ def prune_ffn_(
     (``encoder.mlp_ratio``, ``decoder.decoder_ffn_dim``), so ``save_pretrained`` / ``from_pretrained`` work.
     """
     before = sum(p.numel() for p in model.parameters())
-    enc_cfg, dec_cfg = model.config.encoder, model.config.decoder
+    enc_cfg = cast(DonutSwinConfig, model.config.encoder)
+    dec_cfg = cast(MBartConfig, model.config.decoder)
+    encoder: Any = model.encoder  # DonutSwinModel
+    decoder: Any = model.decoder  # MBartForCausalLM
     ratio, kept = swin_ffn_plan(
         embed_dim=enc_cfg.embed_dim,
         num_stages=len(enc_cfg.depths),
         mlp_ratio=enc_cfg.mlp_ratio,
         keep_ratio=keep_ratio,
     )
-    for stage, k in zip(model.encoder.encoder.layers, kept, strict=True):
+    for stage, k in zip(encoder.encoder.layers, kept, strict=True):
         for block in stage.blocks:
             fc_in, fc_out = block.intermediate.dense, block.output.dense
             index = top_neurons(ffn_neuron_scores(fc_in, fc_out, importance), k)
             block.intermediate.dense = _select_linear(fc_in, index, dim=0)
             block.output.dense = _select_linear(fc_out, index, dim=1)
     ffn_dim = max(1, math.floor(keep_ratio * dec_cfg.decoder_ffn_dim + 0.5))
-    for layer in model.decoder.model.decoder.layers:
+    for layer in decoder.model.decoder.layers:
         index = top_neurons(ffn_neuron_scores(layer.fc1, layer.fc2, importance), ffn_dim)
         layer.fc1 = _select_linear(layer.fc1, index, dim=0)
         layer.fc2 = _select_linear(layer.fc2, index, dim=1)
-    for cfg in {id(c): c for c in (enc_cfg, model.encoder.config)}.values():
-        cfg.mlp_ratio = ratio
-    for cfg in {id(c): c for c in (dec_cfg, model.decoder.config)}.values():
-        cfg.decoder_ffn_dim = ffn_dim
+    for swin in {id(c): c for c in (enc_cfg, encoder.config)}.values():
+        swin.mlp_ratio = ratio
+    for mbart in {id(c): c for c in (dec_cfg, decoder.config)}.values():
+        mbart.decoder_ffn_dim = ffn_dim
     return {
         "params_before": before,
         "params_after": sum(p.numel() for p in model.parameters()),

@@ -10,9 +10,9 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypedDict
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from donut_hole.db.models import (
     FIELD_NAME_MAX,
@@ -56,6 +56,10 @@ class InvalidInput(RepositoryError, ValueError):
     """Arguments that cannot be stored (duplicate URIs, mismatched lengths, an over-long field name)."""
 
 
+FieldValues = dict[str, str | list[str]]
+"""``{"consignee.name": "ACME", "items.name": ["bolt", "nut"]}``: a repeated key path gives a list."""
+
+
 class ResultRow(TypedDict):
     """One document of a batch, flat enough for a table, JSON or CSV.
 
@@ -71,7 +75,7 @@ class ResultRow(TypedDict):
     model_id: int | None
     confidence: float | None
     note: str | None
-    fields: dict[str, str | list[str]]
+    fields: FieldValues
 
 
 # ---------------------------------------------------------------------------------------------- batches
@@ -179,10 +183,13 @@ def batch_progress(session: Session, *, batch_id: str) -> dict[str, int]:
 
 
 def results_for_batch(session: Session, *, batch_id: str) -> list[ResultRow]:
-    """One :class:`ResultRow` per document of the batch, ordered by URI."""
+    """One :class:`ResultRow` per document of the batch, ordered by URI; three queries."""
     _batch_or_raise(session, batch_id)
     documents = session.scalars(
         select(Document).where(Document.batch_id == batch_id).order_by(Document.uri, Document.id)
+    )
+    in_batch = latest_extraction_ids(
+        Extraction.document_id.in_(select(Document.id).where(Document.batch_id == batch_id))
     )
     latest: dict[str, Any] = {}  # document id -> its latest extraction row (id, model_id, confidence, note)
     extractions = session.execute(
@@ -192,25 +199,18 @@ def results_for_batch(session: Session, *, batch_id: str) -> list[ResultRow]:
             Extraction.model_id,
             Extraction.confidence,
             Extraction.note,
-        )
-        .join(Document)
-        .where(Document.batch_id == batch_id)
-        .order_by(Extraction.created_at, Extraction.id)
+        ).where(Extraction.id.in_(in_batch))
     )
     for row in extractions:
         latest[row.document_id] = row
-    wanted = {found.id for found in latest.values()}
-    fields: dict[int, dict[str, str | list[str]]] = {}
+    fields: dict[int, FieldValues] = {}
     field_rows = session.execute(
         select(Field.extraction_id, Field.name, Field.value)
-        .join(Extraction)
-        .join(Document)
-        .where(Document.batch_id == batch_id)
+        .where(Field.extraction_id.in_(in_batch))
         .order_by(Field.id)
     )
     for extraction_id, name, value in field_rows:
-        if extraction_id in wanted:
-            put_field(fields.setdefault(extraction_id, {}), name, value)
+        put_field(fields.setdefault(extraction_id, {}), name, value)
     rows: list[ResultRow] = []
     for document in documents:
         found = latest.get(document.id)
@@ -228,6 +228,55 @@ def results_for_batch(session: Session, *, batch_id: str) -> list[ResultRow]:
             )
         )
     return rows
+
+
+# ---------------------------------------------------------------------------------------- extractions
+
+
+def latest_extraction_ids(*where: ColumnElement[bool]) -> Select[tuple[int]]:
+    """The one definition of "a document's latest extraction": the id of each document's newest extraction
+    (by write time, then id) among the extractions matching ``where``, as a subquery for ``IN (...)``.
+
+    A document read by two models has two extractions; its results and its API view show the newer one.
+    """
+    ranked = (
+        select(
+            Extraction.id,
+            func.row_number()
+            .over(
+                partition_by=Extraction.document_id,
+                order_by=(Extraction.created_at.desc(), Extraction.id.desc()),
+            )
+            .label("newest_first"),
+        )
+        .where(*where)
+        .subquery()
+    )
+    return select(ranked.c.id).where(ranked.c.newest_first == 1)
+
+
+def latest_extractions(session: Session, *, document_ids: Sequence[str]) -> dict[str, Extraction]:
+    """Each document's latest extraction (:func:`latest_extraction_ids`), with its fields and model loaded.
+
+    Documents without an extraction are absent from the result.
+    """
+    latest: dict[str, Extraction] = {}
+    for chunk in _chunks(list(document_ids)):
+        extractions = session.scalars(
+            select(Extraction)
+            .where(Extraction.id.in_(latest_extraction_ids(Extraction.document_id.in_(chunk))))
+            .options(selectinload(Extraction.fields), joinedload(Extraction.model))
+        )
+        latest.update((extraction.document_id, extraction) for extraction in extractions)
+    return latest
+
+
+def field_values(extraction: Extraction) -> FieldValues:
+    """An extraction's fields as ``{key path: value}``, a repeated key path as a list (:func:`put_field`)."""
+    values: FieldValues = {}
+    for field in extraction.fields:
+        put_field(values, field.name, field.value)
+    return values
 
 
 # -------------------------------------------------------------------------------------------- documents

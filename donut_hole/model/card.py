@@ -6,7 +6,7 @@ A run folder, as ``scripts/train_default_model.sh`` leaves it::
     RUN/teacher/{model/, recipe.yaml, history.jsonl, evaluation.json}
     RUN/student/{model/, recipe.yaml, report.json, evaluation.json}
 
-:func:`ship` checks the issue's targets (:data:`TARGETS`), copies the two model folders (safetensors,
+:func:`ship` checks the default models' targets (:func:`targets`), copies the two model folders (safetensors,
 config, processor and tokenizer files only) to ``MODELS/<teacher name>`` and ``MODELS/<student name>``,
 writes a ``README.md`` card into each (commands, seeds, recipe, metrics, hardware) and, when given a README
 with the ``<!-- default-models:start -->`` / ``<!-- default-models:end -->`` markers, puts the teacher vs
@@ -93,7 +93,7 @@ def collect(run: Path) -> dict[str, Any]:
 
 
 def targets(info: dict[str, Any]) -> list[Target]:
-    """Issue 5's targets, on the held-out set: accuracy, density, accuracy kept, CKA and speed."""
+    """The default models' targets, on the held-out set: accuracy, density, accuracy kept, CKA and speed."""
     teacher, student, report = info["teacher_eval"], info["student_eval"], info["report"]
     t_lat = report["teacher"]["latency"]["ms_per_doc_batch1_p50"]
     s_lat = report["student"]["latency"]["ms_per_doc_batch1_p50"]
@@ -211,7 +211,7 @@ donut-hole synth --kind all --n {run.get("val", {}).get("n")} --seed {run.get("v
 {evaluate.replace("<held-out set>", "val")}
 ```
 
-## Targets (issue 5)
+## Targets
 
 | target | value | limit | |
 |---|---:|---:|---|

@@ -9,7 +9,9 @@ none) and, optionally, the caller's ``session``, which is committed before anyth
     batch_id, document_id = submit_upload(services, data=jpeg_bytes, filename="label.jpg")
 
 Each message carries a group of up to ``batch_size`` document ids (one forward pass; see
-:mod:`.batching`). Bad input raises :class:`EnqueueError` (a ``ValueError``) before anything is written.
+:mod:`.batching`). Bad input raises :class:`EnqueueError` (a ``ValueError``) before anything is written;
+an S3 bucket outside ``DONUT_HOLE_ALLOWED_BUCKETS`` raises its subclass :class:`BucketNotAllowed` (the API
+answers 403), whoever submits: :func:`allowed_buckets` is the one rule.
 When the broker cannot be reached after the rows are committed, :class:`BrokerUnavailable` names the batch;
 :func:`resend_queued` (``donut-hole enqueue --resend ID``) sends its queued documents again;
 :func:`recover_stalled` sends again the documents a vanished worker left ``processing``.
@@ -21,8 +23,8 @@ import hashlib
 import logging
 import re
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 
@@ -54,6 +56,15 @@ _PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5,
 
 class EnqueueError(ValueError):
     """The request cannot be queued as given; the message says what to change."""
+
+
+class BucketNotAllowed(EnqueueError):
+    """The request names S3 buckets outside ``DONUT_HOLE_ALLOWED_BUCKETS`` (and the store's own bucket)."""
+
+    def __init__(self, refused: Sequence[str], allowed: Iterable[str]) -> None:
+        listed = ", ".join(sorted(allowed))
+        super().__init__(f"bucket(s) not allowed: {', '.join(refused)}; allowed: {listed}")
+        self.refused = list(refused)
 
 
 class BrokerUnavailable(RuntimeError):
@@ -110,7 +121,7 @@ def submit_upload(
     uri = store.put(f"{UPLOAD_PREFIX}/{uuid.uuid4()}/{safe_filename(filename)}", data)
     batch_id, document_ids = _submit(
         services,
-        [_resolve(store, settings, uri)],
+        [_resolve(store, uri)],
         source="upload",
         sha256s=[_sha256(data)],
         session=session,
@@ -140,7 +151,7 @@ def submit_files(services: Services, *, paths: Sequence[Path], source: str = "cl
         except OSError as exc:
             raise EnqueueError(f"cannot read {path}: {exc.strerror or exc}") from exc
         _check_upload(settings, data, str(path))
-        uris.append(_resolve(store, settings, store.put(f"{folder}/{name}", data)))
+        uris.append(_resolve(store, store.put(f"{folder}/{name}", data)))
         shas.append(_sha256(data))
     batch_id, _ = _submit(services, uris, source=source, sha256s=shas)
     return batch_id
@@ -283,11 +294,12 @@ def _resolve_all(services: Services, uris: list[str]) -> list[str]:
         raise EnqueueError(
             f"{len(uris)} URIs is more than {MAX_DOCUMENTS} per batch; submit a prefix instead"
         )
+    check_buckets(services.settings, uris)
     store = _store(services)
     resolved: list[str] = []
     seen: dict[str, str] = {}
     for uri in uris:
-        full = _resolve(store, services.settings, uri)
+        full = _resolve(store, uri)
         if full in seen:
             raise EnqueueError(f"duplicate document: {uri!r} and {seen[full]!r} name the same object")
         seen[full] = uri
@@ -295,7 +307,7 @@ def _resolve_all(services: Services, uris: list[str]) -> list[str]:
     return resolved
 
 
-def _resolve(store: ObjectStore, settings: Settings, uri: object) -> str:
+def _resolve(store: ObjectStore, uri: object) -> str:
     """The full URI of a document (``s3://bucket/key`` or ``file:///...``) that the workers can read."""
     if not isinstance(uri, str) or not uri.strip():
         raise EnqueueError(f"a document URI is empty or not a string: {uri!r}")
@@ -303,10 +315,10 @@ def _resolve(store: ObjectStore, settings: Settings, uri: object) -> str:
         raise EnqueueError(f"malformed URI {uri!r}: it has surrounding whitespace or control characters")
     try:
         if uri.startswith("s3://"):
-            bucket, key = parse_s3_uri(uri)
+            _, key = parse_s3_uri(uri)
             if key.endswith("/"):
                 raise EnqueueError(f"{uri!r} names a prefix, not an object; submit it as a prefix")
-            _check_s3(store, settings, bucket, uri)
+            _check_s3(store, uri)
             return uri
         if uri.startswith("file://"):
             if not isinstance(store, LocalStore):
@@ -328,11 +340,12 @@ def _resolve(store: ObjectStore, settings: Settings, uri: object) -> str:
 def _resolve_prefix(services: Services, prefix_uri: object) -> str:
     if not isinstance(prefix_uri, str) or not prefix_uri.strip():
         raise EnqueueError("the prefix is empty: give s3://bucket/prefix/")
-    settings, store = services.settings, _store(services)
+    check_buckets(services.settings, [prefix_uri])
+    store = _store(services)
     try:
         if prefix_uri.startswith("s3://"):
-            bucket, _ = parse_s3_uri(prefix_uri, require_key=False)
-            _check_s3(store, settings, bucket, prefix_uri)
+            parse_s3_uri(prefix_uri, require_key=False)
+            _check_s3(store, prefix_uri)
             return prefix_uri
         if prefix_uri.startswith("file://"):
             if not isinstance(store, LocalStore):
@@ -347,15 +360,39 @@ def _resolve_prefix(services: Services, prefix_uri: object) -> str:
         raise EnqueueError(f"malformed prefix: {exc}") from exc
 
 
-def _check_s3(store: ObjectStore, settings: Settings, bucket: str, uri: str) -> None:
+def allowed_buckets(settings: Settings) -> set[str] | None:
+    """Buckets a batch may read: ``allowed_buckets`` plus the store's own bucket; ``None``: any bucket."""
+    if not settings.allowed_buckets:
+        return None
+    allowed = set(settings.allowed_buckets)
+    if settings.storage_url.startswith("s3://"):
+        with suppress(InvalidLocation):  # a malformed DONUT_HOLE_STORAGE_URL is reported with the store
+            allowed.add(parse_s3_uri(settings.storage_url, require_key=False)[0])
+    return allowed
+
+
+def check_buckets(settings: Settings, uris: Iterable[object]) -> None:
+    """:class:`BucketNotAllowed` naming every bucket of the ``s3://`` URIs that :func:`allowed_buckets`
+    leaves out; other URIs, and malformed ones (refused later with the reason), are not looked at."""
+    allowed = allowed_buckets(settings)
+    if allowed is None:
+        return
+    buckets: set[str] = set()
+    for uri in uris:
+        if isinstance(uri, str) and uri.startswith("s3://"):
+            with suppress(InvalidLocation):
+                buckets.add(parse_s3_uri(uri, require_key=False)[0])
+    refused = sorted(buckets - allowed)
+    if refused:
+        raise BucketNotAllowed(refused, allowed)
+
+
+def _check_s3(store: ObjectStore, uri: str) -> None:
     if not isinstance(store, S3Store):
         raise EnqueueError(
             f"{uri!r} is in S3, but the object store is the local directory {store.url}; "
             "set DONUT_HOLE_STORAGE_URL=s3://bucket to read from S3"
         )
-    allowed = settings.allowed_buckets
-    if allowed and bucket not in allowed and bucket != store.bucket:
-        raise EnqueueError(f"bucket {bucket!r} is not allowed; allowed: {', '.join(allowed)}")
 
 
 def _sha256(data: bytes) -> str:

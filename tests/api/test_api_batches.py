@@ -72,20 +72,40 @@ def test_a_prefix_is_expanded_by_a_task(
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "refused"),
     [
-        {"uris": [f"s3://{ALLOWED}/a.png", "s3://not-allowed/b.png"]},
-        {"prefix": "s3://not-allowed/2024/"},
+        ({"uris": [f"s3://{ALLOWED}/a.png", "s3://not-allowed/b.png"]}, "not-allowed"),
+        (
+            {"uris": ["s3://zz-other/a.png", "s3://not-allowed/b.png", "not-a-uri/c.png"]},
+            "not-allowed, zz-other",
+        ),
+        ({"prefix": "s3://not-allowed/2024/"}, "not-allowed"),
     ],
 )
 def test_a_bucket_outside_the_allow_list_is_403(
-    client: TestClient, auth: dict[str, str], messages: Any, body: dict[str, Any]
+    client: TestClient,
+    auth: dict[str, str],
+    messages: Any,
+    sessions: Any,
+    s3_bucket: str,
+    body: dict[str, Any],
+    refused: str,
 ) -> None:
+    """The one rule of worker.enqueue (the allow list plus the store's bucket), answered 403, nothing kept."""
+    from sqlalchemy import func, select
+
+    from donut_hole.db import Batch
+
+    with sessions() as session:
+        batches = session.scalar(select(func.count()).select_from(Batch))
     before = len(messages())
     response = client.post("/v1/batches", json=body, headers=auth)
     assert response.status_code == 403
-    assert response.json() == {"detail": "bucket(s) not allowed: not-allowed"}
+    allowed = ", ".join(sorted([ALLOWED, s3_bucket]))
+    assert response.json() == {"detail": f"bucket(s) not allowed: {refused}; allowed: {allowed}"}
     assert len(messages()) == before
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Batch)) == batches
 
 
 def test_the_store_bucket_is_always_allowed(

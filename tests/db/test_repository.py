@@ -315,7 +315,19 @@ def test_results_use_the_latest_extraction(factory: Factory) -> None:
     _save(factory, document_id, new, [("x", "new", None)])
     with session_scope(factory) as session:
         (row,) = repository.results_for_batch(session, batch_id=batch_id)
+        latest = repository.latest_extractions(session, document_ids=[document_id, "no-such-document"])
+        assert set(latest) == {document_id}
+        assert (latest[document_id].model_id, repository.field_values(latest[document_id])) == (
+            new,
+            {"x": "new"},
+        )
     assert (row["model_id"], row["fields"]) == (new, {"x": "new"})
+    _save(factory, document_id, old, [("x", "again", None)])  # written last: the latest one again
+    with session_scope(factory) as session:
+        (row,) = repository.results_for_batch(session, batch_id=batch_id)
+        latest = repository.latest_extractions(session, document_ids=[document_id])
+        assert latest[document_id].model_id == old
+    assert (row["model_id"], row["fields"]) == (old, {"x": "again"})
 
 
 def test_get_or_create_model_is_idempotent(factory: Factory) -> None:

@@ -16,6 +16,7 @@ from donut_hole.services import Services
 from donut_hole.settings import Settings
 from donut_hole.worker.enqueue import (
     BrokerUnavailable,
+    BucketNotAllowed,
     EnqueueError,
     recover_stalled,
     resend_queued,
@@ -46,7 +47,7 @@ def s3(tmp_path: Path) -> Settings:
         (["s3://scans"], "malformed URI: S3 URI has no object key"),
         (["s3://scans/day1/"], "names a prefix, not an object"),
         (["s3://Bad Bucket/a.jpg"], "invalid bucket name"),
-        (["s3://other/a.jpg"], "bucket 'other' is not allowed"),
+        (["s3://other/a.jpg"], "bucket(s) not allowed: other; allowed: archive, scans"),
         (["http://example.com/a.jpg"], "unsupported URI"),
         (["file:///tmp/a.jpg"], "is a local file"),
         (["../secrets.jpg"], "must not contain '..'"),
@@ -72,13 +73,18 @@ def test_validation_knows_which_store_can_read_what(local: Settings, s3: Setting
             submit_prefix(in_s3, prefix_uri="")
         with pytest.raises(EnqueueError, match="unsupported prefix"):
             submit_prefix(in_s3, prefix_uri="ftp://scans/day1/")
-        with pytest.raises(EnqueueError, match="is not allowed"):
+        with pytest.raises(BucketNotAllowed, match="not allowed: elsewhere; allowed: archive, scans"):
             submit_prefix(in_s3, prefix_uri="s3://elsewhere/day1/")
+
         with pytest.raises(EnqueueError, match="is empty"):
             submit_upload(on_disk, data=b"", filename="a.jpg")
         with pytest.raises(EnqueueError, match=r"a\.jpg is 4,096 bytes; the limit is 2,048"):
             submit_upload(on_disk, data=b"x" * 4096, filename="a.jpg")
     assert not (local.data_dir / "store").exists(), "nothing may be stored for a rejected upload"
+    # The bucket rule comes first, whatever the store: the same answer everywhere (the API's 403).
+    only_scans = local.model_copy(update={"allowed_buckets": ["scans"]})
+    with Services(only_scans) as services, pytest.raises(BucketNotAllowed, match="not allowed: elsewhere"):
+        submit_uris(services, uris=["s3://elsewhere/a.jpg"], source="test")
 
 
 @pytest.mark.services

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from contextlib import suppress
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response
 from sqlalchemy.orm import Session
 
 from donut_hole.api import metrics
-from donut_hole.api.deps import ApiKeyDep, ServicesDep, SessionDep, SettingsDep
+from donut_hole.api.deps import ApiKeyDep, ServicesDep, SessionDep
 from donut_hole.api.schemas import (
     MAX_PAGE,
     BatchCreate,
@@ -19,24 +18,11 @@ from donut_hole.api.schemas import (
     ResultPublic,
 )
 from donut_hole.db import repository
-from donut_hole.settings import Settings
-from donut_hole.storage import InvalidLocation, parse_s3_uri
 from donut_hole.worker import enqueue
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], dependencies=[ApiKeyDep])
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No batch has this id."}}
-
-
-def allowed_buckets(settings: Settings) -> set[str] | None:
-    """Buckets a batch may read: ``allowed_buckets`` plus the store's own bucket; ``None`` = any."""
-    if not settings.allowed_buckets:
-        return None
-    allowed = set(settings.allowed_buckets)
-    if settings.storage_url.startswith("s3://"):
-        with suppress(InvalidLocation):  # enqueue reports a malformed DONUT_HOLE_STORAGE_URL
-            allowed.add(parse_s3_uri(settings.storage_url, require_key=False)[0])
-    return allowed
 
 
 def batch_public(session: Session, batch_id: str) -> BatchPublic:
@@ -60,14 +46,13 @@ def batch_public(session: Session, batch_id: str) -> BatchPublic:
     "",
     status_code=202,
     responses={
-        403: {"description": "A bucket is not in DONUT_HOLE_ALLOWED_BUCKETS."},
+        403: {"description": "A bucket is not in DONUT_HOLE_ALLOWED_BUCKETS (nor the store's own)."},
         422: {"description": "Malformed body or URI."},
         503: {"description": "Broker or database unreachable."},
     },
 )
 def create_batch(
     body: BatchCreate,
-    settings: SettingsDep,
     services: ServicesDep,
     session: SessionDep,
     response: Response,
@@ -78,11 +63,6 @@ def create_batch(
     messages are sent. A prefix batch starts with status ``expanding`` and no documents; poll
     ``GET /v1/batches/{id}``.
     """
-    allowed = allowed_buckets(settings)
-    if allowed is not None:
-        refused = sorted(body.s3_buckets() - allowed)
-        if refused:
-            raise HTTPException(403, detail=f"bucket(s) not allowed: {', '.join(refused)}")
     if body.uris is not None:
         batch_id = enqueue.submit_uris(services, uris=body.uris, source="api", session=session)
         metrics.BATCHES_QUEUED.labels("uris").inc()
