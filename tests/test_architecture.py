@@ -187,3 +187,20 @@ def test_light_modules_do_not_import_torch() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_readme_picture_names_every_part_of_the_package() -> None:
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Architecture") : readme.index("## Synthetic logistics scans")]
+    parts = [
+        f"{path.name}/" if path.is_dir() else path.name
+        for path in sorted(PACKAGE.iterdir())
+        if (path.is_dir() and (path / "__init__.py").is_file())
+        or (path.suffix == ".py" and path.stem not in {"__init__", "__main__"})
+    ]
+    assert "services.py" in parts and "evaluation/" in parts
+    assert [part for part in parts if part not in section] == []
+    for module in ("compression", "evaluation", "model"):  # the picture lists these modules in full
+        names = sorted(p.stem for p in (PACKAGE / module).glob("*.py") if p.stem != "__init__")
+        listed = section[section.index(f"{module}/") :].split("\n")[0:3]
+        assert all(name in " ".join(listed) for name in names), (module, names)
