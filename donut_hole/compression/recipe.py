@@ -12,6 +12,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from donut_hole.compression.curriculum import CurriculumConfig
+from donut_hole.compression.guided import GuideConfig
 from donut_hole.compression.train import TrainConfig
 
 
@@ -37,6 +39,12 @@ class TeacherRecipe(_Strict):
 
     init: str = Field("preset", description="'preset' to start from random weights, or a model folder.")
     model: TeacherModel = TeacherModel()
+    data: CurriculumConfig | None = Field(
+        None, description="Render the training data on the fly by this curriculum (no --train folder)."
+    )
+    guide: GuideConfig | None = Field(
+        None, description="Guided-reading losses (need rendered data: a 'data' curriculum)."
+    )
     train: TrainConfig = TrainConfig()
 
 

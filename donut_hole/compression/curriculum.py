@@ -1,0 +1,236 @@
+"""Training data made on the fly: synthetic documents and reading pages, mixed by a curriculum.
+
+A curriculum is a list of stages, each a mix of sources until a number of images has been seen::
+
+    stages:
+      - {until: 40000, mix: {reading/easy: 0.7, reading/medium: 0.3}}   # learn to read first
+      - {until: null, mix: {shipping_label: 1, bill_of_lading: 1, delivery_note: 1, reading/document: 1}}
+
+Sample ``i`` of a source depends only on ``(seed, source, i)``: a document source renders exactly the scan
+that ``donut-hole synth`` writes for that seed and index (the same JPEG round trip), so a run trained on the
+fly sees the data a folder would hold, without the folder. Batch ``k`` depends only on ``(seed, k)``, so a
+resumed run sees the batches it would have seen. Rendering knows where every character is printed; the
+samples carry it for the guided-reading losses (:mod:`donut_hole.compression.guided`).
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch.utils.data import Dataset, Sampler
+
+from donut_hole.documents.canvas import Point, scan_points
+from donut_hole.documents.locations import field_centres, target_centres, token_cells
+from donut_hole.documents.reading import LEVELS, reading_page
+from donut_hole.documents.schemas import DOCUMENT_TYPES
+from donut_hole.documents.synth import sample_layout
+
+READING_TASK_TOKEN = "<s_reading>"
+"""The decoder's start token for reading pages (DONUT's pre-training used ``<s_synthdog>``)."""
+
+SOURCES = (*sorted(DOCUMENT_TYPES), *(f"reading/{level}" for level in LEVELS))
+"""Every source a curriculum may mix: the document kinds and the reading levels."""
+
+
+class Stage(BaseModel):
+    """One step of a curriculum: draw from ``mix`` (weights, normalised) until ``until`` images are seen."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    until: int | None = Field(None, gt=0, description="Images seen when this stage ends; null: never.")
+    mix: dict[str, float] = Field(description="Source → weight, e.g. {reading/easy: 1, shipping_label: 1}.")
+
+    @field_validator("mix")
+    @classmethod
+    def _known_sources(cls, mix: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(mix) - set(SOURCES))
+        if unknown:
+            raise ValueError(f"unknown source {unknown[0]!r}; choose from {', '.join(SOURCES)}")
+        if not mix or any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+            raise ValueError("a mix needs at least one source with a positive weight")
+        return mix
+
+
+class CurriculumConfig(BaseModel):
+    """Training data rendered on the fly (instead of a dataset folder)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(0, description="Data seed (the held-out set uses another, e.g. 1000).")
+    stages: list[Stage] = Field(min_length=1)
+
+    @field_validator("stages")
+    @classmethod
+    def _ordered(cls, stages: list[Stage]) -> list[Stage]:
+        ends = [s.until for s in stages]
+        if any(e is None for e in ends[:-1]):
+            raise ValueError("only the last stage may run forever (until: null)")
+        known = [e for e in ends if e is not None]
+        if known != sorted(known) or len(set(known)) != len(known):
+            raise ValueError("stages must end at increasing image counts")
+        return stages
+
+    def stage_at(self, images: int) -> Stage:
+        """The stage in force once ``images`` images have been seen (the last one after all ends)."""
+        for stage in self.stages:
+            if stage.until is None or images < stage.until:
+                return stage
+        return self.stages[-1]
+
+    def documents(self) -> list[str]:
+        """The document kinds any stage draws (their field tags must be in the tokenizer)."""
+        return sorted({s for stage in self.stages for s in stage.mix if s in DOCUMENT_TYPES})
+
+
+@dataclass(frozen=True)
+class Located:
+    """A rendered sample: image, parse, where each character of ``json2token(gt_parse)`` is printed, and
+    every printed glyph (captions too) with its centre."""
+
+    image: Image.Image
+    gt_parse: dict[str, Any]
+    target: str
+    centres: list[Point | None]
+    glyphs: list[tuple[str, Point]]
+
+
+def _jpeg(image: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def render(source: str, *, seed: int, index: int, size: tuple[int, int]) -> Located:
+    """Sample ``index`` of ``source`` at ``size`` (width, height); documents as ``synth`` writes them."""
+    rng = random.Random(f"{seed}/{source}/{index}")
+    if source.startswith("reading/"):
+        page = reading_page(rng, size=size, level=LEVELS[source.split("/", 1)[1]])
+        glyphs = [(ch, c) for ch, c in zip(page.text, page.centres, strict=True) if c is not None]
+        image = _jpeg(page.image, rng.randint(40, 95))
+        gt = {"text_sequence": page.text}
+        return Located(image, gt, page.text, list(page.centres), [g for g in glyphs if g[0] != " "])
+    gt, canvas = sample_layout(source, rng, size)
+    flat = [(ch, c) for box in canvas.boxes for ch, c in zip(box.text, box.centres, strict=False)]
+    image, moved = scan_points(canvas.image, rng, paper=canvas.paper, points=[c for _, c in flat])
+    image = _jpeg(image, rng.randint(40, 95))
+    # the same rotation for the per-field centres: map each clean point to its moved one
+    where = dict(zip([c for _, c in flat], moved, strict=True))
+    printed = {
+        field: [None if c is None else where.get(c) for c in centres]
+        for field, centres in field_centres(canvas.boxes).items()
+    }
+    target, centres = target_centres(gt, printed)
+    glyphs = [(ch, m) for (ch, _), m in zip(flat, moved, strict=True) if ch != " "]
+    return Located(image, gt, target, centres, glyphs)
+
+
+class CurriculumSampler(Sampler[list[tuple[str, int]]]):
+    """Batches of (source, index) for steps ``start``..``stop``; batch k depends only on (seed, k)."""
+
+    def __init__(self, config: CurriculumConfig, *, batch_size: int, start: int, stop: int):
+        self.config, self.batch_size, self.start, self.stop = config, batch_size, start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def batch(self, step: int) -> list[tuple[str, int]]:
+        stage = self.config.stage_at(step * self.batch_size)
+        names = list(stage.mix)
+        weights = np.array([stage.mix[n] for n in names], dtype=np.float64)
+        rng = np.random.default_rng([self.config.seed, step])
+        picked = rng.choice(len(names), size=self.batch_size, p=weights / weights.sum())
+        # a sample index unique to (step, slot): no two slots of a run ever share a sample
+        return [(names[k], step * self.batch_size + slot) for slot, k in enumerate(picked)]
+
+    def __iter__(self) -> Iterator[list[tuple[str, int]]]:
+        for step in range(self.start, self.stop):
+            yield self.batch(step)
+
+
+class CurriculumDataset(Dataset):
+    """(source, index) → the training tensors of one rendered sample, with its reading guidance.
+
+    Each item is a dict: ``pixel_values`` (3, H, W), ``input_ids`` (T,), ``cells`` (T - 1,): the encoder
+    cell the decoder should look at to write token t + 1 (-1: none), ``glyphs`` (S,): per encoder cell, the
+    id of a character printed there (pad id: none).
+    """
+
+    def __init__(
+        self,
+        config: CurriculumConfig,
+        *,
+        tokenizer: Any,
+        pixels: Any,
+        image_size: tuple[int, int],
+        task_token: str,
+        max_length: int,
+        stride: int,
+    ):
+        self.config, self.tokenizer, self.pixels = config, tokenizer, pixels
+        self.image_size, self.task_token, self.max_length, self.stride = (
+            image_size,
+            task_token,
+            max_length,
+            stride,
+        )
+        height, width = image_size
+        self.grid = (-(-height // stride), -(-width // stride))
+
+    def __len__(self) -> int:  # indices are (source, i) pairs from the sampler, not positions
+        raise TypeError("CurriculumDataset is read through CurriculumSampler batches")
+
+    def __getitem__(self, key: tuple[str, int]) -> dict[str, torch.Tensor]:
+        source, index = key
+        height, width = self.image_size
+        sample = render(source, seed=self.config.seed, index=index, size=(width, height))
+        task = READING_TASK_TOKEN if source.startswith("reading/") else self.task_token
+        eos = self.tokenizer.eos_token
+        encoded = self.tokenizer(
+            task + sample.target + eos,
+            add_special_tokens=False,
+            truncation=True,
+            max_length=self.max_length,
+            return_offsets_mapping=True,
+        )
+        centres = [None] * len(task) + sample.centres + [None] * len(eos)
+        cells = token_cells(encoded["offset_mapping"], centres, stride=self.stride, grid=self.grid)
+        glyphs = torch.full((self.grid[0] * self.grid[1],), self.tokenizer.pad_token_id, dtype=torch.long)
+        unk = self.tokenizer.unk_token_id
+        for ch, (x, y) in sample.glyphs:
+            token = self.tokenizer.convert_tokens_to_ids(ch)
+            row, col = int(y // self.stride), int(x // self.stride)
+            if token != unk and 0 <= row < self.grid[0] and 0 <= col < self.grid[1]:
+                glyphs[row * self.grid[1] + col] = token
+        return {
+            "pixel_values": self.pixels(sample.image),
+            "input_ids": torch.tensor(encoded["input_ids"], dtype=torch.long),
+            "cells": torch.tensor(cells[1:], dtype=torch.long),
+            "glyphs": glyphs,
+        }
+
+
+def collate_located(
+    items: Sequence[dict[str, torch.Tensor]], *, pad_token_id: int
+) -> dict[str, torch.Tensor]:
+    """Stack a batch: ids padded with ``pad_token_id``, cells with -1 (see :class:`CurriculumDataset`)."""
+    longest = max(len(item["input_ids"]) for item in items)
+    ids = torch.full((len(items), longest), pad_token_id, dtype=torch.long)  # (B, T)
+    cells = torch.full((len(items), longest - 1), -1, dtype=torch.long)  # (B, T-1): aligned with labels
+    for row, item in enumerate(items):
+        ids[row, : len(item["input_ids"])] = item["input_ids"]
+        cells[row, : len(item["cells"])] = item["cells"]
+    return {
+        "pixel_values": torch.stack([item["pixel_values"] for item in items]),  # (B, 3, H, W)
+        "input_ids": ids,
+        "cells": cells,
+        "glyphs": torch.stack([item["glyphs"] for item in items]),  # (B, S)
+    }
