@@ -15,29 +15,21 @@ samples carry it for the guided-reading losses (:mod:`donut_hole.compression.gui
 
 from __future__ import annotations
 
-import io
-import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.utils.data import Dataset, Sampler
 
-from donut_hole.documents.canvas import Point, scan_points
-from donut_hole.documents.locations import field_centres, target_centres, token_cells
-from donut_hole.documents.reading import LEVELS, reading_page
+from donut_hole.documents.locations import token_cells
 from donut_hole.documents.schemas import DOCUMENT_TYPES
-from donut_hole.documents.synth import sample_layout
+from donut_hole.documents.synth import SOURCES, Located, jpeg_round_trip, render_sample
 
 READING_TASK_TOKEN = "<s_reading>"
 """The decoder's start token for reading pages (DONUT's pre-training used ``<s_synthdog>``)."""
-
-SOURCES = (*sorted(DOCUMENT_TYPES), *(f"reading/{level}" for level in LEVELS))
-"""Every source a curriculum may mix: the document kinds and the reading levels."""
 
 
 class Stage(BaseModel):
@@ -90,47 +82,11 @@ class CurriculumConfig(BaseModel):
         return sorted({s for stage in self.stages for s in stage.mix if s in DOCUMENT_TYPES})
 
 
-@dataclass(frozen=True)
-class Located:
-    """A rendered sample: image, parse, where each character of ``json2token(gt_parse)`` is printed, and
-    every printed glyph (captions too) with its centre."""
-
-    image: Image.Image
-    gt_parse: dict[str, Any]
-    target: str
-    centres: list[Point | None]
-    glyphs: list[tuple[str, Point]]
-
-
-def _jpeg(image: Image.Image, quality: int) -> Image.Image:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    buffer.seek(0)
-    return Image.open(buffer).convert("RGB")
-
-
 def render(source: str, *, seed: int, index: int, size: tuple[int, int]) -> Located:
-    """Sample ``index`` of ``source`` at ``size`` (width, height); documents as ``synth`` writes them."""
-    rng = random.Random(f"{seed}/{source}/{index}")
-    if source.startswith("reading/"):
-        page = reading_page(rng, size=size, level=LEVELS[source.split("/", 1)[1]])
-        glyphs = [(ch, c) for ch, c in zip(page.text, page.centres, strict=True) if c is not None]
-        image = _jpeg(page.image, rng.randint(40, 95))
-        gt = {"text_sequence": page.text}
-        return Located(image, gt, page.text, list(page.centres), [g for g in glyphs if g[0] != " "])
-    gt, canvas = sample_layout(source, rng, size)
-    flat = [(ch, c) for box in canvas.boxes for ch, c in zip(box.text, box.centres, strict=False)]
-    image, moved = scan_points(canvas.image, rng, paper=canvas.paper, points=[c for _, c in flat])
-    image = _jpeg(image, rng.randint(40, 95))
-    # the same rotation for the per-field centres: map each clean point to its moved one
-    where = dict(zip([c for _, c in flat], moved, strict=True))
-    printed = {
-        field: [None if c is None else where.get(c) for c in centres]
-        for field, centres in field_centres(canvas.boxes).items()
-    }
-    target, centres = target_centres(gt, printed)
-    glyphs = [(ch, m) for (ch, _), m in zip(flat, moved, strict=True) if ch != " "]
-    return Located(image, gt, target, centres, glyphs)
+    """Sample ``index`` of ``source`` at ``size`` (width, height), decoded as a reader decodes the file
+    ``donut-hole synth`` writes for it (the same JPEG round trip)."""
+    sample = render_sample(source, seed=seed, index=index, size=size)
+    return replace(sample, image=jpeg_round_trip(sample))
 
 
 class CurriculumSampler(Sampler[list[tuple[str, int]]]):
