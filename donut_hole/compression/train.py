@@ -96,6 +96,12 @@ class TrainConfig(BaseModel):
         "elapsed fraction of this time, whichever is further along, so the run anneals (and reaches its "
         "density) in time. For a fixed budget of machine time.",
     )
+    target_f1: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Stop once an evaluation's held-out field F1 reaches this (an open-ended run's goal).",
+    )
     bf16: bool = Field(True, description="bf16 autocast when training on CUDA.")
     bf16_cpu: bool = Field(
         False,
@@ -543,6 +549,10 @@ def train(
         try:
             for step, batch in enumerate(loader, start=start):
                 train_step(step, batch)
+                if config.target_f1 and history and history[-1]["step"] == step:
+                    if history[-1].get("f1", 0.0) >= config.target_f1:
+                        log.warning("held-out F1 %.4f reached the target at step %d", history[-1]["f1"], step)
+                        break
                 if config.time_limit_s and time.perf_counter() - started >= config.time_limit_s:
                     log.warning(
                         "time limit of %g s: stopped at step %d of %d (go on with --resume)",
