@@ -281,6 +281,17 @@ def score_model(
     return {"f1": evaluation.result.f1, "ted_accuracy": evaluation.result.ted_accuracy}
 
 
+def reached_target(history: Sequence[dict[str, Any]], *, step: int, target_f1: float | None) -> bool:
+    """Whether the evaluation made at ``step`` (if any) reached ``target_f1``.
+
+    >>> reached_target([{"step": 5, "f1": 0.96}], step=5, target_f1=0.95)
+    True
+    """
+    if target_f1 is None or not history or history[-1]["step"] != step:
+        return False
+    return float(history[-1].get("f1", 0.0)) >= target_f1
+
+
 def make_loader(
     model: VisionEncoderDecoderModel,
     processor: DonutProcessor,
@@ -549,10 +560,9 @@ def train(
         try:
             for step, batch in enumerate(loader, start=start):
                 train_step(step, batch)
-                if config.target_f1 and history and history[-1]["step"] == step:
-                    if history[-1].get("f1", 0.0) >= config.target_f1:
-                        log.warning("held-out F1 %.4f reached the target at step %d", history[-1]["f1"], step)
-                        break
+                if reached_target(history, step=step, target_f1=config.target_f1):
+                    log.warning("held-out F1 %.4f reached the target at step %d", history[-1]["f1"], step)
+                    break
                 if config.time_limit_s and time.perf_counter() - started >= config.time_limit_s:
                     log.warning(
                         "time limit of %g s: stopped at step %d of %d (go on with --resume)",
