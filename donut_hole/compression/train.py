@@ -331,7 +331,14 @@ def make_loader(
         collate_fn=collate_fn,
         num_workers=config.num_workers,
         persistent_workers=False,
+        worker_init_fn=_ignore_sigterm,
     )
+
+
+def _ignore_sigterm(_worker_id: int) -> None:
+    """Loader processes leave SIGTERM to the trainer: a stop sent to the whole process group (CI, a
+    terminal's kill) must reach the trainer's checkpoint, not fail it first with a dead loader."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 READING_VAL_SEED = 1000

@@ -86,3 +86,39 @@ def test_recipe_and_data_must_go_together(tmp_path, val):
         train_teacher(
             no_data.model_copy(update={"guide": None}), train_dir=None, val_dir=val, out_dir=tmp_path
         )
+
+
+def test_sigterm_to_the_whole_process_group_still_checkpoints(tmp_path, val):
+    """A stop sent to every process of the run (CI ending a session) reaches the trainer's checkpoint; the
+    loader process does not die first and fail the run (a race: seen in a real run, where the trainer was
+    deep in a long step; this short run does not always lose it without the fix)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from donut_hole.compression.recipe import save_recipe
+
+    spec = recipe(10_000, num_workers=1, eval_every=10_000)
+    save_recipe(spec, tmp_path / "recipe.yaml")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "donut_hole", "train", "--recipe", str(tmp_path / "recipe.yaml")]
+    process = subprocess.Popen(
+        [*command, "--val", str(val), "--out", str(out)],
+        start_new_session=True,  # its own process group, as a session's background job
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "train_log.jsonl").is_file() and time.monotonic() < deadline:
+            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+            time.sleep(0.5)
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert (out / "checkpoint.pt").is_file()
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] >= 1
