@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# Train the embedded default models: synthetic data → teacher → DONUT-hole student → evaluation.
-# Usage: scripts/train_default_model.sh [RUN_DIR] [N_TRAIN]   (GPU strongly advised; resumable)
-# Quick CPU smoke run of the whole chain: SMOKE=1 scripts/train_default_model.sh /tmp/smoke
-# Teacher training on a small CPU machine (no GPU): CPU=1 scripts/train_default_model.sh runs/cpu 12000
-#   batch 16, constant lr after warm-up, open-ended: stop it with SIGTERM/Ctrl-C (it checkpoints first),
-#   run the same command again to go on; TEACHER_ONLY=1 stops after the teacher.
-# In a fixed time (GPU machine): TEACHER_S=300 TEACHER_ONLY=1 ..., then STUDENT_ONLY=1 STUDENT_S=120 ...
-#   (scripts/device_default_model.sh does both, with PY=python3 DH="python3 -m donut_hole")
-# Start the teacher from saved weights instead of random ones (a committed CPU checkpoint, say):
-#   INIT=checkpoints/teacher-small-cpu CPU=1 TEACHER_ONLY=1 scripts/train_default_model.sh runs/cpu 12000
+# Train the embedded default models, resumably: teacher → DONUT-hole student → evaluation.
+#
+# Usage: scripts/train_default_model.sh [RUN_DIR] [N_TRAIN]     start, or go on where it stopped
+#   The teacher (configs/teacher-cpu.yaml) learns on pages rendered on the fly (reading pages, then the
+#   three document types) until its held-out field F1 reaches the recipe's target (train.target_f1); it
+#   starts from checkpoints/teacher-cpu when RUN_DIR has no checkpoint of its own. The student
+#   (configs/donut-hole-cpu.yaml) is distilled on N_TRAIN synthetic scans (seed 0). Held-out: 500 scans,
+#   seed 1000. Stop it any time with SIGTERM or Ctrl-C: it checkpoints first; the same command goes on.
+# scripts/train_default_model.sh --save [RUN_DIR]   keep the teacher's newest checkpoint and its curves in
+#   checkpoints/teacher-cpu (to commit, so that the next machine goes on from there) and plot the curve
+# Quick smoke run of the whole chain: SMOKE=1 scripts/train_default_model.sh /tmp/smoke
+# Other recipes (a GPU machine): TEACHER_RECIPE=configs/teacher-small.yaml STUDENT_RECIPE=configs/donut-hole-small.yaml
+#   (a teacher recipe without a 'data' curriculum trains on N_TRAIN synthetic scans instead)
+# In a fixed time: TEACHER_S=300 TEACHER_ONLY=1 ..., then STUDENT_ONLY=1 STUDENT_S=120 ...
 set -euo pipefail
-INVOCATION="CPU=${CPU:-0} SMOKE=${SMOKE:-0} TEACHER_ONLY=${TEACHER_ONLY:-0} STUDENT_ONLY=${STUDENT_ONLY:-0} INIT=${INIT:-} TEACHER_S=${TEACHER_S:-} STUDENT_S=${STUDENT_S:-} $0 $*"
+SAVE=0
+[[ "${1:-}" == --save ]] && { SAVE=1; shift; }
+INVOCATION="TEACHER_RECIPE=${TEACHER_RECIPE:-} SMOKE=${SMOKE:-0} TEACHER_ONLY=${TEACHER_ONLY:-0} STUDENT_ONLY=${STUDENT_ONLY:-0} INIT=${INIT:-} TEACHER_S=${TEACHER_S:-} STUDENT_S=${STUDENT_S:-} $0 $*"
 RUN=${1:-runs/default}
-N_TRAIN=${2:-60000}
+N_TRAIN=${2:-12000}
+TEACHER_RECIPE=${TEACHER_RECIPE:-configs/teacher-cpu.yaml}
+STUDENT_RECIPE=${STUDENT_RECIPE:-configs/donut-hole-cpu.yaml}
+KEEP=${KEEP:-checkpoints/teacher-cpu}
 N_VAL=${N_VAL:-500}
 BIN=${BIN:-.venv/bin}
 PY=${PY:-$BIN/python}
@@ -21,22 +30,25 @@ EXTRA=()
 TEACHER=()
 STUDENT=()
 if [[ "${SMOKE:-0}" == 1 ]]; then
-    N_TRAIN=16 N_VAL=4
-    EXTRA=(--steps 4)
+    N_TRAIN=16 N_VAL=4 SMOKE_RUN=1
+    EXTRA=(--steps 4 --set train.eval_every=2 --set train.eval_samples=2 --set train.max_new_tokens=16)
 fi
 if [[ -n "${INIT:-}" ]]; then
     TEACHER+=(--set "init=$INIT" --set train.seed=1)  # another seed: a new batch order over the same data
-fi
-if [[ "${CPU:-0}" == 1 ]]; then
-    TEACHER+=(--device cpu --steps "${STEPS:-100000}" --set train.batch_size=16 --set train.lr=5e-4
-        --set train.warmup_steps=200 --set train.min_lr_ratio=1.0 --set train.eval_every=400
-        --set train.eval_samples=24 --set train.checkpoint_every=100 --set train.log_every=10
-        --set train.num_workers=1)
 fi
 # Fixed budgets of machine time (seconds of training, e.g. on the GPU machine): the run stops, evaluates
 # and saves as after its last step (recipe key train.time_limit_s).
 [[ -n "${TEACHER_S:-}" ]] && TEACHER+=(--set "train.time_limit_s=$TEACHER_S")
 [[ -n "${STUDENT_S:-}" ]] && STUDENT+=(--set "train.time_limit_s=$STUDENT_S")
+if [[ $SAVE == 1 ]]; then
+    mkdir -p "$KEEP"
+    cp "$RUN/teacher/checkpoint.pt" "$RUN/teacher/history.jsonl" "$RUN/teacher/train_log.jsonl" \
+        "$RUN/teacher/recipe.yaml" "$KEEP/"
+    "$PY" -c "import sys; from donut_hole.compression.curve import plot_curve; plot_curve(*sys.argv[1:3])" \
+        "$KEEP/history.jsonl" "$KEEP/curve.png"
+    echo "kept $RUN/teacher in $KEEP (commit it; the next run goes on from it)"
+    exit 0
+fi
 mkdir -p "$RUN"
 # run.json: data seeds and sizes, the commands, the hardware; `donut-hole ship` puts them in the model cards
 record() {  # record started|finished
@@ -54,7 +66,7 @@ if event == "started":
     run["hardware"] = "; ".join(dict.fromkeys(s["hardware"] for s in run["sessions"]))
     run["train"] = {"n": int(n_train), "seed": 0, "width": 448, "height": 448}
     run["val"] = {"n": int(n_val), "seed": 1000, "width": 448, "height": 448}
-    run["max_new_tokens"] = 192
+    run["max_new_tokens"] = 512
     run["commands"] = [invocation.strip()]
 else:
     run["finished"] = now
@@ -62,21 +74,34 @@ path.write_text(json.dumps(run, indent=2))
 PY
 }
 record started
-[[ -f "$RUN/train/metadata.jsonl" ]] || "${DH[@]}" synth --kind all --n "$N_TRAIN" --seed 0 \
-    --width 448 --height 448 --out "$RUN/train"
 [[ -f "$RUN/val/metadata.jsonl" ]] || "${DH[@]}" synth --kind all --n "$N_VAL" --seed 1000 \
     --width 448 --height 448 --out "$RUN/val"
+synth_train() {
+    [[ -f "$RUN/train/metadata.jsonl" ]] || "${DH[@]}" synth --kind all --n "$N_TRAIN" --seed 0 \
+        --width 448 --height 448 --out "$RUN/train"
+}
 if [[ "${STUDENT_ONLY:-0}" != 1 ]]; then  # STUDENT_ONLY=1: the teacher in $RUN/teacher/model is final
-    "${DH[@]}" train --recipe configs/teacher-small.yaml --train "$RUN/train" --val "$RUN/val" \
+    TRAIN_DATA=()
+    if grep -q '^data:' "$TEACHER_RECIPE"; then  # rendered on the fly: no training folder
+        if [[ ! -f "$RUN/teacher/checkpoint.pt" && -f "$KEEP/checkpoint.pt" && -z "${SMOKE_RUN:-}" ]]; then
+            mkdir -p "$RUN/teacher"  # go on from the committed checkpoint
+            cp "$KEEP/checkpoint.pt" "$KEEP/history.jsonl" "$KEEP/train_log.jsonl" "$RUN/teacher/"
+        fi
+    else
+        synth_train
+        TRAIN_DATA=(--train "$RUN/train")
+    fi
+    "${DH[@]}" train --recipe "$TEACHER_RECIPE" "${TRAIN_DATA[@]}" --val "$RUN/val" \
         --out "$RUN/teacher" --resume "${TEACHER[@]}" "${EXTRA[@]}"
 fi
 [[ "${TEACHER_ONLY:-0}" == 1 ]] && exit 0
-"${DH[@]}" compress --teacher "$RUN/teacher/model" --recipe configs/donut-hole-small.yaml \
+synth_train
+"${DH[@]}" compress --teacher "$RUN/teacher/model" --recipe "$STUDENT_RECIPE" \
     --train "$RUN/train" --val "$RUN/val" --out "$RUN/student" --resume "${STUDENT[@]}" "${EXTRA[@]}"
 for side in teacher student; do
     # a teacher evaluated since it was saved (scripts/device_default_model.sh teacher) is not read again
     [[ "$RUN/$side/evaluation.json" -nt "$RUN/$side/model/model.safetensors" ]] && continue
-    "${DH[@]}" evaluate --model "$RUN/$side/model" --data "$RUN/val" --max-new-tokens 192 \
+    "${DH[@]}" evaluate --model "$RUN/$side/model" --data "$RUN/val" --max-new-tokens 512 \
         --out "$RUN/$side/evaluation.json"
 done
 record finished

@@ -32,9 +32,14 @@ def _overrides(steps: int | None, device: str | None, settings: list[str] | None
 
 def train(
     recipe: Annotated[Path, typer.Option(help="Teacher recipe YAML (e.g. configs/teacher-small.yaml).")],
-    train_data: Annotated[Path, typer.Option("--train", help="Training dataset folder.")],
     val_data: Annotated[Path, typer.Option("--val", help="Validation dataset folder.")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoint, history, model/.")],
+    train_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--train", help="Training dataset folder (not needed when the recipe renders its data)."
+        ),
+    ] = None,
     steps: Annotated[int | None, typer.Option(min=0, help="Override train.steps.")] = None,
     device: Annotated[str | None, typer.Option(help="Override train.device (auto, cpu, cuda).")] = None,
     settings: Annotated[
@@ -45,7 +50,7 @@ def train(
 ) -> None:
     """Train (from a preset) or fine-tune (from a model folder) a DONUT teacher."""
     from donut_hole.compression.recipe import RecipeError, TeacherRecipe, load_recipe
-    from donut_hole.compression.teacher import train_teacher
+    from donut_hole.compression.teacher import RecipeDataError, train_teacher
     from donut_hole.compression.train import CheckpointError
     from donut_hole.evaluation.dataset import DatasetError
     from donut_hole.model.build import ModelLoadError
@@ -53,7 +58,7 @@ def train(
     try:
         spec = load_recipe(recipe, TeacherRecipe, overrides=_overrides(steps, device, settings))
         history = train_teacher(spec, train_dir=train_data, val_dir=val_data, out_dir=out, resume=resume)
-    except (RecipeError, DatasetError, ModelLoadError, CheckpointError) as exc:
+    except (RecipeError, RecipeDataError, DatasetError, ModelLoadError, CheckpointError) as exc:
         raise fail(str(exc)) from exc
     last = history[-1] if history else {}
     console.print(

@@ -2,8 +2,9 @@
 
 ``TeacherRecipe`` drives ``donut-hole train``; ``CompressRecipe`` drives ``donut-hole compress``. Unknown
 keys are errors, so a typo in a recipe fails before hours of training, not after. This module is the one
-home of the configuration types (``TrainConfig`` too, which the training loop takes) and imports neither
-torch nor the loop, so reading and checking a recipe stays light.
+home of the configuration types (``TrainConfig``, ``CurriculumConfig`` and ``GuideConfig`` too, which the
+training loop, the curriculum and the guided losses take) and imports neither torch nor the loop, so
+reading and checking a recipe stays light.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from donut_hole.documents.schemas import DOCUMENT_TYPES
 
 
 class RecipeError(ValueError):
@@ -50,7 +53,82 @@ class TrainConfig(_Strict):
         "elapsed fraction of this time, whichever is further along, so the run anneals (and reaches its "
         "density) in time. For a fixed budget of machine time.",
     )
+    target_f1: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Stop once an evaluation's held-out field F1 reaches this (an open-ended run's goal).",
+    )
     bf16: bool = Field(True, description="bf16 autocast when training on CUDA.")
+    bf16_cpu: bool = Field(
+        False,
+        description="bf16 autocast when training on a CPU with AVX512-BF16 or AMX (2-2.5x faster for small "
+        "DONUTs on such CPUs; ignored on CPUs without bf16 instructions).",
+    )
+
+
+class Stage(_Strict):
+    """One step of a curriculum: draw from ``mix`` (weights, normalised) until ``until`` images are seen."""
+
+    until: int | None = Field(None, gt=0, description="Images seen when this stage ends; null: never.")
+    mix: dict[str, float] = Field(description="Source → weight, e.g. {reading/easy: 1, shipping_label: 1}.")
+
+    @field_validator("mix")
+    @classmethod
+    def _known_sources(cls, mix: dict[str, float]) -> dict[str, float]:
+        # Here, not at the top: the renderer's module pulls in the tokenizer and torch, which reading a
+        # recipe does not need (only a recipe with a curriculum gets here).
+        from donut_hole.documents.synth import SOURCES
+
+        unknown = sorted(set(mix) - set(SOURCES))
+        if unknown:
+            raise ValueError(f"unknown source {unknown[0]!r}; choose from {', '.join(SOURCES)}")
+        if not mix or any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+            raise ValueError("a mix needs at least one source with a positive weight")
+        return mix
+
+
+class CurriculumConfig(_Strict):
+    """Training data rendered on the fly (instead of a dataset folder): ``data:`` in a teacher recipe.
+
+    :mod:`donut_hole.compression.curriculum` renders it.
+    """
+
+    seed: int = Field(0, description="Data seed (the held-out set uses another, e.g. 1000).")
+    stages: list[Stage] = Field(min_length=1)
+
+    @field_validator("stages")
+    @classmethod
+    def _ordered(cls, stages: list[Stage]) -> list[Stage]:
+        ends = [s.until for s in stages]
+        if any(e is None for e in ends[:-1]):
+            raise ValueError("only the last stage may run forever (until: null)")
+        known = [e for e in ends if e is not None]
+        if known != sorted(known) or len(set(known)) != len(known):
+            raise ValueError("stages must end at increasing image counts")
+        return stages
+
+    def stage_at(self, images: int) -> Stage:
+        """The stage in force once ``images`` images have been seen (the last one after all ends)."""
+        for stage in self.stages:
+            if stage.until is None or images < stage.until:
+                return stage
+        return self.stages[-1]
+
+    def documents(self) -> list[str]:
+        """The document kinds any stage draws (their field tags must be in the tokenizer)."""
+        return sorted({s for stage in self.stages for s in stage.mix if s in DOCUMENT_TYPES})
+
+
+class GuideConfig(_Strict):
+    """Weights of the guided-reading terms (0 turns a term off): ``guide:`` in a teacher recipe.
+
+    :mod:`donut_hole.compression.guided` computes them.
+    """
+
+    attention: float = Field(1.0, ge=0, description="Cross-attention on the printed character's cell.")
+    glyph: float = Field(1.0, ge=0, description="Per-cell character classification on the encoder output.")
+    blank_weight: float = Field(0.1, ge=0, description="Weight of cells with no character in the glyph term.")
 
 
 class TeacherModel(_Strict):
@@ -67,6 +145,12 @@ class TeacherRecipe(_Strict):
 
     init: str = Field("preset", description="'preset' to start from random weights, or a model folder.")
     model: TeacherModel = TeacherModel()
+    data: CurriculumConfig | None = Field(
+        None, description="Render the training data on the fly by this curriculum (no --train folder)."
+    )
+    guide: GuideConfig | None = Field(
+        None, description="Guided-reading losses (need rendered data: a 'data' curriculum)."
+    )
     train: TrainConfig = TrainConfig()
 
 

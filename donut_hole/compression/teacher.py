@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from donut_hole.compression.curriculum import READING_TASK_TOKEN
+from donut_hole.compression.guided import GuidedObjective, encoder_grid
 from donut_hole.compression.recipe import RecipeError, TeacherRecipe, save_recipe
 from donut_hole.compression.train import train
+from donut_hole.documents.values import sample_document
 from donut_hole.evaluation.dataset import read_dataset
 from donut_hole.model.build import Preset, load_model, new_model, preset_with
 from donut_hole.model.tokens import field_tokens
@@ -17,27 +21,65 @@ from donut_hole.model.tokens import field_tokens
 log = logging.getLogger(__name__)
 
 
+class RecipeDataError(ValueError):
+    """A teacher recipe and its data do not go together (no training data, or guidance without rendering)."""
+
+
+def vocabulary_documents(kinds: list[str], *, per_kind: int = 300) -> list[dict[str, Any]]:
+    """Parses of every kind a curriculum renders, enough to meet each field tag (a fixed seed)."""
+    rng = random.Random("vocabulary")
+    return [sample_document(kind, rng) for kind in kinds for _ in range(per_kind)]
+
+
 def train_teacher(
-    recipe: TeacherRecipe, *, train_dir: Path, val_dir: Path, out_dir: Path, resume: bool = False
+    recipe: TeacherRecipe,
+    *,
+    train_dir: Path | None,
+    val_dir: Path,
+    out_dir: Path,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train a teacher as the recipe says; the model lands in ``out_dir/model``."""
-    train_samples = read_dataset(train_dir)
+    """Train a teacher as the recipe says; the model lands in ``out_dir/model``.
+
+    With a ``data`` curriculum in the recipe the training data is rendered on the fly and ``train_dir``
+    may be None; otherwise ``train_dir`` is read.
+    """
+    if recipe.data is None and train_dir is None:
+        raise RecipeDataError(
+            "no training data: pass a dataset folder, or give the recipe a 'data' curriculum"
+        )
+    if recipe.guide is not None and recipe.data is None:
+        raise RecipeDataError("'guide' needs rendered training data: add a 'data' curriculum to the recipe")
+    train_samples = read_dataset(train_dir) if recipe.data is None and train_dir is not None else []
     val_samples = read_dataset(val_dir)
+    documents = [s.gt_parse for s in train_samples]
+    if recipe.data is not None:
+        documents += vocabulary_documents(recipe.data.documents()) + [s.gt_parse for s in val_samples]
     out_dir = Path(out_dir)
     save_recipe(recipe, out_dir / "recipe.yaml")
+    extra_tokens = [READING_TASK_TOKEN] if recipe.data is not None else []
     if recipe.init == "preset":
         model, processor = new_model(
             teacher_preset(recipe),
-            documents=[s.gt_parse for s in train_samples],
+            documents=documents,
             corpus_vocab_size=recipe.model.corpus_vocab_size,
             image_size=recipe.model.image_size,
             seed=recipe.train.seed,
+            extra_tokens=extra_tokens,
         )
     else:
         # fp32 master weights whatever the folder stores (a checkpoint may be kept in bf16 to stay small)
         model, processor = load_model(recipe.init, dtype=torch.float32)
-        add_field_tokens(model, processor.tokenizer, [s.gt_parse for s in train_samples])
-    log.info("training teacher: %d train / %d val documents", len(train_samples), len(val_samples))
+        add_field_tokens(model, processor.tokenizer, documents, extra=extra_tokens)
+    objective = None
+    if recipe.guide is not None:
+        size = processor.image_processor.size
+        grid, _ = encoder_grid(model, (int(size["height"]), int(size["width"])))
+        objective = GuidedObjective(
+            model, recipe.guide, pad_token_id=processor.tokenizer.pad_token_id, grid=grid
+        )
+    source = "rendered on the fly" if recipe.data is not None else f"{len(train_samples)} train"
+    log.info("training teacher: %s / %d val documents", source, len(val_samples))
     return train(
         model,
         processor,
@@ -45,7 +87,9 @@ def train_teacher(
         val_samples=val_samples,
         config=recipe.train,
         out_dir=out_dir,
+        objective=objective,
         resume=resume,
+        curriculum=recipe.data,
     )
 
 
@@ -57,10 +101,13 @@ def teacher_preset(recipe: TeacherRecipe) -> Preset:
         raise RecipeError(f"model.overrides: {exc}") from exc
 
 
-def add_field_tokens(model: Any, tokenizer: Any, documents: list[dict[str, Any]]) -> int:
-    """Fine-tuning a published DONUT on new fields: add their tags as special tokens, grow the embeddings."""
+def add_field_tokens(
+    model: Any, tokenizer: Any, documents: list[dict[str, Any]], *, extra: list[str] | None = None
+) -> int:
+    """Fine-tuning a published DONUT on new fields: add their tags (and ``extra`` special tokens, such as
+    the reading task's start token) to the tokenizer, grow the embeddings."""
     vocab = tokenizer.get_vocab()
-    missing = [t for t in field_tokens(documents) if t not in vocab]
+    missing = [t for t in [*field_tokens(documents), *(extra or [])] if t not in vocab]
     if not missing:
         return 0
     tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)

@@ -27,10 +27,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import DonutProcessor, VisionEncoderDecoderModel
 
+from donut_hole.compression.curriculum import (
+    READING_TASK_TOKEN,
+    CurriculumDataset,
+    CurriculumSampler,
+    collate_located,
+    render,
+)
 from donut_hole.compression.distill import ce_loss, shift_for_decoder
-from donut_hole.compression.recipe import TrainConfig
+from donut_hole.compression.guided import encoder_grid
+from donut_hole.compression.recipe import CurriculumConfig, TrainConfig
 from donut_hole.evaluation.dataset import Sample
 from donut_hole.evaluation.evaluate import evaluate_reader
+from donut_hole.evaluation.metrics import levenshtein
 from donut_hole.model.build import save_model, task_token_of
 from donut_hole.model.predict import DonutReader, load_image
 from donut_hole.model.tokens import json2token
@@ -190,6 +199,21 @@ class CrossEntropyObjective:
         return loss, {"ce": float(loss.detach())}
 
 
+def objective_parameters(objective: Any) -> list[torch.nn.Parameter]:
+    """Trainable parameters an objective owns beside the model (a training-only head), if any."""
+    params = getattr(objective, "parameters", None)
+    return list(params()) if callable(params) else []
+
+
+def autocast_for(device: torch.device, config: TrainConfig) -> Any:
+    """bf16 autocast where the config asks for it and the device has bf16 arithmetic, else a no-op."""
+    if device.type == "cuda" and config.bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and config.bf16_cpu and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
 class Pruner(Protocol):
     def step(self, step: int) -> Any: ...
 
@@ -212,6 +236,110 @@ def score_model(
     return {"f1": evaluation.result.f1, "ted_accuracy": evaluation.result.ted_accuracy}
 
 
+def reached_target(history: Sequence[dict[str, Any]], *, step: int, target_f1: float | None) -> bool:
+    """Whether the evaluation made at ``step`` (if any) reached ``target_f1``.
+
+    >>> reached_target([{"step": 5, "f1": 0.96}], step=5, target_f1=0.95)
+    True
+    """
+    if target_f1 is None or not history or history[-1]["step"] != step:
+        return False
+    return float(history[-1].get("f1", 0.0)) >= target_f1
+
+
+def make_loader(
+    model: VisionEncoderDecoderModel,
+    processor: DonutProcessor,
+    config: TrainConfig,
+    train_samples: Sequence[Sample],
+    *,
+    curriculum: CurriculumConfig | None,
+    start: int,
+) -> DataLoader:
+    """Batches for steps ``start``..``config.steps``: rendered by the curriculum, or read from files."""
+    tokenizer = processor.tokenizer
+    files = DonutDataset(
+        train_samples, processor, task_token=task_token_of(model, processor), max_length=config.max_length
+    )
+    if curriculum is None:
+        sampler: Sampler[Any] = StepSampler(
+            len(files), batch_size=config.batch_size, seed=config.seed, start=start, stop=config.steps
+        )
+        dataset: Dataset = files
+        collate_fn: Callable[..., Any] = functools.partial(collate, pad_token_id=tokenizer.pad_token_id)
+    else:
+        _grid, stride = encoder_grid(model, files.image_size)
+        sampler = CurriculumSampler(curriculum, batch_size=config.batch_size, start=start, stop=config.steps)
+        dataset = CurriculumDataset(
+            curriculum,
+            tokenizer=tokenizer,
+            pixels=files.pixels,
+            image_size=files.image_size,
+            task_token=files.task_token,
+            max_length=config.max_length,
+            stride=stride,
+        )
+        collate_fn = functools.partial(collate_located, pad_token_id=tokenizer.pad_token_id)
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate_fn,
+        num_workers=config.num_workers,
+        persistent_workers=False,
+        worker_init_fn=_ignore_sigterm,
+    )
+
+
+def _ignore_sigterm(_worker_id: int) -> None:
+    """Loader processes leave SIGTERM to the trainer: a stop sent to the whole process group (CI, a
+    terminal's kill) must reach the trainer's checkpoint, not fail it first with a dead loader."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+READING_VAL_SEED = 1000
+"""Seed of the held-out reading pages (the training curriculum's seed is another)."""
+
+
+def reading_pages(
+    curriculum: CurriculumConfig, processor: DonutProcessor, *, count: int
+) -> dict[str, list[tuple[Image.Image, str]]]:
+    """``count`` held-out (image, text) reading pages per reading level the curriculum uses."""
+    height, width = (
+        int(v) for v in (processor.image_processor.size["height"], processor.image_processor.size["width"])
+    )
+    levels = sorted(
+        {s.split("/", 1)[1] for stage in curriculum.stages for s in stage.mix if s.startswith("reading/")}
+    )
+    pages: dict[str, list[tuple[Image.Image, str]]] = {}
+    for level in levels:
+        rendered = [
+            render(f"reading/{level}", seed=READING_VAL_SEED, index=i, size=(width, height))
+            for i in range(count)
+        ]
+        pages[level] = [(r.image, r.target) for r in rendered]
+    return pages
+
+
+def reading_cer(
+    model: VisionEncoderDecoderModel,
+    processor: DonutProcessor,
+    pages: Sequence[tuple[Image.Image, str]],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+) -> float:
+    """Character error rate (edits / characters of the truth, over all pages) of greedy reading."""
+    reader = DonutReader(model, processor, max_new_tokens=max_new_tokens, task_token=READING_TASK_TOKEN)
+    edits = chars = 0
+    for i in range(0, len(pages), batch_size):
+        chunk = pages[i : i + batch_size]
+        read = reader.generate(reader.pixel_values([image for image, _ in chunk]))
+        for (_, truth), prediction in zip(chunk, read, strict=True):
+            edits += levenshtein(prediction.sequence, truth)
+            chars += len(truth)
+    return round(edits / max(1, chars), 4)
+
+
 def train(
     model: VisionEncoderDecoderModel,
     processor: DonutProcessor,
@@ -226,11 +354,14 @@ def train(
     resume: bool = False,
     progress: bool = True,
     save: bool = True,
+    curriculum: CurriculumConfig | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place for ``config.steps`` steps; return the evaluation history.
 
     ``out_dir`` receives ``checkpoint.pt`` (resumable), ``history.jsonl`` and, with ``save``, the final
     model in ``out_dir/model``. ``on_eval(step)`` adds fields (e.g. density) to each evaluation record.
+    With a ``curriculum`` the training data is rendered on the fly (``train_samples`` is not read) and each
+    evaluation also reports the character error rate on held-out reading pages of its levels.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -239,15 +370,16 @@ def train(
     model.to(device).train()
     tokenizer = processor.tokenizer
     objective = objective or CrossEntropyObjective(pad_token_id=tokenizer.pad_token_id)
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    trainable = [p for p in model.parameters() if p.requires_grad] + objective_parameters(objective)
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr,
         betas=(0.9, 0.98),
     )
     history: list[dict[str, Any]] = []
-    start = 0
+    start, cpu_before = 0, 0.0  # CPU-seconds spent by earlier sessions of this run
     checkpoint_path = out_dir / CHECKPOINT
     if resume and checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
@@ -258,32 +390,26 @@ def train(
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if "objective" in state and hasattr(objective, "load_state_dict"):
+            objective.load_state_dict(state["objective"])
         start, history = state["step"], state["history"]
+        cpu_before = float(state.get("cpu_s", 0.0))
         if pruner is not None:
             pruner.step(start)
         log.info("resumed from %s at step %d", checkpoint_path, start)
 
-    dataset = DonutDataset(
-        train_samples, processor, task_token=task_token_of(model, processor), max_length=config.max_length
-    )
-    loader = DataLoader(
-        dataset,
-        batch_sampler=StepSampler(
-            len(dataset), batch_size=config.batch_size, seed=config.seed, start=start, stop=config.steps
-        ),
-        collate_fn=functools.partial(collate, pad_token_id=tokenizer.pad_token_id),
-        num_workers=config.num_workers,
-        persistent_workers=False,
-    )
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda" and config.bf16
-        else nullcontext()
-    )
+    loader = make_loader(model, processor, config, train_samples, curriculum=curriculum, start=start)
+    autocast = autocast_for(device, config)
     eval_set = list(val_samples)[: config.eval_samples]
+    reading_set = reading_pages(curriculum, processor, count=config.eval_samples) if curriculum else {}
 
     def evaluate_now(step: int, train_loss: float | None) -> None:
-        record: dict[str, Any] = {"step": step, "train_loss": train_loss}
+        record: dict[str, Any] = {
+            "step": step,
+            "images": step * config.batch_size,
+            "cpu_hours": round(cpu_seconds() / 3600, 4),
+            "train_loss": train_loss,
+        }
         if eval_set:
             model.eval()
             record.update(
@@ -294,6 +420,12 @@ def train(
                     batch_size=config.batch_size,
                     max_new_tokens=config.max_new_tokens,
                 )
+            )
+            model.train()
+        for level, pages in reading_set.items():
+            model.eval()
+            record[f"cer_{level}"] = reading_cer(
+                model, processor, pages, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens
             )
             model.train()
         if on_eval is not None:
@@ -311,7 +443,10 @@ def train(
             "history": history,
             "config": config.model_dump(),
             "vocab": tokenizer.get_vocab(),  # the ids the weights mean; checked on resume
+            "cpu_s": cpu_seconds(),
         }
+        if hasattr(objective, "state_dict"):
+            state["objective"] = objective.state_dict()  # a training-only head
         tmp = checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(checkpoint_path)  # atomic: a crash never leaves half a checkpoint
@@ -359,13 +494,26 @@ def train(
                 f"lr {lr:.1e} {rate:.1f} img/s",
             )
             with (out_dir / TRAIN_LOG).open("a", encoding="utf-8") as f:
-                record = {"step": step, "loss": running[-1], "lr": lr, "img_s": round(rate, 2)}
+                record = {
+                    "step": step,
+                    "images": (step + 1) * config.batch_size,
+                    "cpu_hours": round(cpu_seconds() / 3600, 4),
+                    "loss": running[-1],
+                    "lr": lr,
+                    "img_s": round(rate, 2),
+                }
                 f.write(json.dumps(record | {k: float(v) for k, v in parts.items()}) + "\n")
         bar.advance(task)
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     running: list[float] = []
     started = time.perf_counter()
+    cpu_started = time.process_time()
+
+    def cpu_seconds() -> float:
+        """CPU-seconds of this run over all its sessions (this process's threads; loader processes apart)."""
+        return cpu_before + time.process_time() - cpu_started
+
     with (
         Progress(*columns, TextColumn("{task.fields[status]}"), disable=not progress) as bar,
         _stop_on_sigterm(),
@@ -374,6 +522,9 @@ def train(
         try:
             for step, batch in enumerate(loader, start=start):
                 train_step(step, batch)
+                if reached_target(history, step=step, target_f1=config.target_f1):
+                    log.warning("held-out F1 %.4f reached the target at step %d", history[-1]["f1"], step)
+                    break
                 if config.time_limit_s and time.perf_counter() - started >= config.time_limit_s:
                     log.warning(
                         "time limit of %g s: stopped at step %d of %d (go on with --resume)",
@@ -392,5 +543,6 @@ def train(
             checkpoint(done)
     model.eval()
     if save:
+        model.decoder.set_attn_implementation("sdpa")  # guided training may have switched it to eager
         save_model(model, processor, out_dir / "model")
     return history

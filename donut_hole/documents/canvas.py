@@ -7,8 +7,10 @@ the same pixels wherever the versions of Pillow, numpy and matplotlib are the sa
 
 from __future__ import annotations
 
+import itertools
+import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -19,7 +21,19 @@ import numpy as np
 from barcode.errors import BarcodeError
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-__all__ = ["FACES", "Canvas", "Face", "LayoutError", "Part", "TextBox", "scaled", "scan"]
+__all__ = [
+    "FACES",
+    "Canvas",
+    "Face",
+    "LayoutError",
+    "Part",
+    "Point",
+    "TextBox",
+    "font_file",
+    "scaled",
+    "scan",
+    "scan_points",
+]
 
 FONT_DIR = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 
@@ -27,6 +41,8 @@ Part = tuple[str, str | None]
 """A run of text and the ``gt_parse`` field it prints (a dotted path, ``"items.0.sku"``); None: a caption."""
 
 RGB = tuple[int, int, int]
+Point = tuple[float, float]
+"""(x, y) in pixels on a page."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +79,13 @@ class TextBox:
     field: str | None
     box: tuple[int, int, int, int]  # left, top, right, bottom (exclusive)
     group: int
+    centres: tuple[Point, ...] = ()
+    """Where each character of ``text`` is printed (its centre on the clean page), one per character."""
 
 
 @lru_cache(maxsize=256)
-def _font(file: str, size: int) -> ImageFont.FreeTypeFont:
+def font_file(file: str, size: int) -> ImageFont.FreeTypeFont:
+    """The TrueType font ``file`` (under :data:`FONT_DIR`) at ``size`` pixels, cached."""
     return ImageFont.truetype(str(FONT_DIR / file), size)
 
 
@@ -106,7 +125,7 @@ class Canvas:
 
     def font(self, size: int, *, bold: bool = False, face: Face | None = None) -> ImageFont.FreeTypeFont:
         face = face or self.face
-        return _font(face.bold if bold else face.regular, max(size, 1))
+        return font_file(face.bold if bold else face.regular, max(size, 1))
 
     def line_height(self, size: int, *, bold: bool = False) -> int:
         ascent, descent = self.font(max(size, self.min_size), bold=bold).getmetrics()
@@ -183,7 +202,10 @@ class Canvas:
             start = x0 + font.getlength(prefix)
             end = x0 + font.getlength(prefix + text)
             box = (int(start), y, int(np.ceil(end)), y + ascent + descent)
-            self.boxes.append(TextBox(text=text, field=name, box=box, group=group))
+            middle = y + (ascent + descent) / 2
+            edges = [x0 + font.getlength(prefix + text[:i]) for i in range(len(text) + 1)]
+            centres = tuple(((a + b) / 2, middle) for a, b in itertools.pairwise(edges))
+            self.boxes.append(TextBox(text=text, field=name, box=box, group=group, centres=centres))
             prefix += text + " "
 
     def _check(self, box: tuple[int, int, int, int]) -> None:
@@ -243,7 +265,18 @@ def scan(image: Image.Image, rng: random.Random, *, paper: RGB) -> Image.Image:
 
     Margins of at least 3.5 % of the longer side keep a 2° tilt from cutting text off.
     """
-    image = image.rotate(rng.uniform(-2.0, 2.0), resample=Image.Resampling.BICUBIC, fillcolor=paper)
+    return scan_points(image, rng, paper=paper, points=())[0]
+
+
+def scan_points(
+    image: Image.Image, rng: random.Random, *, paper: RGB, points: Sequence[Point]
+) -> tuple[Image.Image, list[Point]]:
+    """:func:`scan`, and where ``points`` of the clean page land on the scanned one (the tilt moves them).
+
+    The same ``rng`` state gives the same image as :func:`scan`, whatever the points.
+    """
+    angle = rng.uniform(-2.0, 2.0)
+    image = image.rotate(angle, resample=Image.Resampling.BICUBIC, fillcolor=paper)
     if rng.random() < 0.6:  # less blur on small pages, whose print is small
         radius = rng.uniform(0.3, 1.1) * min(1.0, min(image.size) / 480)
         image = image.filter(ImageFilter.GaussianBlur(radius=radius))
@@ -252,4 +285,15 @@ def scan(image: Image.Image, rng: random.Random, *, paper: RGB) -> Image.Image:
     contrast, shift = rng.uniform(0.85, 1.0), rng.uniform(-12.0, 8.0)
     pixels = (pixels - 128.0) * contrast + 128.0 + shift
     pixels += noise.normal(0.0, rng.uniform(2.0, 9.0), size=pixels.shape[:2])[..., None]
-    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+    scanned = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+    return scanned, rotate_points(points, angle=angle, size=image.size)
+
+
+def rotate_points(points: Sequence[Point], *, angle: float, size: tuple[int, int]) -> list[Point]:
+    """Where ``points`` go when a page of ``size`` is turned ``angle`` degrees anticlockwise about its
+    centre, as ``Image.rotate`` turns it: ``rotate_points([(150, 50)], angle=90, size=(100, 100))`` →
+    ``[(50.0, -50.0)]`` (right of centre goes up)."""
+    turn = math.radians(angle)
+    cos, sin = math.cos(turn), math.sin(turn)
+    cx, cy = size[0] / 2, size[1] / 2
+    return [(cx + (x - cx) * cos + (y - cy) * sin, cy - (x - cx) * sin + (y - cy) * cos) for x, y in points]

@@ -13,30 +13,39 @@ byte-identical files, and a longer run starts with the same samples as a shorter
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import os
 import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 from rich.progress import track
 
-from donut_hole.documents.canvas import FACES, Canvas, LayoutError, TextBox, scan
+from donut_hole.documents.canvas import FACES, Canvas, LayoutError, Point, TextBox, scan, scan_points
 from donut_hole.documents.forms import bill_of_lading, delivery_note
 from donut_hole.documents.label import shipping_label
-from donut_hole.documents.schemas import check_kind, validate_document
+from donut_hole.documents.locations import field_centres, target_centres
+from donut_hole.documents.reading import LEVELS, reading_page
+from donut_hole.documents.schemas import DOCUMENT_TYPES, validate_document
 from donut_hole.documents.values import sample_document
 
 __all__ = [
     "DEFAULT_SIZES",
+    "SOURCES",
+    "Located",
+    "check_source",
     "generate",
+    "jpeg_round_trip",
     "printed_fields",
     "render",
     "render_layout",
+    "render_sample",
     "sample_document",
     "sample_layout",
     "sample_scan",
@@ -55,6 +64,9 @@ LAYOUTS: dict[str, Callable[[Canvas, dict[str, Any], random.Random, float], None
     "delivery_note": delivery_note,
 }
 """``layout(canvas, gt, rng, scale)`` per kind: draws ``gt`` on a clean canvas, sizes times ``scale``."""
+
+SOURCES = (*sorted(DOCUMENT_TYPES), *(f"reading/{level}" for level in LEVELS))
+"""What synth renders: the document kinds, and reading pages per level (text in reading order)."""
 
 PROGRESS_FROM = 200
 """``generate`` shows a progress bar from this many images on (when ``progress`` is true)."""
@@ -142,14 +154,68 @@ def sample_scan(
     return gt, scan(canvas.image, rng, paper=canvas.paper)
 
 
+def check_source(source: str) -> str:
+    """``source`` if synth can render it, else a ``ValueError`` naming the choices."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown document type {source!r}; choose from {', '.join(SOURCES)}")
+    return source
+
+
+@dataclass(frozen=True)
+class Located:
+    """A rendered sample before its JPEG step: the scan, its parse, where each character of
+    ``json2token(gt_parse)`` is printed (None: tags, unprinted), every printed glyph (captions too) with
+    its centre, and the JPEG quality drawn for it."""
+
+    image: Image.Image
+    gt_parse: dict[str, Any]
+    target: str
+    centres: list[Point | None]
+    glyphs: list[tuple[str, Point]]
+    quality: int
+
+
+def render_sample(source: str, *, seed: int, index: int, size: tuple[int, int] | None = None) -> Located:
+    """Sample ``index`` of ``source`` (a document kind or ``reading/<level>``) for ``seed``, at ``size``
+    (width, height; default per kind, 448x448 for reading pages). It depends only on these, so
+    :func:`generate` and a training run rendering on the fly (then :func:`jpeg_round_trip`) see the
+    same pixels."""
+    rng = random.Random(f"{seed}/{source}/{index}")
+    if source.startswith("reading/"):
+        page = reading_page(rng, size=size or (448, 448), level=LEVELS[source.split("/", 1)[1]])
+        glyphs = [
+            (ch, c) for ch, c in zip(page.text, page.centres, strict=True) if c is not None and ch != " "
+        ]
+        gt = {"text_sequence": page.text}
+        return Located(page.image, gt, page.text, list(page.centres), glyphs, rng.randint(40, 95))
+    gt, canvas = sample_layout(source, rng, size)
+    flat = [(ch, c) for box in canvas.boxes for ch, c in zip(box.text, box.centres, strict=False)]
+    image, moved = scan_points(canvas.image, rng, paper=canvas.paper, points=[c for _, c in flat])
+    where = dict(zip([c for _, c in flat], moved, strict=True))  # clean page → scanned page
+    printed = {
+        field: [None if c is None else where.get(c) for c in centres]
+        for field, centres in field_centres(canvas.boxes).items()
+    }
+    target, centres = target_centres(gt, printed)
+    glyphs = [(ch, m) for (ch, _), m in zip(flat, moved, strict=True) if ch != " "]
+    return Located(image, gt, target, centres, glyphs, rng.randint(40, 95))
+
+
+def jpeg_round_trip(sample: Located) -> Image.Image:
+    """The sample's image as :func:`generate` stores it and a reader decodes it (JPEG at its quality)."""
+    buffer = io.BytesIO()
+    sample.image.save(buffer, format="JPEG", quality=sample.quality)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
 def _write_scan(job: tuple[str, int, int, tuple[int, int] | None, str]) -> str:
     """Render and save sample ``i``; return its ``metadata.jsonl`` line (its RNG: seed, kind and i)."""
     kind, seed, i, image_size, out = job
-    rng = random.Random(f"{seed}/{kind}/{i}")
-    gt, image = sample_scan(kind, rng, image_size)
+    sample = render_sample(kind, seed=seed, index=i, size=image_size)
     name = f"{i:06d}.jpg"
-    image.save(Path(out) / name, format="JPEG", quality=rng.randint(40, 95))
-    return json.dumps({"file_name": name, "ground_truth": json.dumps({"gt_parse": gt})})
+    sample.image.save(Path(out) / name, format="JPEG", quality=sample.quality)
+    return json.dumps({"file_name": name, "ground_truth": json.dumps({"gt_parse": sample.gt_parse})})
 
 
 def generate(
@@ -164,7 +230,8 @@ def generate(
 ) -> Path:
     """Write ``n`` synthetic scans of ``kind`` and their ``metadata.jsonl`` to ``out``; return ``out``.
 
-    ``kind`` may be a list: sample ``i`` is then of ``kind[i % len(kind)]`` (a mixed dataset).
+    ``kind`` may be a list: sample ``i`` is then of ``kind[i % len(kind)]`` (a mixed dataset). A
+    ``reading/<level>`` kind writes reading pages, whose ground truth is ``{"text_sequence": text}``.
 
     Images are JPEG (quality 40-95, drawn per sample) of ``image_size`` (width, height) or
     :data:`DEFAULT_SIZES`; a progress bar shows from :data:`PROGRESS_FROM` images on when ``progress``.
@@ -174,7 +241,7 @@ def generate(
     if not kinds:
         raise ValueError("at least one document kind is needed")
     for name in kinds:
-        check_kind(name)
+        check_source(name)
     if n < 0:
         raise ValueError(f"n must be at least 0, got {n}")
     if workers < 0:

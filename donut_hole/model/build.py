@@ -263,8 +263,10 @@ def new_model(
     task_token: str = DEFAULT_TASK_TOKEN,
     image_size: tuple[int, int] | None = None,
     seed: int = 0,
+    extra_tokens: list[str] | None = None,
 ) -> tuple[VisionEncoderDecoderModel, DonutProcessor]:
-    """A fresh DONUT whose tokenizer knows the field tags of ``documents`` (ground-truth parses).
+    """A fresh DONUT whose tokenizer knows the field tags of ``documents`` (ground-truth parses) and the
+    ``extra_tokens`` (special tokens such as another task's start token).
 
     With ``corpus_vocab_size > 0`` the tokenizer also learns BPE merges on the printed values, which
     shortens sequences; otherwise it is character level.
@@ -272,7 +274,7 @@ def new_model(
     from donut_hole.model.tokens import build_tokenizer, field_tokens, leaf_values
 
     tokenizer = build_tokenizer(
-        field_special_tokens=field_tokens(documents),
+        field_special_tokens=[*field_tokens(documents), *(extra_tokens or [])],
         corpus=leaf_values(documents),
         vocab_size=corpus_vocab_size,
         task_token=task_token,

@@ -140,12 +140,13 @@ class DonutReader:
         *,
         max_new_tokens: int = 256,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        task_token: str | None = None,
     ) -> None:
         self.model = model.eval()
         self.processor = processor
         self.max_new_tokens = max_new_tokens
         self.max_pixels = max_pixels
-        self.task_token = task_token_of(model, processor)
+        self.task_token = task_token or task_token_of(model, processor)
         self.device = next(model.parameters()).device
         size = processor.image_processor.size
         self.image_size = (int(size["height"]), int(size["width"]))

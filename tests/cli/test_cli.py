@@ -41,6 +41,17 @@ def test_synth_writes_a_dataset(tmp_path):
     assert len(list(tmp_path.glob("*.jpg"))) == 3
 
 
+def test_synth_writes_reading_pages(tmp_path):
+    kinds = ["--kind", "reading/easy", "--kind", "reading/document"]
+    result = runner.invoke(
+        app, ["synth", *kinds, "--n", "2", "--out", str(tmp_path), "--width", "448", "--height", "448"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in (tmp_path / "metadata.jsonl").read_text().splitlines()]
+    texts = [json.loads(line["ground_truth"])["gt_parse"]["text_sequence"] for line in lines]
+    assert len(texts) == 2 and all(texts) and len(texts[1]) > len(texts[0])  # document-like: more text
+
+
 def test_synth_rejects_unknown_kind(tmp_path):
     result = runner.invoke(app, ["synth", "--kind", "pizza", "--out", str(tmp_path)])
     assert result.exit_code == 2

@@ -246,3 +246,14 @@ def test_dataset_pixels_match_the_processor_on_scans_at_the_model_size(tmp_path)
         assert torch.equal(dataset.pixels(other), reference(other, return_tensors="pt")["pixel_values"][0])
     pixels, ids = dataset[0]
     assert pixels.shape == (3, 448, 448) and ids.dtype == torch.long
+
+
+def test_reached_target_only_at_the_step_just_evaluated():
+    from donut_hole.compression.train import reached_target
+
+    history = [{"step": 4, "f1": 0.99}]
+    assert reached_target(history, step=4, target_f1=0.95)
+    assert not reached_target(history, step=5, target_f1=0.95)  # an old evaluation does not stop a run
+    assert not reached_target(history, step=4, target_f1=None)
+    assert not reached_target([{"step": 4, "f1": 0.5}], step=4, target_f1=0.95)
+    assert not reached_target([], step=0, target_f1=0.95)

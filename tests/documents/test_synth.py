@@ -22,6 +22,7 @@ from donut_hole.documents.synth import (
     sample_layout,
 )
 from donut_hole.documents.values import CHARSET
+from donut_hole.evaluation.dataset import read_dataset
 
 KINDS = sorted(DOCUMENT_TYPES)
 
@@ -185,3 +186,10 @@ def test_mixed_kinds_round_robin(tmp_path):
     lines = (out / "metadata.jsonl").read_text().splitlines()
     kinds = [json.loads(json.loads(line)["ground_truth"])["gt_parse"]["document_type"] for line in lines]
     assert kinds == ["shipping_label", "delivery_note", "shipping_label", "delivery_note"]
+
+
+def test_reading_pages_in_the_dataset_format(tmp_path):
+    generate("reading/medium", n=3, out=tmp_path, seed=2, image_size=(448, 448), progress=False)
+    samples = read_dataset(tmp_path)
+    assert [set(s.gt_parse) for s in samples] == [{"text_sequence"}] * 3
+    assert all(Image.open(s.image_path).size == (448, 448) for s in samples)

@@ -1,0 +1,72 @@
+"""The learning curve of a training run: held-out scores by images seen and CPU-hours, as a PNG.
+
+``history.jsonl`` (one evaluation per line, written by the training loop) →
+``plot_curve(run_dir / "history.jsonl", out_png)``: character error rate on held-out reading pages per level
+and field F1 / nTED accuracy on held-out scans, against images seen (bottom axis) with CPU-hours on top.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The evaluations of ``history.jsonl``, one per step (a step evaluated twice keeps its last line)."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_step[int(record["step"])] = record
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def plot_curve(history_path: Path, out: Path, *, title: str = "learning curve") -> Path:
+    """Write the curve of ``history_path`` to ``out`` (PNG) and return ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = read_history(history_path)
+    if not history:
+        raise ValueError(f"{history_path} holds no evaluation yet")
+    images = [h.get("images", 0) for h in history]
+    fig, (reading, fields) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    for key in sorted({k for h in history for k in h if k.startswith("cer_")}):
+        points = [(x, h[key]) for x, h in zip(images, history, strict=True) if key in h]
+        reading.plot(*zip(*points, strict=True), marker=".", label=key.removeprefix("cer_"))
+    reading.set(xlabel="images seen", ylabel="CER (held-out reading pages)", ylim=(0, 1.2))
+    reading.axhline(0.1, color="grey", linestyle=":", linewidth=1)
+    reading.legend(title="level")
+    for key, label in (("f1", "field F1"), ("ted_accuracy", "nTED accuracy")):
+        points = [(x, h[key]) for x, h in zip(images, history, strict=True) if key in h]
+        if points:
+            fields.plot(*zip(*points, strict=True), marker=".", label=label)
+    fields.set(xlabel="images seen", ylabel="held-out scans", ylim=(0, 1))
+    fields.axhline(0.95, color="grey", linestyle=":", linewidth=1)
+    fields.legend()
+    cpu = [h.get("cpu_hours") for h in history]
+    if all(c is not None for c in cpu) and images[-1] > images[0]:
+        for axis in (reading, fields):
+            top = axis.secondary_xaxis(
+                "top",
+                functions=(
+                    lambda x: _interpolate(x, images, cpu),  # type: ignore[arg-type]
+                    lambda c: _interpolate(c, cpu, images),  # type: ignore[arg-type]
+                ),
+            )
+            top.set_xlabel("CPU-hours")
+    fig.suptitle(title)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _interpolate(x: Any, xs: list[float], ys: list[float]) -> Any:
+    import numpy as np
+
+    return np.interp(x, xs, ys)
