@@ -56,8 +56,8 @@ from benchmarks.students.variants import (  # noqa: E402
     build_variants,
     check_resolutions,
 )
+from donut_hole.compression.batches import target_texts  # noqa: E402
 from donut_hole.compression.recipe import CompressRecipe, load_recipe  # noqa: E402
-from donut_hole.compression.train import target_texts  # noqa: E402
 from donut_hole.documents.synth import sample_scan  # noqa: E402
 from donut_hole.model.build import PRESETS, make_processor, new_model  # noqa: E402
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from transformers import VisionEncoderDecoderModel
 
+from donut_hole.compression.batches import target_texts
 from donut_hole.compression.distill import distillation_loss, shift_for_decoder
 from donut_hole.compression.prune import MagnitudePruner, apply_semi_structured_, density_report
 from donut_hole.compression.recipe import CompressRecipe, DistillConfig, save_recipe
@@ -34,7 +35,7 @@ from donut_hole.compression.report import (
     write_report,
 )
 from donut_hole.compression.student import LayerMap, build_student
-from donut_hole.compression.train import resolve_device, target_texts, train
+from donut_hole.compression.train import resolve_device, train
 from donut_hole.compression.vocab import prune_vocabulary
 from donut_hole.evaluation.dataset import Sample, read_dataset
 from donut_hole.evaluation.evaluate import evaluate_reader

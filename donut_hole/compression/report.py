@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from transformers import DonutProcessor, VisionEncoderDecoderModel
 
+from donut_hole.compression.batches import DonutDataset, collate
 from donut_hole.compression.cka import cka_matrix, global_cka, pool_tokens
 from donut_hole.compression.distill import shift_for_decoder
-from donut_hole.compression.train import DonutDataset, collate
 from donut_hole.evaluation.dataset import Sample
 from donut_hole.model.build import task_token_of
 from donut_hole.model.predict import DonutReader

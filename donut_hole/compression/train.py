@@ -8,7 +8,6 @@ resumed run sees exactly the batches it would have seen.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -17,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,25 +24,17 @@ import numpy as np
 import torch
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import DonutProcessor, VisionEncoderDecoderModel
 
-from donut_hole.compression.curriculum import (
-    READING_TASK_TOKEN,
-    CurriculumDataset,
-    CurriculumSampler,
-    collate_located,
-    render,
-)
+from donut_hole.compression.batches import make_loader
+from donut_hole.compression.curriculum import READING_TASK_TOKEN, render
 from donut_hole.compression.distill import ce_loss, shift_for_decoder
-from donut_hole.compression.guided import encoder_grid
 from donut_hole.compression.recipe import CurriculumConfig, TrainConfig
 from donut_hole.evaluation.dataset import Sample
 from donut_hole.evaluation.evaluate import evaluate_reader
 from donut_hole.evaluation.metrics import levenshtein
-from donut_hole.model.build import save_model, task_token_of
-from donut_hole.model.predict import DonutReader, load_image
-from donut_hole.model.tokens import json2token
+from donut_hole.model.build import save_model
+from donut_hole.model.predict import DonutReader
 
 log = logging.getLogger(__name__)
 
@@ -87,93 +79,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def target_sequence(gt_parse: dict[str, Any], *, task_token: str, eos_token: str) -> str:
-    """What the decoder learns to write: ``<task><s_key>value</s_key>...</s>`` (DONUT's layout)."""
-    return task_token + json2token(gt_parse) + eos_token
-
-
-def target_texts(gt_parses: Sequence[dict[str, Any]], model: Any, processor: DonutProcessor) -> list[str]:
-    """:func:`target_sequence` of each parse, with the model's task token and the tokenizer's ``</s>``."""
-    task_token, eos = task_token_of(model, processor), processor.tokenizer.eos_token
-    return [target_sequence(gt, task_token=task_token, eos_token=eos) for gt in gt_parses]
-
-
-class DonutDataset(Dataset):
-    """(pixel_values (3, H, W), token ids (T,)) pairs for a list of samples."""
-
-    def __init__(
-        self, samples: Sequence[Sample], processor: DonutProcessor, *, task_token: str, max_length: int
-    ):
-        self.samples = list(samples)
-        self.processor = processor
-        self.task_token = task_token
-        self.max_length = max_length
-        ip = processor.image_processor
-        self.image_size = (int(ip.size["height"]), int(ip.size["width"]))
-        # A scan already at the model's size (synth writes them so) passes DONUT's thumbnail, resize and pad
-        # unchanged: only rescale and normalise remain, done here in torch (a 448x448 training sample then
-        # takes 2.5 ms on one core instead of 5-8.6 ms, so fewer loader processes feed a GPU).
-        self._fast = (
-            type(ip).__name__.startswith("DonutImageProcessor")
-            and ip.do_rescale
-            and ip.do_normalize
-            and not ip.do_align_long_axis
-        )
-        self._scale = float(ip.rescale_factor)
-        self._mean = torch.tensor(ip.image_mean, dtype=torch.float32).view(-1, 1, 1)
-        self._std = torch.tensor(ip.image_std, dtype=torch.float32).view(-1, 1, 1)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def pixels(self, image: Image.Image) -> torch.Tensor:
-        """``pixel_values`` (3, H, W) of one RGB image, as the processor gives them."""
-        height, width = self.image_size
-        if self._fast and image.size == (width, height) and image.mode == "RGB":
-            x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)
-            return (x * self._scale - self._mean) / self._std
-        return self.processor.image_processor(image, return_tensors="pt")["pixel_values"][0]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        sample = self.samples[index]
-        pixels = self.pixels(load_image(sample.image_path, target_size=self.image_size))
-        tokenizer = self.processor.tokenizer
-        text = target_sequence(sample.gt_parse, task_token=self.task_token, eos_token=tokenizer.eos_token)
-        ids = tokenizer(text, add_special_tokens=False, truncation=True, max_length=self.max_length)[
-            "input_ids"
-        ]
-        return pixels, torch.tensor(ids, dtype=torch.long)
-
-
-def collate(batch: list[tuple[torch.Tensor, torch.Tensor]], *, pad_token_id: int) -> dict[str, torch.Tensor]:
-    pixels = torch.stack([p for p, _ in batch])  # (B, 3, H, W)
-    longest = max(len(ids) for _, ids in batch)
-    ids = torch.full((len(batch), longest), pad_token_id, dtype=torch.long)  # (B, T)
-    for row, (_, seq) in enumerate(batch):
-        ids[row, : len(seq)] = seq
-    return {"pixel_values": pixels, "input_ids": ids}
-
-
-class StepSampler(Sampler[list[int]]):
-    """Batches of indices that depend only on (seed, step): resuming at step k replays from k."""
-
-    def __init__(self, n: int, *, batch_size: int, seed: int, start: int, stop: int):
-        self.n, self.batch_size, self.seed, self.start, self.stop = n, batch_size, seed, start, stop
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        per_epoch = max(1, self.n // self.batch_size)
-        for step in range(self.start, self.stop):
-            epoch, slot = divmod(step, per_epoch)
-            order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-            picked = order[slot * self.batch_size : (slot + 1) * self.batch_size]
-            if len(picked) < self.batch_size:  # fewer samples than one batch
-                picked = np.resize(order, self.batch_size)
-            yield picked.tolist()
 
 
 class Objective(Protocol):
@@ -247,55 +152,6 @@ def reached_target(history: Sequence[dict[str, Any]], *, step: int, target_f1: f
     return float(history[-1].get("f1", 0.0)) >= target_f1
 
 
-def make_loader(
-    model: VisionEncoderDecoderModel,
-    processor: DonutProcessor,
-    config: TrainConfig,
-    train_samples: Sequence[Sample],
-    *,
-    curriculum: CurriculumConfig | None,
-    start: int,
-) -> DataLoader:
-    """Batches for steps ``start``..``config.steps``: rendered by the curriculum, or read from files."""
-    tokenizer = processor.tokenizer
-    files = DonutDataset(
-        train_samples, processor, task_token=task_token_of(model, processor), max_length=config.max_length
-    )
-    if curriculum is None:
-        sampler: Sampler[Any] = StepSampler(
-            len(files), batch_size=config.batch_size, seed=config.seed, start=start, stop=config.steps
-        )
-        dataset: Dataset = files
-        collate_fn: Callable[..., Any] = functools.partial(collate, pad_token_id=tokenizer.pad_token_id)
-    else:
-        _grid, stride = encoder_grid(model, files.image_size)
-        sampler = CurriculumSampler(curriculum, batch_size=config.batch_size, start=start, stop=config.steps)
-        dataset = CurriculumDataset(
-            curriculum,
-            tokenizer=tokenizer,
-            pixels=files.pixels,
-            image_size=files.image_size,
-            task_token=files.task_token,
-            max_length=config.max_length,
-            stride=stride,
-        )
-        collate_fn = functools.partial(collate_located, pad_token_id=tokenizer.pad_token_id)
-    return DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=collate_fn,
-        num_workers=config.num_workers,
-        persistent_workers=False,
-        worker_init_fn=_ignore_sigterm,
-    )
-
-
-def _ignore_sigterm(_worker_id: int) -> None:
-    """Loader processes leave SIGTERM to the trainer: a stop sent to the whole process group (CI, a
-    terminal's kill) must reach the trainer's checkpoint, not fail it first with a dead loader."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 READING_VAL_SEED = 1000
 """Seed of the held-out reading pages (the training curriculum's seed is another)."""
 
@@ -340,6 +196,144 @@ def reading_cer(
     return round(edits / max(1, chars), 4)
 
 
+def make_optimizer(
+    model: VisionEncoderDecoderModel, objective: Any, config: TrainConfig
+) -> torch.optim.AdamW:
+    """AdamW over the model's trainable weights and the objective's own (a training-only head); no weight
+    decay on biases and norms."""
+    trainable = [p for p in model.parameters() if p.requires_grad] + objective_parameters(objective)
+    groups = [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98))
+
+
+@dataclass
+class RunState:
+    """What a checkpoint carries besides weights: steps done, evaluations, CPU-seconds so far."""
+
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    cpu_s: float = 0.0
+
+
+def save_checkpoint(
+    path: Path,
+    run: RunState,
+    *,
+    model: VisionEncoderDecoderModel,
+    optimizer: torch.optim.Optimizer,
+    objective: Any,
+    config: TrainConfig,
+    vocab: dict[str, int],
+) -> None:
+    """Write a plain-dict checkpoint atomically (a crash never leaves half of one)."""
+    state = {
+        "step": run.step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "history": run.history,
+        "config": config.model_dump(),
+        "vocab": vocab,  # the ids the weights mean; checked on resume
+        "cpu_s": run.cpu_s,
+    }
+    if hasattr(objective, "state_dict"):
+        state["objective"] = objective.state_dict()  # a training-only head
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(
+    path: Path,
+    *,
+    model: VisionEncoderDecoderModel,
+    optimizer: torch.optim.Optimizer,
+    objective: Any,
+    vocab: dict[str, int],
+    device: torch.device,
+) -> RunState:
+    """Restore model, optimizer and objective from ``path``; refuse one made with another tokenizer."""
+    state = torch.load(path, map_location=device, weights_only=False)
+    if "vocab" in state and state["vocab"] != vocab:
+        raise CheckpointError(
+            f"{path} was trained with another tokenizer ({len(state['vocab'])} tokens, now {len(vocab)}): "
+            "resume with the same training data and recipe, or start a new run"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if "objective" in state and hasattr(objective, "load_state_dict"):
+        objective.load_state_dict(state["objective"])
+    return RunState(step=state["step"], history=state["history"], cpu_s=float(state.get("cpu_s", 0.0)))
+
+
+class Clock:
+    """Wall time of this session (for the time limit) and CPU-seconds of the whole run (for the curve:
+    this process's threads; loader processes apart)."""
+
+    def __init__(self, *, cpu_before: float, time_limit_s: float | None):
+        self.cpu_before, self.time_limit_s = cpu_before, time_limit_s
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.wall0
+
+    def cpu_seconds(self) -> float:
+        return self.cpu_before + time.process_time() - self.cpu0
+
+    def schedule_step(self, step: int, total: int) -> int:
+        """Where the lr and pruning schedules are: the step, or the elapsed fraction of the time limit
+        times ``total``, whichever is further along (so a run cut short still anneals)."""
+        if not self.time_limit_s:
+            return step
+        return max(step, min(total, int(self.elapsed() / self.time_limit_s * total)))
+
+    def out_of_time(self) -> bool:
+        return bool(self.time_limit_s) and self.elapsed() >= float(self.time_limit_s or 0)
+
+
+def evaluate_run(
+    model: VisionEncoderDecoderModel,
+    processor: DonutProcessor,
+    *,
+    step: int,
+    config: TrainConfig,
+    eval_set: Sequence[Sample],
+    reading_set: dict[str, list[tuple[Image.Image, str]]],
+    train_loss: float | None,
+    cpu_seconds: float,
+    on_eval: Callable[[int], dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """One evaluation record: held-out field F1 / nTED, reading CER per level, and ``on_eval``'s fields."""
+    record: dict[str, Any] = {
+        "step": step,
+        "images": step * config.batch_size,
+        "cpu_hours": round(cpu_seconds / 3600, 4),
+        "train_loss": train_loss,
+    }
+    model.eval()
+    if eval_set:
+        record.update(
+            score_model(
+                model, processor, eval_set, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens
+            )
+        )
+    for level, pages in reading_set.items():
+        record[f"cer_{level}"] = reading_cer(
+            model, processor, pages, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens
+        )
+    model.train()
+    if on_eval is not None:
+        record.update(on_eval(step))
+    return record
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def train(
     model: VisionEncoderDecoderModel,
     processor: DonutProcessor,
@@ -358,162 +352,68 @@ def train(
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place for ``config.steps`` steps; return the evaluation history.
 
-    ``out_dir`` receives ``checkpoint.pt`` (resumable), ``history.jsonl`` and, with ``save``, the final
-    model in ``out_dir/model``. ``on_eval(step)`` adds fields (e.g. density) to each evaluation record.
-    With a ``curriculum`` the training data is rendered on the fly (``train_samples`` is not read) and each
-    evaluation also reports the character error rate on held-out reading pages of its levels.
+    ``out_dir`` receives ``checkpoint.pt`` (resumable), ``history.jsonl``, ``train_log.jsonl`` and, with
+    ``save``, the final model in ``out_dir/model``. ``on_eval(step)`` adds fields (e.g. density) to each
+    evaluation record. With a ``curriculum`` the training data is rendered on the fly (``train_samples`` is
+    not read) and each evaluation also reports the character error rate on held-out reading pages.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    model.to(device).train()
-    tokenizer = processor.tokenizer
-    objective = objective or CrossEntropyObjective(pad_token_id=tokenizer.pad_token_id)
-    trainable = [p for p in model.parameters() if p.requires_grad] + objective_parameters(objective)
-    decay = [p for p in trainable if p.ndim >= 2]
-    no_decay = [p for p in trainable if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-        betas=(0.9, 0.98),
-    )
-    history: list[dict[str, Any]] = []
-    start, cpu_before = 0, 0.0  # CPU-seconds spent by earlier sessions of this run
+    model.to(device).train()  # type: ignore[arg-type]  # transformers types .to() as a decorated method
+    vocab = processor.tokenizer.get_vocab()
+    objective = objective or CrossEntropyObjective(pad_token_id=processor.tokenizer.pad_token_id)
+    optimizer = make_optimizer(model, objective, config)
     checkpoint_path = out_dir / CHECKPOINT
+    run = RunState()
     if resume and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if "vocab" in state and state["vocab"] != tokenizer.get_vocab():
-            raise CheckpointError(
-                f"{checkpoint_path} was trained with another tokenizer ({len(state['vocab'])} tokens, "
-                f"now {len(tokenizer)}): resume with the same training data and recipe, or start a new run"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if "objective" in state and hasattr(objective, "load_state_dict"):
-            objective.load_state_dict(state["objective"])
-        start, history = state["step"], state["history"]
-        cpu_before = float(state.get("cpu_s", 0.0))
+        run = load_checkpoint(
+            checkpoint_path, model=model, optimizer=optimizer, objective=objective, vocab=vocab, device=device
+        )
         if pruner is not None:
-            pruner.step(start)
-        log.info("resumed from %s at step %d", checkpoint_path, start)
-
+            pruner.step(run.step)
+        log.info("resumed from %s at step %d", checkpoint_path, run.step)
+    start = run.step
     loader = make_loader(model, processor, config, train_samples, curriculum=curriculum, start=start)
     autocast = autocast_for(device, config)
     eval_set = list(val_samples)[: config.eval_samples]
     reading_set = reading_pages(curriculum, processor, count=config.eval_samples) if curriculum else {}
+    clock = Clock(cpu_before=run.cpu_s, time_limit_s=config.time_limit_s)
+    running: list[float] = []  # training loss per step
 
-    def evaluate_now(step: int, train_loss: float | None) -> None:
-        record: dict[str, Any] = {
-            "step": step,
-            "images": step * config.batch_size,
-            "cpu_hours": round(cpu_seconds() / 3600, 4),
-            "train_loss": train_loss,
-        }
-        if eval_set:
-            model.eval()
-            record.update(
-                score_model(
-                    model,
-                    processor,
-                    eval_set,
-                    batch_size=config.batch_size,
-                    max_new_tokens=config.max_new_tokens,
-                )
-            )
-            model.train()
-        for level, pages in reading_set.items():
-            model.eval()
-            record[f"cer_{level}"] = reading_cer(
-                model, processor, pages, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens
-            )
-            model.train()
-        if on_eval is not None:
-            record.update(on_eval(step))
-        history.append(record)
-        with (out_dir / "history.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+    def recent_loss() -> float | None:
+        return float(np.mean(running[-config.log_every :])) if running else None
+
+    def evaluate(step: int) -> None:
+        record = evaluate_run(
+            model,
+            processor,
+            step=step,
+            config=config,
+            eval_set=eval_set,
+            reading_set=reading_set,
+            train_loss=recent_loss(),
+            cpu_seconds=clock.cpu_seconds(),
+            on_eval=on_eval,
+        )
+        run.history.append(record)
+        append_jsonl(out_dir / "history.jsonl", record)
         log.info("eval %s", record)
 
-    def checkpoint(step: int) -> None:
-        state = {
-            "step": step,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "history": history,
-            "config": config.model_dump(),
-            "vocab": tokenizer.get_vocab(),  # the ids the weights mean; checked on resume
-            "cpu_s": cpu_seconds(),
-        }
-        if hasattr(objective, "state_dict"):
-            state["objective"] = objective.state_dict()  # a training-only head
-        tmp = checkpoint_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(checkpoint_path)  # atomic: a crash never leaves half a checkpoint
-
-    done = start  # optimizer steps completed: what a checkpoint written now holds
-
-    def train_step(step: int, batch: dict[str, torch.Tensor]) -> None:
-        nonlocal done
-        schedule_step = step  # where the lr and pruning schedules are
-        if config.time_limit_s:
-            elapsed = (time.perf_counter() - started) / config.time_limit_s
-            schedule_step = max(step, min(config.steps, int(elapsed * config.steps)))
-        lr = get_lr(
-            schedule_step,
-            lr=config.lr,
-            warmup_steps=config.warmup_steps,
-            total_steps=config.steps,
-            min_lr_ratio=config.min_lr_ratio,
+    def checkpoint() -> None:
+        run.cpu_s = clock.cpu_seconds()
+        save_checkpoint(
+            checkpoint_path,
+            run,
+            model=model,
+            optimizer=optimizer,
+            objective=objective,
+            config=config,
+            vocab=vocab,
         )
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if step > start and step % config.eval_every == 0:
-            evaluate_now(step, float(np.mean(running[-config.log_every :])) if running else None)
-        if step > start and step % config.checkpoint_every == 0:
-            checkpoint(step)
-        if pruner is not None:
-            pruner.step(schedule_step)
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with autocast:
-            loss, parts = objective(model, batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if pruner is not None:
-            pruner.apply_()
-        done = step + 1
-        running.append(float(loss.detach()))
-        if step % config.log_every == 0:
-            rate = (step + 1 - start) / max(1e-9, time.perf_counter() - started) * config.batch_size
-            parts_text = " ".join(f"{k} {v:.3f}" for k, v in parts.items())
-            bar.update(
-                task,
-                status=f"loss {np.mean(running[-config.log_every :]):.3f} {parts_text} "
-                f"lr {lr:.1e} {rate:.1f} img/s",
-            )
-            with (out_dir / TRAIN_LOG).open("a", encoding="utf-8") as f:
-                record = {
-                    "step": step,
-                    "images": (step + 1) * config.batch_size,
-                    "cpu_hours": round(cpu_seconds() / 3600, 4),
-                    "loss": running[-1],
-                    "lr": lr,
-                    "img_s": round(rate, 2),
-                }
-                f.write(json.dumps(record | {k: float(v) for k, v in parts.items()}) + "\n")
-        bar.advance(task)
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    running: list[float] = []
-    started = time.perf_counter()
-    cpu_started = time.process_time()
-
-    def cpu_seconds() -> float:
-        """CPU-seconds of this run over all its sessions (this process's threads; loader processes apart)."""
-        return cpu_before + time.process_time() - cpu_started
-
     with (
         Progress(*columns, TextColumn("{task.fields[status]}"), disable=not progress) as bar,
         _stop_on_sigterm(),
@@ -521,28 +421,76 @@ def train(
         task = bar.add_task("training", total=config.steps, completed=start, status="")
         try:
             for step, batch in enumerate(loader, start=start):
-                train_step(step, batch)
-                if reached_target(history, step=step, target_f1=config.target_f1):
-                    log.warning("held-out F1 %.4f reached the target at step %d", history[-1]["f1"], step)
+                # 1. schedules: learning rate (and the pruner's density) for this step
+                at = clock.schedule_step(step, config.steps)
+                lr = get_lr(
+                    at,
+                    lr=config.lr,
+                    warmup_steps=config.warmup_steps,
+                    total_steps=config.steps,
+                    min_lr_ratio=config.min_lr_ratio,
+                )
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                # 2. evaluate and checkpoint the state before this step, every N steps
+                if step > start and step % config.eval_every == 0:
+                    evaluate(step)
+                if step > start and step % config.checkpoint_every == 0:
+                    checkpoint()
+                if pruner is not None:
+                    pruner.step(at)
+                # 3. forward + loss, backward, clip, optimizer step, pruning masks
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                with autocast:
+                    loss, parts = objective(model, batch)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if pruner is not None:
+                    pruner.apply_()
+                run.step = step + 1
+                running.append(float(loss.detach()))
+                # 4. log
+                if step % config.log_every == 0:
+                    rate = (run.step - start) / max(1e-9, clock.elapsed()) * config.batch_size
+                    record = {
+                        "step": step,
+                        "images": run.step * config.batch_size,
+                        "cpu_hours": round(clock.cpu_seconds() / 3600, 4),
+                        "loss": running[-1],
+                        "lr": lr,
+                        "img_s": round(rate, 2),
+                    }
+                    append_jsonl(out_dir / TRAIN_LOG, record | {k: float(v) for k, v in parts.items()})
+                    parts_text = " ".join(f"{k} {v:.3f}" for k, v in parts.items())
+                    status = f"loss {recent_loss():.3f} {parts_text} lr {lr:.1e} {rate:.1f} img/s"
+                    bar.update(task, status=status)
+                bar.advance(task)
+                # 5. stop early: the target reached, or the session's time spent
+                if reached_target(run.history, step=step, target_f1=config.target_f1):
+                    log.warning("held-out F1 %.4f reached the target at step %d", run.history[-1]["f1"], step)
                     break
-                if config.time_limit_s and time.perf_counter() - started >= config.time_limit_s:
+                if clock.out_of_time():
                     log.warning(
                         "time limit of %g s: stopped at step %d of %d (go on with --resume)",
                         config.time_limit_s,
-                        done,
+                        run.step,
                         config.steps,
                     )
                     break
         except KeyboardInterrupt:
-            if done > start:
-                checkpoint(done)
-                log.warning("interrupted: checkpoint at step %d in %s (go on with --resume)", done, out_dir)
+            if run.step > start:
+                checkpoint()
+                log.warning(
+                    "interrupted: checkpoint at step %d in %s (go on with --resume)", run.step, out_dir
+                )
             raise
-        if done > start:
-            evaluate_now(done, float(np.mean(running[-config.log_every :])) if running else None)
-            checkpoint(done)
+        if run.step > start:
+            evaluate(run.step)
+            checkpoint()
     model.eval()
     if save:
         model.decoder.set_attn_implementation("sdpa")  # guided training may have switched it to eager
         save_model(model, processor, out_dir / "model")
-    return history
+    return run.history

@@ -5,15 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from donut_hole.compression.batches import StepSampler, collate, target_sequence
 from donut_hole.compression.recipe import TrainConfig
-from donut_hole.compression.train import (
-    CheckpointError,
-    StepSampler,
-    collate,
-    get_lr,
-    target_sequence,
-    train,
-)
+from donut_hole.compression.train import CheckpointError, get_lr, train
 from donut_hole.documents.synth import generate
 from donut_hole.evaluation.dataset import read_dataset
 from donut_hole.model.build import load_model, new_model
@@ -227,7 +221,7 @@ def test_dataset_pixels_match_the_processor_on_scans_at_the_model_size(tmp_path)
     """The torch fast path (rescale + normalise only) gives the processor's values; other sizes use it."""
     from PIL import Image
 
-    from donut_hole.compression.train import DonutDataset
+    from donut_hole.compression.batches import DonutDataset
 
     scans = generate(
         ["bill_of_lading"], n=2, out=tmp_path / "scans", seed=4, image_size=(448, 448), progress=False

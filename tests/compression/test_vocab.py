@@ -7,9 +7,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from donut_hole.compression.batches import target_texts
 from donut_hole.compression.compress import compress
 from donut_hole.compression.recipe import CompressRecipe, load_recipe
-from donut_hole.compression.train import target_texts
 from donut_hole.compression.vocab import (
     VocabularyError,
     prune_tokenizer,
