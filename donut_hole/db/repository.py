@@ -29,6 +29,7 @@ from donut_hole.db.models import (
 )
 
 ERROR_MAX = 4000  # characters of a failure reason kept in documents.error / batches.error
+ID_MAX = 36  # batches.id and documents.id: UUID strings
 _CHUNK = 500  # rows per IN (...) list
 
 
@@ -162,8 +163,16 @@ def set_batch_status(
     return batch
 
 
+def is_id(value: object) -> bool:
+    """Whether ``value`` can be a row id at all (ids are UUID strings): no NUL byte, at most 36 characters.
+
+    Strings that cannot be ids are answered "not found" without a query (PostgreSQL refuses NUL bytes).
+    """
+    return isinstance(value, str) and 0 < len(value) <= ID_MAX and "\x00" not in value
+
+
 def get_batch(session: Session, *, batch_id: str) -> Batch | None:
-    return session.get(Batch, batch_id)
+    return session.get(Batch, batch_id) if is_id(batch_id) else None
 
 
 def batch_progress(session: Session, *, batch_id: str) -> dict[str, int]:
@@ -283,7 +292,7 @@ def field_values(extraction: Extraction) -> FieldValues:
 
 
 def get_document(session: Session, *, document_id: str) -> Document | None:
-    return session.get(Document, document_id)
+    return session.get(Document, document_id) if is_id(document_id) else None
 
 
 def mark_processing(session: Session, *, document_id: str) -> Document:
@@ -411,6 +420,8 @@ def search_fields(session: Session, *, name: str, value: str, limit: int = 100) 
     """
     if not 1 <= limit <= 10_000:
         raise InvalidInput(f"limit must be between 1 and 10000, got {limit}")
+    if "\x00" in name or "\x00" in value:
+        return []  # no stored field holds a NUL byte (PostgreSQL text cannot)
     matching = (
         select(Extraction.document_id)
         .join(Field)
@@ -465,7 +476,7 @@ def _dialect_insert(session: Session, entity: type[Any]) -> Any:
 
 
 def _batch_or_raise(session: Session, batch_id: str) -> Batch:
-    batch = session.get(Batch, batch_id)
+    batch = get_batch(session, batch_id=batch_id)
     if batch is None:
         raise BatchNotFound(batch_id)
     return batch
