@@ -93,8 +93,8 @@ async def _broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
         batch_id=batch_id, error=str(exc),
     )  # fmt: skip
     detail = (
-        f"batch {batch_id} is stored but the broker is unreachable; its documents stay queued and can be "
-        "sent again once the broker is back (donut-hole enqueue --resend): do not send this request again"
+        f"batch {batch_id} is stored but the broker is unreachable; its documents stay queued and a worker "
+        "sends them once the broker is back: do not send this request again"
     )
     return _answer(request, 503, {"detail": detail, "batch_id": batch_id})
 
