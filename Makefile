@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test lint format clean
+.PHONY: demo test services lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/donut-hole demo
 
-test: lint
+test: lint services
 	$(BIN)/pytest -q
+
+# PostgreSQL and Redis started, the compose parser installed, when missing (one script, also for .ci/run).
+services:
+	./scripts/test_services.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

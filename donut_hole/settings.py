@@ -53,7 +53,24 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Largest scan accepted, in bytes.")
     max_image_pixels: int = Field(64_000_000, ge=1024, description="Decompression-bomb guard, in pixels.")
     task_time_limit_s: int = Field(600, ge=1)
-    max_retries: int = Field(5, ge=0)
+    max_retries: int = Field(
+        5, ge=0, description="Attempts a document may lose to a dying worker before it is failed, minus one."
+    )
+    retry_budget_s: float = Field(
+        1200.0,
+        gt=0,
+        description="How long transient errors (database, broker, object store) are retried before a "
+        "document fails as 'transient: ...' (donut-hole enqueue --retry-failed queues it again).",
+    )
+    retry_backoff_max_s: float = Field(
+        60.0, gt=0, description="Longest wait between two tries after a transient error (backoff cap)."
+    )
+    unsent_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="A document stored but never sent to the broker (it was down) for this long is sent "
+        "by a worker's watchdog.",
+    )
     stalled_after_s: int | None = Field(
         None,
         ge=1,

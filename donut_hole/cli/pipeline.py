@@ -114,6 +114,15 @@ def enqueue(
     resend: Annotated[
         str | None, typer.Option(help="Send the still-queued documents of this batch again.")
     ] = None,
+    retry_failed_batch: Annotated[
+        str | None,
+        typer.Option(
+            "--retry-failed",
+            metavar="BATCH",
+            help="Queue again the documents of this batch that failed for a transient reason "
+            "('transient: ...': an outage longer than DONUT_HOLE_RETRY_BUDGET_S).",
+        ),
+    ] = None,
     recover: Annotated[
         bool,
         typer.Option(
@@ -138,6 +147,7 @@ def enqueue(
         EnqueueError,
         recover_stalled,
         resend_queued,
+        retry_failed,
         submit_files,
         submit_prefix,
         submit_uris,
@@ -145,21 +155,26 @@ def enqueue(
 
     settings = load_settings()
     targets = targets or []
-    if (resend or recover) and (targets or (resend and recover)):
-        raise fail(f"{'--resend' if resend else '--recover'} takes no other arguments")
-    if older_than is not None and not (resend or recover):
+    modes = [name for name, on in (("--resend", resend), ("--retry-failed", retry_failed_batch),
+                                   ("--recover", recover)) if on]  # fmt: skip
+    if modes and (targets or len(modes) > 1):
+        raise fail(f"{modes[0]} takes no other arguments")
+    if older_than is not None and not recover:
         raise fail("--older-than goes with --recover")
-    if not (targets or resend or recover):
+    if not (targets or modes):
         raise fail("give an s3:// prefix, s3:// URIs, a folder or files to enqueue")
     s3 = [t.startswith("s3://") for t in targets]
     if any(s3) and not all(s3):
         raise fail("do not mix s3:// URIs and local files in one call")
     try:
         with Services(settings) as services:
-            if resend or recover:
+            if modes:
                 if resend:
                     sent = resend_queued(services, batch_id=resend)
                     what = f"queued documents of batch {resend}"
+                elif retry_failed_batch:
+                    sent = retry_failed(services, batch_id=retry_failed_batch)
+                    what = f"documents of batch {retry_failed_batch} that failed for a transient reason"
                 else:
                     sent = recover_stalled(services, older_than_s=older_than)
                     what = "stalled documents"

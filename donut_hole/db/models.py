@@ -5,7 +5,7 @@ Schema (PostgreSQL in production, SQLite for the embedded default)::
     models       (id, name, path, sha256, density, metrics, created_at)      UNIQUE(name, sha256)
     batches      (id, source, status, error, created_at)
     documents    (id, batch_id → batches, uri, sha256, status, error, attempts,
-                  created_at, updated_at, started_at, finished_at)           UNIQUE(batch_id, uri)
+                  created_at, updated_at, started_at, finished_at, sent_at)  UNIQUE(batch_id, uri)
     extractions  (id, document_id → documents, model_id → models, raw_sequence, data, confidence,
                   latency_ms, note, created_at)                              UNIQUE(document_id, model_id)
     fields       (id, extraction_id → extractions, name, value, confidence)  INDEX(name, value)
@@ -175,6 +175,7 @@ class Document(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, server_default=func.now())
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]  # a message carrying it last went to the broker (None: never)
 
     batch: Mapped[Batch] = relationship(back_populates="documents")
     extractions: Mapped[list[Extraction]] = relationship(

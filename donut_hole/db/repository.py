@@ -29,6 +29,7 @@ from donut_hole.db.models import (
 )
 
 ERROR_MAX = 4000  # characters of a failure reason kept in documents.error / batches.error
+ID_MAX = 36  # batches.id and documents.id: UUID strings
 _CHUNK = 500  # rows per IN (...) list
 
 
@@ -87,22 +88,40 @@ def create_batch(
     source: str,
     uris: Sequence[str],
     sha256s: Sequence[str | None] | None = None,
+    errors: Sequence[str | None] | None = None,
     expanding: bool = False,
 ) -> Batch:
     """A batch and one ``queued`` document per URI, in the caller's transaction.
 
-    ``expanding=True`` makes a batch whose documents a task will list later (:func:`add_documents`); it
-    may start with no URIs. The returned batch's ``documents`` are in the order of ``uris``.
+    ``errors`` (one per URI, ``None`` for a good one) makes the documents that could not be taken at all
+    (an empty or oversized file) ``failed`` from the start, with the reason: one bad file never stops
+    the rest. ``expanding=True`` makes a batch whose documents a task will list later
+    (:func:`add_documents`); it may start with no URIs. The returned batch's ``documents`` are in the
+    order of ``uris``.
     """
     if not uris and not expanding:
         raise InvalidInput("a batch needs at least one document URI")
     pairs = _pairs(uris, sha256s)
+    reasons = list(errors) if errors is not None else [None] * len(pairs)
+    if len(reasons) != len(pairs):
+        raise InvalidInput(f"{len(reasons)} errors for {len(pairs)} URIs")
+    now = utcnow()
     batch = Batch(
         id=new_id(),
         source=source,
         status=BatchStatus.expanding if expanding else BatchStatus.accepted,
         documents=[
-            Document(id=new_id(), uri=uri, sha256=sha, status=DocumentStatus.queued) for uri, sha in pairs
+            Document(id=new_id(), uri=uri, sha256=sha, status=DocumentStatus.queued)
+            if reason is None
+            else Document(
+                id=new_id(),
+                uri=uri,
+                sha256=sha,
+                status=DocumentStatus.failed,
+                error=_clip(reason, ERROR_MAX),
+                finished_at=now,
+            )
+            for (uri, sha), reason in zip(pairs, reasons, strict=True)
         ],
     )
     session.add(batch)
@@ -162,8 +181,16 @@ def set_batch_status(
     return batch
 
 
+def is_id(value: object) -> bool:
+    """Whether ``value`` can be a row id at all (ids are UUID strings): no NUL byte, at most 36 characters.
+
+    Strings that cannot be ids are answered "not found" without a query (PostgreSQL refuses NUL bytes).
+    """
+    return isinstance(value, str) and 0 < len(value) <= ID_MAX and "\x00" not in value
+
+
 def get_batch(session: Session, *, batch_id: str) -> Batch | None:
-    return session.get(Batch, batch_id)
+    return session.get(Batch, batch_id) if is_id(batch_id) else None
 
 
 def batch_progress(session: Session, *, batch_id: str) -> dict[str, int]:
@@ -283,17 +310,19 @@ def field_values(extraction: Extraction) -> FieldValues:
 
 
 def get_document(session: Session, *, document_id: str) -> Document | None:
-    return session.get(Document, document_id)
+    return session.get(Document, document_id) if is_id(document_id) else None
 
 
-def mark_processing(session: Session, *, document_id: str) -> Document:
+def mark_processing(session: Session, *, document_id: str, count: bool = True) -> Document:
     """Start an attempt: status ``processing``, ``attempts`` + 1, ``started_at`` now, old error cleared.
 
     It does not look at the current status; a task that must not redo finished work checks it first.
+    ``count=False`` goes on with an attempt already counted (a retry after a database error).
     """
     document = _lock_document(session, document_id)
     document.status = DocumentStatus.processing
-    document.attempts = Document.attempts + 1  # in SQL, so that concurrent attempts all count
+    if count:
+        document.attempts = Document.attempts + 1  # in SQL, so that concurrent attempts all count
     document.started_at = utcnow()
     document.finished_at = None
     document.error = None
@@ -303,42 +332,110 @@ def mark_processing(session: Session, *, document_id: str) -> Document:
 
 
 def mark_retrying(session: Session, *, document_id: str, reason: str) -> Document:
-    """The attempt hit a passing failure: back to ``queued`` until the retry, with the reason in ``error``."""
+    """The attempt hit a passing failure: back to ``queued`` until the retry, with the reason in ``error``.
+
+    The attempt ended cleanly, so it is given back (``attempts`` - 1): ``attempts`` counts the attempts
+    that ended without an outcome (a worker that died), and an outage of any length retried within the
+    budget never makes a document give up. ``sent_at`` is now: the retry's message goes out next.
+    """
     document = _lock_document(session, document_id)
     document.status = DocumentStatus.queued
     document.error = _clip(f"retrying after attempt {document.attempts}: {reason}", ERROR_MAX)
+    document.attempts = max(0, document.attempts - 1)
+    document.sent_at = utcnow()
     session.flush()
     return document
 
 
+def mark_sent(session: Session, *, document_ids: Sequence[str]) -> int:
+    """``sent_at`` = now for documents whose message the broker took; returns how many rows changed."""
+    changed = 0
+    now = utcnow()
+    for chunk in _chunks(list(document_ids)):
+        result = session.execute(
+            update(Document)
+            .where(Document.id.in_(chunk))
+            .values(sent_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        changed += int(getattr(result, "rowcount", 0) or 0)
+    return changed
+
+
 def requeue_stalled(
-    session: Session, *, started_before: datetime, waiting_before: datetime | None = None, reason: str
+    session: Session,
+    *,
+    started_before: datetime,
+    waiting_before: datetime | None = None,
+    unsent_before: datetime | None = None,
+    reason: str,
 ) -> list[tuple[str, str]]:
     """Documents no worker is reading any more, to be sent again: returns ``(document_id, batch_id)`` pairs.
 
-    They are the ``processing`` ones whose attempt started before ``started_before`` and, with
-    ``waiting_before``, the ones ``queued`` for another attempt (``attempts > 0``: waiting for a retry, or
-    sent again before) and untouched since then. They become ``queued`` with ``reason`` in ``error``. One
-    conditional ``UPDATE`` does it, so when several workers look at the same time each document is taken
-    by one of them only. ``attempts`` is kept: the next claim counts the new attempt and gives up after
-    ``max_retries + 1`` of them.
+    They are the ``processing`` ones whose attempt started before ``started_before``; with
+    ``waiting_before``, the ``queued`` ones whose last message went out before then (``sent_at``: waiting
+    for a retry whose worker vanished, or a message whose sender gave up during an outage), or, for rows
+    older than ``sent_at``, untouched since then after an attempt; with ``unsent_before``, the ``queued``
+    ones never sent (``sent_at`` null: the broker was down when they were stored) and older than that.
+    They become ``queued`` with ``reason`` in ``error`` and ``sent_at`` now (the caller sends them before
+    it commits). One conditional ``UPDATE`` does it, so when several workers look at the same time each
+    document is taken by one of them only. ``attempts`` is kept: the next claim counts the new attempt
+    and gives up after ``max_retries + 1`` of them.
     """
     stalled = and_(Document.status == DocumentStatus.processing, Document.started_at < started_before)
+    queued = Document.status == DocumentStatus.queued
     if waiting_before is not None:
-        waiting = and_(
-            Document.status == DocumentStatus.queued,
-            Document.attempts > 0,
-            Document.updated_at < waiting_before,
+        sent_long_ago = and_(queued, Document.sent_at.is_not(None), Document.sent_at < waiting_before)
+        tried_long_ago = and_(
+            queued, Document.sent_at.is_(None), Document.attempts > 0, Document.updated_at < waiting_before
         )
-        stalled = or_(stalled, waiting)
+        stalled = or_(stalled, sent_long_ago, tried_long_ago)
+    if unsent_before is not None:
+        never_sent = and_(
+            queued, Document.sent_at.is_(None), Document.attempts == 0, Document.updated_at < unsent_before
+        )
+        stalled = or_(stalled, never_sent)
+    now = utcnow()
     rows = session.execute(
         update(Document)
         .where(stalled)
-        .values(status=DocumentStatus.queued, error=_clip(reason, ERROR_MAX), updated_at=utcnow())
+        .values(status=DocumentStatus.queued, error=_clip(reason, ERROR_MAX), updated_at=now, sent_at=now)
         .returning(Document.id, Document.batch_id)
         .execution_options(synchronize_session=False)
     ).all()
     return [(document_id, batch_id) for document_id, batch_id in rows]
+
+
+TRANSIENT = "transient: "
+"""How ``documents.error`` begins when a document failed for a passing reason (an outage past the retry
+budget): :func:`requeue_transient_failures` (``donut-hole enqueue --retry-failed``) queues it again."""
+
+
+def requeue_transient_failures(session: Session, *, batch_id: str) -> list[str]:
+    """The batch's documents ``failed`` for a transient reason back to ``queued`` (``sent_at`` now,
+    ``attempts`` 0, the old reason kept after ``queued again:``); returns their ids, for the caller to send
+    before it commits. :class:`BatchNotFound` when there is no such batch."""
+    _batch_or_raise(session, batch_id)
+    now = utcnow()
+    rows = session.execute(
+        update(Document)
+        .where(
+            Document.batch_id == batch_id,
+            Document.status == DocumentStatus.failed,
+            Document.error.startswith(TRANSIENT, autoescape=True),
+        )
+        .values(
+            status=DocumentStatus.queued,
+            error=func.substr("queued again after: " + Document.error, 1, ERROR_MAX),
+            attempts=0,
+            finished_at=None,
+            updated_at=now,
+            sent_at=now,
+        )
+        .returning(Document.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return sorted(document_id for (document_id,) in rows)
 
 
 def mark_failed(session: Session, *, document_id: str, error: str) -> Document:
@@ -411,6 +508,8 @@ def search_fields(session: Session, *, name: str, value: str, limit: int = 100) 
     """
     if not 1 <= limit <= 10_000:
         raise InvalidInput(f"limit must be between 1 and 10000, got {limit}")
+    if "\x00" in name or "\x00" in value:
+        return []  # no stored field holds a NUL byte (PostgreSQL text cannot)
     matching = (
         select(Extraction.document_id)
         .join(Field)
@@ -465,7 +564,7 @@ def _dialect_insert(session: Session, entity: type[Any]) -> Any:
 
 
 def _batch_or_raise(session: Session, batch_id: str) -> Batch:
-    batch = session.get(Batch, batch_id)
+    batch = get_batch(session, batch_id=batch_id)
     if batch is None:
         raise BatchNotFound(batch_id)
     return batch

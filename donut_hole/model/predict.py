@@ -12,6 +12,7 @@ import contextlib
 import io
 import math
 import re
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -63,7 +64,7 @@ def load_image(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(io.BytesIO(data))
+                image = _open_header(data)
                 width, height = image.size
                 if width * height > max_pixels:
                     raise DocumentError(
@@ -89,6 +90,26 @@ def load_image(
     return image.convert("RGB")
 
 
+_PILLOW_CAP_LOCK = threading.Lock()
+_OBJECT_REPR = re.compile(r"<[^<>]*? object at 0x[0-9a-fA-F]+>")
+
+
+def _open_header(data: bytes) -> Image.Image:
+    """``Image.open`` (reads the header only) with Pillow's own pixel cap off: ``max_pixels`` governs.
+
+    Pillow refuses images over its ``MAX_IMAGE_PIXELS`` (89.5 M, an error at twice that) already in
+    ``open``, whatever the caller's limit; the project's limit, checked right after, must be the one rule
+    both ways. The cap is a module global, so it is lifted only around ``open`` and under a lock.
+    """
+    with _PILLOW_CAP_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(io.BytesIO(data))
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def _read_bytes(source: bytes | str | Path, *, max_bytes: int) -> bytes:
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
@@ -107,7 +128,8 @@ def _read_bytes(source: bytes | str | Path, *, max_bytes: int) -> bytes:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+    """The error's message for a reader: no object reprs (``<_io.BytesIO object at 0x...>``), clipped."""
+    text = _OBJECT_REPR.sub("the data", str(exc)).strip() or type(exc).__name__
     return text if len(text) < 200 else text[:197] + "..."
 
 

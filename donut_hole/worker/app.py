@@ -30,7 +30,6 @@ from donut_hole.worker.broker import broker_url_for_celery
 TASK_PROCESS = "donut_hole.process_documents"
 TASK_EXPAND = "donut_hole.expand_prefix"
 HARD_LIMIT_GRACE_S = 30  # the hard time limit kills the pool process this long after the soft one
-MAX_RETRY_DELAY_S = 300.0  # longest backoff between two retries of a document (see tasks.backoff_s)
 STALL_GRACE_S = 60  # a document still processing this long after the hard time limit has lost its worker
 
 
@@ -48,12 +47,26 @@ def stalled_after_s(settings: Settings) -> int:
     return settings.stalled_after_s or time_limits(settings)[1] + STALL_GRACE_S
 
 
+def resend_after_s(settings: Settings, *, older_than_s: float | None = None) -> float:
+    """How long a ``queued`` document's last message may be on its way before it counts as lost.
+
+    A worker holds a retry's message until its countdown ends (at most ``retry_backoff_max_s``), and a
+    task retries transient errors for ``retry_budget_s`` before it gives up (during a database outage it
+    cannot even record that): past both, and past the stall age, no live worker still holds a message
+    for it, and the watchdog sends it again (see :mod:`.watchdog`).
+    """
+    age = stalled_after_s(settings) if older_than_s is None else older_than_s
+    budget = settings.retry_budget_s if older_than_s is None else 0.0
+    return max(age, budget) + settings.retry_backoff_max_s
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery settings of the pipeline, as a plain dict (also what the tests inspect)."""
     soft, hard = time_limits(settings)
     config: dict[str, Any] = {
         "broker_url": broker_url_for_celery(settings.broker_url),
         "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # a broker outage of any length: reconnect, never exit
         "result_backend": None,
         "task_ignore_result": True,
         "task_serializer": "json",
@@ -69,16 +82,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": hard,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
-        "broker_transport_options": _transport_options(settings.broker_url, hard_limit_s=hard),
+        "broker_transport_options": _transport_options(
+            settings.broker_url, hard_limit_s=hard, max_delay_s=settings.retry_backoff_max_s
+        ),
     }
     return config
 
 
-def _transport_options(broker_url: str, *, hard_limit_s: int) -> dict[str, Any]:
+def _transport_options(broker_url: str, *, hard_limit_s: int, max_delay_s: float) -> dict[str, Any]:
     if broker_url.startswith(("redis://", "rediss://", "sentinel://")):
         # A message unacknowledged this long is given to another consumer: keep it well above the longest
         # task, and above the longest countdown of a retry (the broker holds those messages too).
-        return {"visibility_timeout": max(3600, int(2 * hard_limit_s + MAX_RETRY_DELAY_S))}
+        return {"visibility_timeout": max(3600, int(2 * hard_limit_s + max_delay_s))}
     if broker_url.startswith(("sqla+sqlite", "sqlalchemy+sqlite")):
         # These options go to sqlalchemy.create_engine: wait for the file lock instead of failing at once.
         return {"connect_args": {"timeout": 30}}

@@ -40,10 +40,12 @@ from donut_hole.storage import (
     LocalStore,
     ObjectStore,
     S3Store,
+    StorageError,
+    TransientStorageError,
     check_key,
     parse_s3_uri,
 )
-from donut_hole.worker.app import MAX_RETRY_DELAY_S, TASK_EXPAND, TASK_PROCESS, stalled_after_s
+from donut_hole.worker.app import TASK_EXPAND, TASK_PROCESS, resend_after_s, stalled_after_s
 from donut_hole.worker.batching import chunked
 
 log = logging.getLogger("donut_hole.enqueue")
@@ -51,6 +53,7 @@ log = logging.getLogger("donut_hole.enqueue")
 MAX_DOCUMENTS = 100_000  # per call; larger sets go through an S3 prefix
 UPLOAD_PREFIX = "uploads"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+SEND_PAGE = 256  # documents sent between two records of sent_at
 _PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0}
 
 
@@ -73,7 +76,8 @@ class BrokerUnavailable(RuntimeError):
     def __init__(self, batch_id: str, error: BaseException) -> None:
         super().__init__(
             f"batch {batch_id} is stored but the broker is unreachable ({error}); its documents stay "
-            f"queued: run `donut-hole enqueue --resend {batch_id}` once the broker is back"
+            "queued and a worker's watchdog sends them once the broker is back (or run "
+            f"`donut-hole enqueue --resend {batch_id}`)"
         )
         self.batch_id = batch_id
 
@@ -114,23 +118,37 @@ def submit_prefix(services: Services, *, prefix_uri: str, session: Session | Non
 def submit_upload(
     services: Services, *, data: bytes, filename: str, session: Session | None = None
 ) -> tuple[str, str]:
-    """Store one uploaded scan under ``uploads/<uuid>/<safe filename>``, then queue it: (batch, document)."""
+    """Store one uploaded scan under ``uploads/<uuid>/<safe filename>``, then queue it: (batch, document).
+
+    The row is committed before the object is written, so no object reaches the store without its row;
+    when the store refuses the write the document is ``failed`` with the reason and the error is raised.
+    """
     settings = services.settings
     _check_upload(settings, data, filename)
     store = _store(services)
-    uri = store.put(f"{UPLOAD_PREFIX}/{uuid.uuid4()}/{safe_filename(filename)}", data)
-    batch_id, document_ids = _submit(
-        services,
-        [_resolve(store, uri)],
-        source="upload",
-        sha256s=[_sha256(data)],
-        session=session,
-    )
-    return batch_id, document_ids[0]
+    key = f"{UPLOAD_PREFIX}/{uuid.uuid4()}/{safe_filename(filename)}"
+    with _transaction(services, session) as writing:
+        batch = repository.create_batch(
+            writing, source="upload", uris=[_resolve(store, key)], sha256s=[_sha256(data)]
+        )
+        batch_id, document_id = batch.id, batch.documents[0].id
+    try:
+        store.put(key, data)
+    except StorageError as exc:
+        _fail_unstored(services, {document_id: exc})
+        raise
+    _send(services, [document_id], batch_id=batch_id)
+    log_event(log, "batch.submitted", batch_id=batch_id, documents=1, source="upload")
+    return batch_id, document_id
 
 
 def submit_files(services: Services, *, paths: Sequence[Path], source: str = "cli") -> str:
-    """Upload local scans to the store (``uploads/<uuid>/<name>``) and queue them as one batch."""
+    """Upload local scans to the store (``uploads/<uuid>/<name>``) and queue them as one batch.
+
+    A file that cannot be taken (unreadable, empty, over ``max_image_bytes``) becomes a ``failed``
+    document with the reason, and the others go on. The rows are committed before any object is
+    written (no object in the store without its row); a write the store refuses fails its document.
+    """
     if not paths:
         raise EnqueueError("no files to submit")
     if len(paths) > MAX_DOCUMENTS:
@@ -138,23 +156,78 @@ def submit_files(services: Services, *, paths: Sequence[Path], source: str = "cl
     settings = services.settings
     store = _store(services)
     folder = f"{UPLOAD_PREFIX}/{uuid.uuid4()}"
-    names: dict[str, Path] = {}
-    for path in paths:
-        name = safe_filename(path.name)
-        if name in names:
-            raise EnqueueError(f"two files would be stored as {name!r}: {names[name]} and {path}")
-        names[name] = path
-    uris, shas = [], []
-    for name, path in names.items():
+    keys: list[str] = []
+    uris: list[str] = []
+    shas: list[str | None] = []
+    errors: list[str | None] = []
+    contents: list[bytes] = []
+    for path, name in zip(paths, _unique_names(paths), strict=True):
+        key = f"{folder}/{name}"
+        data, error = b"", None
         try:
             data = path.read_bytes()
+            _check_upload(settings, data, path.name)
         except OSError as exc:
-            raise EnqueueError(f"cannot read {path}: {exc.strerror or exc}") from exc
-        _check_upload(settings, data, str(path))
-        uris.append(_resolve(store, store.put(f"{folder}/{name}", data)))
-        shas.append(_sha256(data))
-    batch_id, _ = _submit(services, uris, source=source, sha256s=shas)
+            error = f"cannot read {path.name}: {exc.strerror or type(exc).__name__}"
+        except EnqueueError as exc:
+            error = str(exc)
+        keys.append(key)
+        uris.append(_resolve(store, key))
+        shas.append(_sha256(data) if error is None else None)
+        errors.append(error)
+        contents.append(data if error is None else b"")
+    with session_scope(services.sessions) as writing:
+        batch = repository.create_batch(writing, source=source, uris=uris, sha256s=shas, errors=errors)
+        batch_id = batch.id
+        document_ids = [document.id for document in batch.documents]
+    for document_id, error in zip(document_ids, errors, strict=True):
+        if error is not None:
+            log_event(log, "document.failed", level=logging.WARNING, batch_id=batch_id,
+                      document_id=document_id, reason=error, kind="rejected")  # fmt: skip
+    stored: list[str] = []
+    refused: dict[str, Exception] = {}
+    for document_id, key, data, error in zip(document_ids, keys, contents, errors, strict=True):
+        if error is not None:
+            continue
+        try:
+            store.put(key, data)
+        except StorageError as exc:
+            refused[document_id] = exc
+            continue
+        stored.append(document_id)
+    if refused:
+        _fail_unstored(services, refused)
+    _send(services, stored, batch_id=batch_id)
+    failed = len(paths) - len(stored)
+    log_event(log, "batch.submitted", batch_id=batch_id, documents=len(stored), failed=failed, source=source)
     return batch_id
+
+
+def _unique_names(paths: Sequence[Path]) -> list[str]:
+    """A safe, distinct name in the batch's folder per file: ``a.jpg``, ``a-2.jpg``, ..."""
+    names: list[str] = []
+    taken: set[str] = set()
+    for path in paths:
+        name = safe_filename(path.name)
+        stem, dot, suffix = name.rpartition(".")
+        candidate, n = name, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{stem}-{n}.{suffix}" if dot else f"{name}-{n}"
+        taken.add(candidate)
+        names.append(candidate)
+    return names
+
+
+def _fail_unstored(services: Services, refused: dict[str, Exception]) -> None:
+    """Documents whose object the store did not take: ``failed`` (``transient: ...`` when it may pass)."""
+    with session_scope(services.sessions) as session:
+        for document_id, exc in refused.items():
+            transient = isinstance(exc, TransientStorageError)
+            reason = (
+                f"{repository.TRANSIENT if transient else ''}the object store did not take the scan: {exc}"
+            )
+            repository.mark_failed(session, document_id=document_id, error=reason)
 
 
 def resend_queued(services: Services, *, batch_id: str) -> int:
@@ -165,27 +238,46 @@ def resend_queued(services: Services, *, batch_id: str) -> int:
         except repository.BatchNotFound as exc:
             raise EnqueueError(str(exc)) from exc
     queued = [row["document_id"] for row in rows if row["status"] == DocumentStatus.queued.value]
-    send_groups(services, queued, batch_id=batch_id)
+    _send(services, queued, batch_id=batch_id)
     return len(queued)
 
 
-def recover_stalled(services: Services, *, older_than_s: float | None = None) -> int:
-    """Send again the documents a vanished worker left behind; returns how many.
+def retry_failed(services: Services, *, batch_id: str) -> int:
+    """Queue again the batch's documents that failed for a transient reason (``transient: ...`` in
+    ``error``: an outage longer than the retry budget); returns how many. Other failures (a corrupt image,
+    a missing object) would fail again and are left as they are. ``donut-hole enqueue --retry-failed``."""
+    # Sent before the commit: with the broker down nothing changes and the call can be made again.
+    with session_scope(services.sessions) as session:
+        try:
+            document_ids = repository.requeue_transient_failures(session, batch_id=batch_id)
+        except repository.BatchNotFound as exc:
+            raise EnqueueError(str(exc)) from exc
+        send_groups(services, document_ids, batch_id=batch_id)
+    log_event(log, "documents.retried", batch_id=batch_id, documents=len(document_ids))
+    return len(document_ids)
 
-    They are ``processing`` for longer than ``older_than_s``, or ``queued`` for a retry and untouched for
-    longer than that plus the longest retry delay (a worker holds a retry's message until its countdown
-    ends). Their worker stopped without finishing them (killed, out of memory, a lost machine), and a
-    broker that does not redeliver (the embedded SQLite transport) would leave them there for good. The
-    default age is :func:`~donut_hole.worker.app.stalled_after_s`, past the hard time limit, so no live
-    worker is still reading them; a copy that still arrives later finds them done and skips them. Each
-    worker runs this once a minute (:mod:`.watchdog`); ``donut-hole enqueue --recover`` runs it by hand.
+
+def recover_stalled(services: Services, *, older_than_s: float | None = None) -> int:
+    """Send again the documents a vanished worker, a given-up sender or a broker outage left behind;
+    returns how many.
+
+    They are ``processing`` for longer than ``older_than_s`` (their worker stopped without finishing
+    them: killed, out of memory, a lost machine), ``queued`` with a last message older than
+    :func:`~donut_hole.worker.app.resend_after_s` (a retry whose worker vanished, or a task that gave up
+    while the database was down), or ``queued`` and never sent for ``unsent_after_s`` (the broker was
+    down when their batch was stored). The default age is
+    :func:`~donut_hole.worker.app.stalled_after_s`, past the hard time limit, so no live worker is still
+    reading them; a copy that still arrives later finds them done and skips them. Each worker runs this
+    once a minute (:mod:`.watchdog`); ``donut-hole enqueue --recover`` runs it by hand.
     """
-    age_s = older_than_s if older_than_s is not None else stalled_after_s(services.settings)
+    settings = services.settings
+    age_s = older_than_s if older_than_s is not None else stalled_after_s(settings)
+    waiting_s = resend_after_s(settings, older_than_s=older_than_s)
     now = utcnow()
     reason = (
-        f"sent again: no worker finished it (processing for more than {age_s:g} s, or waiting for a "
-        f"retry for more than {age_s + MAX_RETRY_DELAY_S:g} s: its worker was killed, ran out of memory "
-        "or was lost)"
+        f"sent again: no worker finished it (processing for more than {age_s:g} s, its message on its way "
+        f"for more than {waiting_s:g} s, or never sent: its worker was lost or the broker or database "
+        "was down)"
     )
     # The messages go out before the commit: if the broker is down the update is rolled back and the
     # documents stay as they were for the next look, never 'queued' with no message on its way.
@@ -193,7 +285,8 @@ def recover_stalled(services: Services, *, older_than_s: float | None = None) ->
         rows = repository.requeue_stalled(
             session,
             started_before=now - timedelta(seconds=age_s),
-            waiting_before=now - timedelta(seconds=age_s + MAX_RETRY_DELAY_S),
+            waiting_before=now - timedelta(seconds=waiting_s),
+            unsent_before=now - timedelta(seconds=settings.unsent_after_s),
             reason=reason,
         )
         by_batch: dict[str, list[str]] = {}
@@ -210,7 +303,8 @@ def recover_stalled(services: Services, *, older_than_s: float | None = None) ->
 
 
 def send_group(services: Services, document_ids: list[str]) -> None:
-    """One message: a group of document ids for one forward pass, on the settings' queue."""
+    """One message: a group of document ids for one forward pass, on the settings' queue; then the
+    documents' ``sent_at`` (see :func:`mark_sent`)."""
     services.celery.send_task(
         TASK_PROCESS,
         args=[document_ids],
@@ -218,6 +312,21 @@ def send_group(services: Services, document_ids: list[str]) -> None:
         retry=True,
         retry_policy=_PUBLISH_RETRY,
     )
+    mark_sent(services, document_ids)
+
+
+def mark_sent(services: Services, document_ids: Sequence[str]) -> None:
+    """Record that the documents' message is on its way (``sent_at``). Best effort: when the database
+    fails right now the documents look unsent, and a watchdog sends them once more, which is harmless (a
+    second message finds them done and skips them)."""
+    if not document_ids:
+        return
+    try:
+        with session_scope(services.sessions) as session:
+            repository.mark_sent(session, document_ids=document_ids)
+    except Exception as exc:  # the database is down: see above
+        log_event(log, "documents.sent_unrecorded", level=logging.WARNING, documents=len(document_ids),
+                  error=f"{type(exc).__name__}: {exc}")  # fmt: skip
 
 
 def send_groups(services: Services, document_ids: list[str], *, batch_id: str) -> None:
@@ -236,6 +345,15 @@ def send_groups(services: Services, document_ids: list[str], *, batch_id: str) -
                 )
     except Exception as exc:  # kombu raises several connection error types
         raise BrokerUnavailable(batch_id, exc) from exc
+
+
+def _send(services: Services, document_ids: list[str], *, batch_id: str) -> None:
+    """:func:`send_groups` for committed rows, then :func:`mark_sent`, a page at a time (a long batch
+    is not left looking unsent while it goes out)."""
+    size = services.settings.batch_size
+    for page in chunked(document_ids, size * max(1, SEND_PAGE // size)):  # whole groups per page
+        send_groups(services, page, batch_id=batch_id)
+        mark_sent(services, page)
 
 
 @contextmanager
@@ -261,7 +379,7 @@ def _submit(
         batch = repository.create_batch(writing, source=source, uris=uris, sha256s=sha256s)
         batch_id, document_ids = batch.id, [document.id for document in batch.documents]
     # Committed: a worker that takes a message is sure to find its rows.
-    send_groups(services, document_ids, batch_id=batch_id)
+    _send(services, document_ids, batch_id=batch_id)
     log_event(log, "batch.submitted", batch_id=batch_id, documents=len(document_ids), source=source)
     return batch_id, document_ids
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,7 @@ class GroupOutcome:
     failed: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     retry: dict[str, str] = field(default_factory=dict)
+    claimed: list[str] = field(default_factory=list)  # marked processing by this call (committed)
 
 
 def is_image_uri(uri: str) -> bool:
@@ -75,16 +76,25 @@ def is_image_uri(uri: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def process_group(rt: Runtime, document_ids: Sequence[str], *, last_try: bool = False) -> GroupOutcome:
+def process_group(
+    rt: Runtime,
+    document_ids: Sequence[str],
+    *,
+    last_try: bool = False,
+    resumed: Collection[str] = (),
+    outcome: GroupOutcome | None = None,
+) -> GroupOutcome:
     """Read and store a group of documents (see the module docstring); safe to run again on the same ids.
 
     ``last_try``: transient errors fail the document instead of asking for a retry. Database errors
     (``sqlalchemy.exc.OperationalError``) propagate: the caller retries the whole group, and documents
-    finished before the error are skipped on that retry.
+    finished before the error are skipped on that retry. ``resumed``: documents an earlier try of the same
+    message claimed before a database error; their attempt goes on and is not counted again. Pass
+    ``outcome`` to see what was claimed even when an error propagates.
     """
     started = time.perf_counter()
-    outcome = GroupOutcome()
-    jobs = _claim(rt, document_ids, outcome)
+    outcome = outcome if outcome is not None else GroupOutcome()
+    jobs = _claim(rt, document_ids, outcome, resumed=resumed)
     fetched = [job for job in jobs if _fetch(rt, job, outcome, last_try=last_try)]
     ready = [job for job in fetched if _decode(rt, job, outcome)]
     if not ready:
@@ -109,7 +119,9 @@ def process_group(rt: Runtime, document_ids: Sequence[str], *, last_try: bool = 
     return outcome
 
 
-def _claim(rt: Runtime, document_ids: Sequence[str], outcome: GroupOutcome) -> list[_Job]:
+def _claim(
+    rt: Runtime, document_ids: Sequence[str], outcome: GroupOutcome, *, resumed: Collection[str] = ()
+) -> list[_Job]:
     max_attempts = rt.settings.max_retries + 1
     model_id = rt.model_id
     jobs: list[_Job] = []
@@ -131,7 +143,8 @@ def _claim(rt: Runtime, document_ids: Sequence[str], outcome: GroupOutcome) -> l
                 outcome.skipped.append(document_id)
                 metrics.DOCUMENTS_SKIPPED.inc()
                 continue
-            if document.attempts >= max_attempts:
+            resuming = document_id in resumed and document.status == DocumentStatus.processing
+            if document.attempts >= max_attempts and not resuming:
                 reason = (
                     f"gave up after {document.attempts} attempts: the worker stopped while reading this "
                     "document (crash, out of memory or time limit; see the worker logs)"
@@ -139,8 +152,9 @@ def _claim(rt: Runtime, document_ids: Sequence[str], outcome: GroupOutcome) -> l
                 repository.mark_failed(session, document_id=document_id, error=reason)
                 _failed(outcome, reason, "retries_exhausted", **ids)
                 continue
-            document = repository.mark_processing(session, document_id=document_id)
+            document = repository.mark_processing(session, document_id=document_id, count=not resuming)
             jobs.append(_Job(document_id, document.batch_id, document.uri, document.attempts))
+    outcome.claimed = [job.document_id for job in jobs]  # committed
     return jobs
 
 
@@ -157,7 +171,10 @@ def _fetch(rt: Runtime, job: _Job, outcome: GroupOutcome, *, last_try: bool) -> 
         _fail(rt, job, outcome, f"scan too large: {exc}", "too_large")
     except TransientStorageError as exc:
         if last_try:
-            reason = f"gave up after {job.attempts} attempts: {exc}"
+            budget = rt.settings.retry_budget_s
+            reason = (
+                f"{repository.TRANSIENT}the object store did not answer for {budget:g} s of retries: {exc}"
+            )
             _fail(rt, job, outcome, reason, "retries_exhausted")
         else:
             with session_scope(rt.sessions) as session:

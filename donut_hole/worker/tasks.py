@@ -4,15 +4,21 @@ The tasks are bound to whichever app runs them (``shared_task``); the settings a
 (:func:`~donut_hole.worker.app.make_celery` attaches them), so tests can run workers with their own settings,
 and the process's :class:`~donut_hole.worker.runtime.Runtime` sends with that same app.
 
-Retries: a transient error (object store or database unreachable) sends the affected documents back with
-a delay of :func:`backoff_s`, at most ``max_retries`` times; on the last try they are marked ``failed`` with
-the error. Documents finished before the error are skipped when the group comes back.
+Retries run on a time budget, not a count: a transient error (object store or database unreachable) sends
+the affected documents back with a delay of :func:`backoff_s` (exponential, capped at
+``retry_backoff_max_s``, half of it random) for as long as ``retry_budget_s`` since the group's first
+transient error (``failing_since``, carried by the retries). Past it, documents the object store did not
+give are ``failed`` with ``transient: ...`` (``donut-hole enqueue --retry-failed`` queues them again); a
+group that still cannot reach the database gives up without a word to it, and the watchdog sends its
+documents again (their ``sent_at`` is old). Documents finished before the error are skipped when the group
+comes back.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import Any
 
 from celery import Task, shared_task
@@ -20,9 +26,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from donut_hole.logs import log_event
+from donut_hole.settings import Settings
 from donut_hole.storage import TransientStorageError
 from donut_hole.worker import metrics, process
-from donut_hole.worker.app import MAX_RETRY_DELAY_S, TASK_EXPAND, TASK_PROCESS, time_limits
+from donut_hole.worker.app import TASK_EXPAND, TASK_PROCESS, time_limits
 from donut_hole.worker.enqueue import send_group
 from donut_hole.worker.runtime import get_runtime
 
@@ -31,9 +38,7 @@ log = logging.getLogger("donut_hole.worker")
 DATABASE_ERRORS = (OperationalError, InterfaceError)
 
 
-def backoff_s(
-    retries: int, *, base_s: float = 2.0, cap_s: float = MAX_RETRY_DELAY_S, rng: Any = random
-) -> float:
+def backoff_s(retries: int, *, base_s: float = 2.0, cap_s: float = 60.0, rng: Any = random) -> float:
     """Delay before retry number ``retries + 1``: exponential, capped, half of it random ("equal jitter").
 
     ``retries=0`` → 1-2 s, ``1`` → 2-4 s, ``2`` → 4-8 s, ... never more than ``cap_s``.
@@ -42,23 +47,51 @@ def backoff_s(
     return delay / 2 + rng.uniform(0.0, delay / 2)
 
 
-@shared_task(bind=True, name=TASK_PROCESS)
-def process_documents(self: Task, document_ids: list[str]) -> dict[str, int]:
-    """Read one group of documents in one forward pass and store the results."""
+def out_of_budget(settings: Settings, failing_since: float | None, *, now: float) -> bool:
+    """Whether transient errors have been retried for ``retry_budget_s`` already (this is the last try)."""
+    return failing_since is not None and now - failing_since >= settings.retry_budget_s
+
+
+def _retry(
+    task: Task, settings: Settings, failing_since: float, *, resumed: list[str] | None = None, **options: Any
+) -> Exception:
+    countdown = backoff_s(task.request.retries, cap_s=settings.retry_backoff_max_s)
+    kwargs: dict[str, Any] = {"failing_since": failing_since}
+    if resumed:
+        kwargs["resumed"] = resumed
+    return task.retry(countdown=countdown, max_retries=None, kwargs=kwargs, **options)
+
+
+@shared_task(bind=True, name=TASK_PROCESS, max_retries=None)  # bounded by retry_budget_s instead
+def process_documents(
+    self: Task,
+    document_ids: list[str],
+    failing_since: float | None = None,
+    resumed: list[str] | None = None,
+) -> dict[str, int]:
+    """Read one group of documents in one forward pass and store the results.
+
+    ``failing_since``: when this group's first transient error happened (carried by its retries);
+    ``resumed``: documents an earlier try claimed before a database error (their attempt goes on).
+    """
     rt = get_runtime(self.app)
     settings = rt.settings
-    retries = self.request.retries
-    last_try = retries >= settings.max_retries
+    now = time.time()
+    last_try = out_of_budget(settings, failing_since, now=now)
+    outcome = process.GroupOutcome()
     try:
-        outcome = process.process_group(rt, document_ids, last_try=last_try)
+        process.process_group(
+            rt, document_ids, last_try=last_try, resumed=set(resumed or ()), outcome=outcome
+        )
     except DATABASE_ERRORS as exc:
-        if last_try:
+        if last_try:  # nothing can be written: the documents' old sent_at brings the watchdog to them
             log_event(
-                log, "group.database_error", level=logging.ERROR, documents=document_ids, error=str(exc)
+                log, "group.database_gave_up", level=logging.ERROR, documents=document_ids, error=str(exc)
             )
-            raise
+            return {"given_up": len(document_ids)}
         log_event(log, "group.retry", level=logging.WARNING, documents=len(document_ids), error=str(exc))
-        raise self.retry(countdown=backoff_s(retries), max_retries=settings.max_retries, exc=exc) from exc
+        going_on = sorted((set(resumed or ()) | set(outcome.claimed)) - set(outcome.done))
+        raise _retry(self, settings, failing_since or now, resumed=going_on, exc=exc) from exc
     except SoftTimeLimitExceeded:
         soft, _ = time_limits(settings)
         reason = (
@@ -69,32 +102,33 @@ def process_documents(self: Task, document_ids: list[str]) -> dict[str, int]:
         return {"failed": len(document_ids)}
     except Exception as exc:  # a bug or a broken model: fail these documents loudly, keep the worker going
         log.exception("group.internal_error", extra={"fields": {"documents": document_ids}})
-        reason = f"internal error while reading: {type(exc).__name__}: {exc}"
+        reason = f"internal error while reading: {type(exc).__name__}"
         process.fail_unfinished(rt, document_ids, reason=reason, kind="internal")
         return {"failed": len(document_ids)}
     if outcome.retry:
         metrics.DOCUMENT_RETRIES.inc(len(outcome.retry))
-        raise self.retry(
-            args=[sorted(outcome.retry)], countdown=backoff_s(retries), max_retries=settings.max_retries
-        )
+        raise _retry(self, settings, failing_since or now, args=[sorted(outcome.retry)])
     return {"done": len(outcome.done), "failed": len(outcome.failed), "skipped": len(outcome.skipped)}
 
 
-@shared_task(bind=True, name=TASK_EXPAND)
-def expand_prefix(self: Task, batch_id: str, prefix_uri: str) -> int:
+@shared_task(bind=True, name=TASK_EXPAND, max_retries=None)
+def expand_prefix(self: Task, batch_id: str, prefix_uri: str, failing_since: float | None = None) -> int:
     """List an S3 prefix into a batch and send its documents; retried on transient errors."""
     rt = get_runtime(self.app)
     settings = rt.settings
+    now = time.time()
     try:
         return process.expand_prefix(
             rt, batch_id=batch_id, prefix_uri=prefix_uri, send=lambda ids: send_group(rt, ids)
         )
     except (TransientStorageError, *DATABASE_ERRORS) as exc:
-        retries = self.request.retries
-        if retries >= settings.max_retries:
+        if out_of_budget(settings, failing_since, now=now):
             process.mark_batch_failed(
-                rt, batch_id, f"gave up listing {prefix_uri} after {retries + 1} attempts: {exc}"
+                rt,
+                batch_id,
+                f"transient: gave up listing {prefix_uri} after {settings.retry_budget_s:g} s of retries: "
+                f"{exc}",
             )
             return 0
         log_event(log, "batch.retry", level=logging.WARNING, batch_id=batch_id, error=str(exc))
-        raise self.retry(countdown=backoff_s(retries), max_retries=settings.max_retries, exc=exc) from exc
+        raise _retry(self, settings, failing_since or now, exc=exc) from exc

@@ -6,8 +6,10 @@ another worker after the visibility timeout; the embedded SQLite transport never
 would wait for good. So the main process of every worker runs one daemon thread that calls
 :func:`~donut_hole.worker.enqueue.recover_stalled` when the worker is ready and then every
 :func:`interval_s` seconds: documents ``processing`` for longer than ``DONUT_HOLE_STALLED_AFTER_S`` (default:
-the hard time limit + 60 s, when no live worker can still be reading them), and those waiting for a retry
-whose message went with such a worker, go back to ``queued`` and are sent again. With Redis this only
+the hard time limit + 60 s, when no live worker can still be reading them), those ``queued`` whose last
+message is older than the retry budget (a retry whose message went with such a worker, or a task that gave
+up while the database was down), and those never sent (the broker was down when their batch was stored,
+``DONUT_HOLE_UNSENT_AFTER_S``) go back to ``queued`` and are sent again. With Redis this only
 comes first when the visibility timeout is longer; the copy that arrives later finds the documents done
 and skips them (the tasks' writes are idempotent). The thread owns its
 :class:`~donut_hole.services.Services` (with the worker's Celery app) and closes them when it stops.
@@ -33,8 +35,10 @@ MAX_INTERVAL_S = 60.0
 
 
 def interval_s(settings: Settings) -> float:
-    """Seconds between two looks: a quarter of the stall age, between 1 s and a minute."""
-    return min(MAX_INTERVAL_S, max(1.0, stalled_after_s(settings) / 4))
+    """Seconds between two looks: a quarter of the shorter of the stall age and the unsent age, between
+    1 s and a minute."""
+    shortest = min(stalled_after_s(settings), settings.unsent_after_s)
+    return min(MAX_INTERVAL_S, max(1.0, shortest / 4))
 
 
 class Watchdog(threading.Thread):

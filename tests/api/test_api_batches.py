@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
+from sqlalchemy.orm import Session, sessionmaker
 
+from donut_hole.db import repository
 from donut_hole.db.migrate import upgrade
 from donut_hole.settings import Settings
 
@@ -208,3 +210,24 @@ def test_work_is_written_through_the_request_session_and_the_one_engine_is_dispo
             assert client.get(f"/v1/batches/{response.json()['batch_id']}", headers=auth).status_code == 200
         assert len(engines) == 1 and disposed == []
     assert disposed == engines
+
+
+def test_documents_failed_for_a_transient_reason_are_queued_again(
+    client: TestClient, auth: dict[str, str], sessions: sessionmaker[Session], messages: Any
+) -> None:
+    with sessions() as session, session.begin():
+        batch = repository.create_batch(
+            session,
+            source="test",
+            uris=["s3://scans-allowed/a.png", "s3://scans-allowed/b.png"],
+            errors=["transient: the object store did not answer for 1200 s of retries", "corrupt image"],
+        )
+        batch_id, (transient, _) = batch.id, [document.id for document in batch.documents]
+    before = len(messages())
+
+    response = client.post(f"/v1/batches/{batch_id}/retry-failed", headers=auth)
+
+    assert response.status_code == 202, response.text
+    assert response.json()["counts"] == {"queued": 1, "processing": 0, "done": 0, "failed": 1}
+    assert messages()[before:] == [("donut_hole.process_documents", [[transient]])]
+    assert client.post("/v1/batches/nope/retry-failed", headers=auth).status_code == 404

@@ -232,8 +232,9 @@ def test_requeue_stalled_takes_back_old_processing_and_retrying_documents_once(f
     with session_scope(factory) as session:
         for document_id in (old, done):
             repository.get_document(session, document_id=document_id).started_at = hour_ago
-        for document_id in (retry, new):  # untouched for an hour: waiting for a retry, and never tried
+        for document_id in (retry, new):  # untouched for an hour: waiting for a retry, and never sent
             session.execute(update(Document).where(Document.id == document_id).values(updated_at=hour_ago))
+        session.execute(update(Document).where(Document.id == retry).values(sent_at=hour_ago))
     cutoffs = {
         "started_before": utcnow() - timedelta(minutes=10),
         "waiting_before": utcnow() - timedelta(minutes=15),
@@ -256,10 +257,33 @@ def test_requeue_stalled_takes_back_old_processing_and_retrying_documents_once(f
         old: ("queued", "sent again", 1),  # the next claim counts the next attempt
         fresh: ("processing", None, 1),
         done: ("done", None, 1),
-        new: ("queued", None, 0),  # never tried: it waits for its first message, however long the queue
-        retry: ("queued", "sent again", 1),
-        retry_soon: ("queued", "retrying after attempt 1: S3 unreachable", 1),
+        new: ("queued", None, 0),  # never sent: taken only with unsent_before (see the next test)
+        retry: ("queued", "sent again", 0),  # an attempt that ended in a retry is given back
+        retry_soon: ("queued", "retrying after attempt 1: S3 unreachable", 0),
     }
+
+
+def test_requeue_stalled_takes_documents_never_sent_and_requeue_transient_failures(factory: Factory) -> None:
+    uris = ["s3://a/unsent", "s3://a/just-stored", "s3://a/sent", "s3://a/transient", "s3://a/corrupt"]
+    batch_id, (unsent, just_stored, sent, transient, corrupt) = _batch(factory, uris)
+    minute_ago = utcnow() - timedelta(minutes=1)
+    with session_scope(factory) as session:
+        session.execute(update(Document).where(Document.id != just_stored).values(updated_at=minute_ago))
+        repository.mark_sent(session, document_ids=[sent])
+        repository.mark_failed(session, document_id=transient, error="transient: S3 down for 1200 s")
+        repository.mark_failed(session, document_id=corrupt, error="corrupt image: truncated")
+    cutoffs = {"started_before": utcnow(), "unsent_before": utcnow() - timedelta(seconds=30)}
+    with session_scope(factory) as session:
+        taken = repository.requeue_stalled(session, **cutoffs, reason="sent again")
+        retried = repository.requeue_transient_failures(session, batch_id=batch_id)
+    assert taken == [(unsent, batch_id)] and retried == [transient]
+    with session_scope(factory) as session:
+        document = repository.get_document(session, document_id=transient)
+        assert document.status.value == "queued" and document.sent_at is not None
+        assert document.error == "queued again after: transient: S3 down for 1200 s"
+        assert repository.get_document(session, document_id=corrupt).status.value == "failed"
+        with pytest.raises(repository.BatchNotFound):
+            repository.requeue_transient_failures(session, batch_id="nope")
 
 
 def test_search_fields_finds_documents_once(factory: Factory) -> None:

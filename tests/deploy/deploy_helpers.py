@@ -42,7 +42,8 @@ def docker_compose_binary() -> str:
     if path is None:
         pytest.fail(
             "docker-compose (the offline compose parser) is not on PATH: "
-            "`apt-get update && apt-get install -y docker-compose` (.ci/run does this)"
+            "`apt-get update && apt-get install -y docker-compose` "
+            "(`make test` does this: scripts/test_services.sh)"
         )
     return path
 

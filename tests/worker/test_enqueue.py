@@ -20,6 +20,7 @@ from donut_hole.worker.enqueue import (
     EnqueueError,
     recover_stalled,
     resend_queued,
+    submit_files,
     submit_prefix,
     submit_upload,
     submit_uris,
@@ -152,3 +153,36 @@ def test_recover_stalled_sends_lost_documents_again_and_keeps_them_when_the_brok
                 "sent again: no worker finished it (processing for more than 0 s"
             )
             assert documents[0].attempts == 1 and documents[2].error is None
+
+
+def test_a_folder_with_bad_files_fails_them_one_by_one_and_queues_the_rest(local: Settings) -> None:
+    """D3: an empty and an oversized file become failed documents with their reason; the rest is queued,
+    and every object in the store has its document row."""
+    from donut_hole.storage import open_store
+
+    migrate.upgrade(local.database_url)
+    folder = local.data_dir / "scans"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"\x89PNG" + b"a" * 100)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "big.png").write_bytes(b"\x89PNG" + b"b" * 4000)  # over max_image_bytes = 2048
+    (folder / "c.png").write_bytes(b"\x89PNG" + b"c" * 100)
+    paths = sorted(folder.iterdir())
+
+    with Services(local) as services:
+        batch_id = submit_files(services, paths=paths)
+
+    with database(local) as sessions, session_scope(sessions) as session:
+        rows = {
+            row["uri"].rsplit("/", 1)[-1]: row
+            for row in repository.results_for_batch(session, batch_id=batch_id)
+        }
+    assert {name: row["status"] for name, row in rows.items()} == {
+        "a.png": "queued", "big.png": "failed", "c.png": "queued", "empty.png": "failed",
+    }  # fmt: skip
+    assert rows["empty.png"]["error"] == "empty.png is empty"
+    assert rows["big.png"]["error"] == "big.png is 4,004 bytes; the limit is 2,048"
+    assert local.data_dir.as_posix() not in rows["big.png"]["error"]
+    stored = sorted(open_store(local.storage_url).list(""))
+    queued = sorted(row["uri"] for row in rows.values() if row["status"] == "queued")
+    assert stored == queued, "an object in the store without its row, or a row without its object"

@@ -37,7 +37,8 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
     for retries, (low, high) in enumerate([(1, 2), (2, 4), (4, 8), (8, 16)]):
         delays = [backoff_s(retries, rng=rng) for _ in range(200)]
         assert low <= min(delays) and max(delays) <= high and max(delays) - min(delays) > (high - low) / 2
-    assert 150 <= backoff_s(30, rng=rng) <= 300
+    assert 150 <= backoff_s(30, cap_s=300, rng=rng) <= 300
+    assert 30 <= backoff_s(30, rng=rng) <= 60  # the default cap: DONUT_HOLE_RETRY_BACKOFF_MAX_S
 
 
 def test_celery_config_gives_the_delivery_guarantees() -> None:

@@ -28,7 +28,7 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No batch has
 def batch_public(session: Session, batch_id: str) -> BatchPublic:
     batch = repository.get_batch(session, batch_id=batch_id)
     if batch is None:
-        raise HTTPException(404, detail=f"batch {batch_id!r} does not exist")
+        raise HTTPException(404, detail="this batch does not exist")
     counts = repository.batch_progress(session, batch_id=batch_id)
     total = counts.pop("total")
     return BatchPublic(
@@ -92,7 +92,7 @@ def get_batch_results(
     try:
         rows = repository.results_for_batch(session, batch_id=batch_id)
     except repository.BatchNotFound:
-        raise HTTPException(404, detail=f"batch {batch_id!r} does not exist") from None
+        raise HTTPException(404, detail="this batch does not exist") from None
     page = rows[offset : offset + limit]
     return BatchResults(
         batch_id=batch_id,
@@ -101,3 +101,18 @@ def get_batch_results(
         offset=offset,
         items=[ResultPublic.model_validate(row) for row in page],
     )
+
+
+@router.post(
+    "/{batch_id}/retry-failed",
+    status_code=202,
+    responses={**NOT_FOUND, 503: {"description": "Broker or database unreachable; nothing changed."}},
+)
+def retry_failed(batch_id: str, services: ServicesDep, session: SessionDep) -> BatchPublic:
+    """Queue again the batch's documents that failed for a transient reason (their ``error`` begins with
+    ``transient:``: an outage longer than the retry budget); other failures stay as they are."""
+    if repository.get_batch(session, batch_id=batch_id) is None:
+        raise HTTPException(404, detail="this batch does not exist")
+    enqueue.retry_failed(services, batch_id=batch_id)
+    session.expire_all()
+    return batch_public(session, batch_id)

@@ -70,5 +70,5 @@ def get_document(document_id: str, session: SessionDep) -> DocumentPublic:
     """A document's status (``queued``, ``processing``, ``done``, ``failed``), error, fields, confidence."""
     document = repository.get_document(session, document_id=document_id)
     if document is None:
-        raise HTTPException(404, detail=f"document {document_id!r} does not exist")
+        raise HTTPException(404, detail="this document does not exist")
     return documents_public(session, documents=[document])[0]
