@@ -96,7 +96,7 @@ def compress(
     train_samples = read_dataset(train_dir) if needs_train and train_dir is not None else []
     val_samples = read_dataset(val_dir)
     device = resolve_device(recipe.train.device)
-    teacher, processor = load_model(teacher_path, device=device)
+    teacher, processor = load_model(teacher_path, device=device, task_prompt=recipe.task_prompt)
 
     built = build_student(teacher, recipe)
     student, layer_map, density, structure = built.model, built.layer_map, built.density, built.structure

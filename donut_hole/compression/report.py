@@ -161,6 +161,9 @@ def cka_analysis(
     """The teacher×student linear-CKA matrix over all layers (encoder stages, then decoder layers) and the
     global CKA index: the mean CKA over the mapped pairs (``LayerMap.hidden_pairs()``). ``processor`` is the
     teacher's; ``student_token_map`` renumbers its token ids for a student with a pruned vocabulary."""
+    # no longer than the decoders' learned positions (a published cord-v2 has 768)
+    positions = [getattr(m.config.decoder, "max_position_embeddings", None) for m in (teacher, student)]
+    max_length = min([max_length, *(int(p) for p in positions if p)])
     dataset = DonutDataset(
         samples, processor, task_token=task_token_of(teacher, processor), max_length=max_length
     )
