@@ -170,7 +170,11 @@ class DonutReader:
     ) -> DonutReader:
         """Load a model folder for reading; every failure is a :class:`ModelLoadError` with one line."""
         device = resolve_device(device)
-        model, processor = load_model(path, device=device, task_prompt=task_prompt)
+        if precision not in PRECISIONS:
+            raise ModelLoadError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
+        # fp32 and int8 start from fp32 weights whatever the folder stores (checkpoints may be kept in bf16)
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        model, processor = load_model(path, device=device, dtype=dtype, task_prompt=task_prompt)
         model = apply_precision(model, precision, device=device)
         reader = cls(model, processor, **kwargs)
         reader.precision = precision
