@@ -64,7 +64,6 @@ def worker(
             settings = Settings.model_validate({**settings.model_dump(), **update})
         except ValueError as exc:
             raise fail(f"invalid worker option: {exc}") from exc
-    info = check_model(settings)
     if settings.storage_url.startswith("s3://"):
         from donut_hole.storage import CREDENTIALS_HELP, s3_credentials_missing
 
@@ -73,6 +72,7 @@ def worker(
                 f"the object store is {settings.storage_url} but no AWS credentials were found: "
                 f"{CREDENTIALS_HELP}; a worker without them could read no scan"
             )
+    info = check_model(settings)  # after the cheap checks: loading a model takes a while
     metrics_port = metrics_port or settings.metrics_port
     if metrics_port:
         # Before prometheus_client is imported: the pool processes then write their samples to files.
