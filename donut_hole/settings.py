@@ -43,6 +43,13 @@ class Settings(BaseSettings):
 
     model_path: Path = Field(DEFAULT_MODEL_PATH, description="Folder of a saved DONUT checkpoint.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "int8"] = Field(
+        "fp32",
+        description="fp32; bf16 on GPUs and CPUs with AVX512-BF16/AMX; int8 dynamic quantisation (CPU).",
+    )
+    task_prompt: str | None = Field(
+        None, description="The model's decoder start token, e.g. <s_cord-v2>; default: from the model folder."
+    )
     torch_threads: int = Field(
         0, ge=0, description="torch.set_num_threads per worker process; 0 = torch default."
     )

@@ -9,9 +9,19 @@ import typer
 
 from donut_hole.cli.common import console, fail
 
+TaskPrompt = Annotated[
+    str | None,
+    typer.Option(help="The teacher's decoder start token, e.g. '<s_cord-v2>' (recipe key task_prompt)."),
+]
 
-def _overrides(steps: int | None, device: str | None, settings: list[str] | None = None) -> dict[str, object]:
-    """Recipe overrides from --steps, --device and repeated ``--set key.path=value`` (YAML values)."""
+
+def _overrides(
+    steps: int | None,
+    device: str | None,
+    settings: list[str] | None = None,
+    task_prompt: str | None = None,
+) -> dict[str, object]:
+    """Recipe overrides from --steps, --device, --task-prompt and repeated ``--set key.path=value``."""
     import yaml
 
     out: dict[str, object] = {}
@@ -27,6 +37,8 @@ def _overrides(steps: int | None, device: str | None, settings: list[str] | None
         out["train.steps"] = steps
     if device is not None:
         out["train.device"] = device
+    if task_prompt is not None:
+        out["task_prompt"] = task_prompt
     return out
 
 
@@ -47,6 +59,7 @@ def train(
         typer.Option("--set", help="Override any recipe key, repeatable: --set train.batch_size=16."),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt if present.")] = False,
+    task_prompt: TaskPrompt = None,
 ) -> None:
     """Train (from a preset) or fine-tune (from a model folder) a DONUT teacher."""
     from donut_hole.compression.recipe import RecipeError, TeacherRecipe, load_recipe
@@ -56,7 +69,7 @@ def train(
     from donut_hole.model.build import ModelLoadError
 
     try:
-        spec = load_recipe(recipe, TeacherRecipe, overrides=_overrides(steps, device, settings))
+        spec = load_recipe(recipe, TeacherRecipe, overrides=_overrides(steps, device, settings, task_prompt))
         history = train_teacher(spec, train_dir=train_data, val_dir=val_data, out_dir=out, resume=resume)
     except (RecipeError, RecipeDataError, DatasetError, ModelLoadError, CheckpointError) as exc:
         raise fail(str(exc)) from exc
@@ -82,6 +95,7 @@ def compress(
         typer.Option("--set", help="Override any recipe key, repeatable: --set train.batch_size=16."),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt if present.")] = False,
+    task_prompt: TaskPrompt = None,
 ) -> None:
     """Build the DONUT-hole student of a teacher: derive, distill, prune, save, report."""
     from donut_hole.compression.compress import compress as run_compress
@@ -91,7 +105,7 @@ def compress(
     from donut_hole.model.build import ModelLoadError
 
     try:
-        spec = load_recipe(recipe, CompressRecipe, overrides=_overrides(steps, device, settings))
+        spec = load_recipe(recipe, CompressRecipe, overrides=_overrides(steps, device, settings, task_prompt))
         report = run_compress(
             spec,
             teacher_path=teacher,

@@ -11,6 +11,21 @@ from rich.table import Table
 
 from donut_hole.cli.common import console, fail
 
+TaskPrompt = Annotated[
+    str | None,
+    typer.Option(
+        help="Decoder start token, e.g. '<s_cord-v2>' (default: the config's start id, else the tokenizer's "
+        "one <s_...> task token)."
+    ),
+]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+Precision = Annotated[
+    str,
+    typer.Option(
+        help="fp32; bf16 (GPUs, CPUs with AVX512-BF16/AMX); int8 (dynamic quantisation, CPU). See README."
+    ),
+]
+
 
 def evaluate(
     model: Annotated[Path, typer.Option(help="Model folder (save_pretrained layout).")],
@@ -19,6 +34,9 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N samples.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    task_prompt: TaskPrompt = None,
+    device: Device = "auto",
+    precision: Precision = "fp32",
 ) -> None:
     """Score a model on a dataset: field F1, nTED accuracy and per-field exact match."""
     from donut_hole.evaluation.dataset import DatasetError, read_dataset
@@ -28,7 +46,9 @@ def evaluate(
 
     try:
         samples = read_dataset(data, limit=limit)
-        reader = DonutReader.from_path(model, max_new_tokens=max_new_tokens)
+        reader = DonutReader.from_path(
+            model, device=device, precision=precision, task_prompt=task_prompt, max_new_tokens=max_new_tokens
+        )
     except (DatasetError, ModelLoadError) as exc:
         raise fail(str(exc)) from exc
     evaluation = evaluate_reader(reader, samples, batch_size=batch_size)
@@ -51,26 +71,42 @@ def evaluate(
 def predict(
     model: Annotated[Path, typer.Option(help="Model folder.")],
     images: Annotated[list[Path], typer.Argument(help="Scans to read.")],
-    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    task_prompt: TaskPrompt = None,
+    device: Device = "auto",
+    precision: Precision = "fp32",
 ) -> None:
-    """Read scans and print one JSON line per image ({"file", "fields", "confidence"} or {"error"})."""
+    """Read scans and print one JSON line per image ({"file", "fields", "confidence"} or {"error"}).
+
+    Images are decoded one by one (an unreadable one gets its error line) and read ``--batch-size`` at a
+    time in one batched generation.
+    """
     from donut_hole.model.build import ModelLoadError
     from donut_hole.model.predict import DocumentError, DonutReader
 
     try:
-        reader = DonutReader.from_path(model, max_new_tokens=max_new_tokens)
+        reader = DonutReader.from_path(
+            model, device=device, precision=precision, task_prompt=task_prompt, max_new_tokens=max_new_tokens
+        )
     except ModelLoadError as exc:
         raise fail(str(exc)) from exc
     failed = 0
-    for path in images:
-        try:
-            pred = reader.predict_detailed([path], batch_size=batch_size)[0]
-            line = {"file": str(path), "fields": pred.data, "confidence": round(pred.confidence, 4)}
-        except DocumentError as exc:
-            failed += 1
-            line = {"file": str(path), "error": exc.reason}
-        typer.echo(json.dumps(line, ensure_ascii=False))
+    for start in range(0, len(images), batch_size):
+        lines: dict[int, dict[str, object]] = {}
+        decoded = []
+        for index, path in enumerate(images[start : start + batch_size]):
+            try:
+                decoded.append((index, reader.load(path)))
+            except DocumentError as exc:
+                failed += 1
+                lines[index] = {"file": str(path), "error": exc.reason}
+        predictions = reader.predict_detailed([image for _, image in decoded], batch_size=batch_size)
+        for (index, _), pred in zip(decoded, predictions, strict=True):
+            path = images[start + index]
+            lines[index] = {"file": str(path), "fields": pred.data, "confidence": round(pred.confidence, 4)}
+        for index in sorted(lines):
+            typer.echo(json.dumps(lines[index], ensure_ascii=False))
     if failed:
         raise typer.Exit(1)
 

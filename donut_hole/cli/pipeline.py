@@ -41,9 +41,29 @@ def worker(
     loglevel: Annotated[
         str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR (default: DONUT_HOLE_LOG_LEVEL).")
     ] = None,
+    task_prompt: Annotated[
+        str | None, typer.Option(help="Decoder start token, e.g. '<s_cord-v2>' (DONUT_HOLE_TASK_PROMPT).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (DONUT_HOLE_DEVICE).")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="fp32, bf16 or int8 (DONUT_HOLE_PRECISION); see the README.")
+    ] = None,
 ) -> None:
-    """Run a Celery worker: one model per pool process, one group of documents per forward pass."""
+    """Run a Celery worker: one model per pool process, one group of documents per forward pass.
+
+    The model is loaded and checked first: a folder that cannot be read stops the worker with its reason
+    (exit 2) before it takes any message.
+    """
     settings = load_settings()
+    update = {"task_prompt": task_prompt, "device": device, "precision": precision}
+    update = {k: v for k, v in update.items() if v is not None}
+    if update:
+        from donut_hole.settings import Settings
+
+        try:
+            settings = Settings.model_validate({**settings.model_dump(), **update})
+        except ValueError as exc:
+            raise fail(f"invalid worker option: {exc}") from exc
     if settings.storage_url.startswith("s3://"):
         from donut_hole.storage import CREDENTIALS_HELP, s3_credentials_missing
 
@@ -52,14 +72,17 @@ def worker(
                 f"the object store is {settings.storage_url} but no AWS credentials were found: "
                 f"{CREDENTIALS_HELP}; a worker without them could read no scan"
             )
+    info = check_model(settings)  # after the cheap checks: loading a model takes a while
     metrics_port = metrics_port or settings.metrics_port
     if metrics_port:
         # Before prometheus_client is imported: the pool processes then write their samples to files.
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="donut-hole-metrics-"))
     from donut_hole.worker.app import make_celery
     from donut_hole.worker.metrics import start_metrics_server
+    from donut_hole.worker.ready import ready_file, watch
 
     celery = make_celery(settings)
+    watch(ready_file(), info)
     if metrics_port:
         start_metrics_server(metrics_port)
     argv = [
@@ -73,6 +96,42 @@ def worker(
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     celery.worker_main(argv)
+
+
+def check_model(settings: Any) -> dict[str, str]:
+    """Load the configured model once, run it on a blank page and free it; a failure ends the command.
+
+    Returns what was loaded (path, task prompt, precision, device) for the readiness file. One torch
+    thread: this process forks the pool next, and an OpenMP thread pool does not survive a fork."""
+    import torch
+
+    from donut_hole.model.build import ModelLoadError
+    from donut_hole.worker.runtime import load_reader
+
+    torch.set_num_threads(1)
+    try:
+        reader = load_reader(settings)
+        from PIL import Image
+
+        height, width = reader.image_size
+        reader.max_new_tokens = 2
+        reader.predict([Image.new("RGB", (width, height), "white")], batch_size=1)
+    except ModelLoadError as exc:
+        raise fail(f"the worker's model cannot be used: {exc}") from exc
+    except Exception as exc:  # a model that loads but cannot run (shape mismatch, dtype)
+        from donut_hole.model.build import one_line
+
+        raise fail(
+            f"the worker's model {settings.model_path} fails on a blank page: {one_line(exc)}"
+        ) from exc
+    info = {
+        "model_path": str(settings.model_path),
+        "task_prompt": reader.task_token,
+        "precision": reader.precision,
+        "device": str(reader.device),
+    }
+    err_console.print(f"model ok: {json.dumps(info)}")
+    return info
 
 
 def _is_prefix(target: str) -> bool:

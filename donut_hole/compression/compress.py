@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from transformers import VisionEncoderDecoderModel
 
 from donut_hole.compression.batches import target_texts
@@ -38,7 +39,8 @@ from donut_hole.compression.student import LayerMap, build_student
 from donut_hole.compression.train import resolve_device, train
 from donut_hole.compression.vocab import prune_vocabulary
 from donut_hole.evaluation.dataset import Sample, read_dataset
-from donut_hole.evaluation.evaluate import evaluate_reader
+from donut_hole.evaluation.evaluate import Evaluation, evaluate_reader
+from donut_hole.evaluation.metrics import evaluate
 from donut_hole.model.build import count_parameters, load_model, save_model
 from donut_hole.model.predict import DonutReader
 
@@ -97,7 +99,7 @@ def compress(
     train_samples = read_dataset(train_dir) if needs_train and train_dir is not None else []
     val_samples = read_dataset(val_dir)
     device = resolve_device(recipe.train.device)
-    teacher, processor = load_model(teacher_path, device=device)
+    teacher, processor = load_model(teacher_path, device=device, task_prompt=recipe.task_prompt)
 
     built = build_student(teacher, recipe)
     student, layer_map, density, structure = built.model, built.layer_map, built.density, built.structure
@@ -166,9 +168,24 @@ def compress(
         student_path=student_dir,
         val_dir=Path(val_dir),
         name=name,
+        progress=progress,
     )
     write_report(report, out_dir)
     return report
+
+
+def _evaluate_with_bar(
+    reader: DonutReader, samples: list[Sample], *, batch_size: int, bar: Progress, task: TaskID
+) -> Evaluation:
+    """``evaluate_reader`` chunk by chunk, advancing ``task`` (one live display: the report's bar)."""
+    parts = []
+    for offset in range(0, len(samples), batch_size):
+        chunk = samples[offset : offset + batch_size]
+        parts.append(evaluate_reader(reader, chunk, batch_size=batch_size, progress=False))
+        bar.advance(task, len(chunk))
+    records = [r for part in parts for r in part.records]
+    result = evaluate([r["prediction"] for r in records], [r["ground_truth"] for r in records])
+    return Evaluation(result=result, records=records, seconds=sum(part.seconds for part in parts))
 
 
 def build_report(
@@ -187,8 +204,12 @@ def build_report(
     student_path: Path,
     val_dir: Path,
     name: str,
+    progress: bool = False,
 ) -> CompressReport:
-    """Measure both models on the same documents, in this run (``processor`` is the teacher's)."""
+    """Measure both models on the same documents, in this run (``processor`` is the teacher's).
+
+    With ``progress`` a bar shows the phase (evaluation, latency per side, then CKA) and the documents done.
+    """
     cfg = recipe.report
     evaluated = val_samples[: cfg.eval_samples] if cfg.eval_samples else val_samples
     sides: dict[str, ModelSide] = {}
@@ -196,31 +217,44 @@ def build_report(
         ("teacher", teacher, processor, teacher_path),
         ("student", student, student_processor or processor, student_path),
     )
-    for side, model, side_processor, path in sides_models:
-        reader = DonutReader(model, side_processor, max_new_tokens=recipe.train.max_new_tokens)
-        evaluation = evaluate_reader(reader, evaluated, batch_size=cfg.batch_size, progress=False)
-        sides[side] = ModelSide(
-            parameters=count_parameters(model),
-            density=density_report(model, teacher=teacher),
-            file_bytes=folder_size(path),
-            eval=evaluation.result.to_dict(),
-            latency=measure_latency(
+    columns = (
+        TextColumn("report: {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        for side, model, side_processor, path in sides_models:
+            reader = DonutReader(model, side_processor, max_new_tokens=recipe.train.max_new_tokens)
+            task = bar.add_task(f"{side}: field F1 and nTED", total=len(evaluated))
+            evaluation = _evaluate_with_bar(reader, evaluated, batch_size=cfg.batch_size, bar=bar, task=task)
+            latency_task = bar.add_task(f"{side}: latency", total=1)
+            latency = measure_latency(
                 reader,
                 val_samples[: cfg.latency_samples],
                 repeats=cfg.latency_repeats,
                 batch_size=cfg.batch_size,
-            ),
+            )
+            bar.advance(latency_task)
+            sides[side] = ModelSide(
+                parameters=count_parameters(model),
+                density=density_report(model, teacher=teacher),
+                file_bytes=folder_size(path),
+                eval=evaluation.result.to_dict(),
+                latency=latency,
+            )
+            log.info("%s: %s", side, sides[side].eval)
+        cka_task = bar.add_task("CKA per layer", total=1)
+        cka = cka_analysis(
+            teacher,
+            student,
+            processor,
+            val_samples[: cfg.cka_samples],
+            pairs=layer_map.hidden_pairs(),
+            batch_size=cfg.batch_size,
+            student_token_map=student_token_map,
         )
-        log.info("%s: %s", side, sides[side].eval)
-    cka = cka_analysis(
-        teacher,
-        student,
-        processor,
-        val_samples[: cfg.cka_samples],
-        pairs=layer_map.hidden_pairs(),
-        batch_size=cfg.batch_size,
-        student_token_map=student_token_map,
-    )
+        bar.advance(cka_task)
     device = next(student.parameters()).device
     return CompressReport(
         name=name,

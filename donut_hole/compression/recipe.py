@@ -144,6 +144,11 @@ class TeacherRecipe(_Strict):
     """Train a DONUT teacher from scratch (``init: preset``) or fine-tune one (``init: PATH``)."""
 
     init: str = Field("preset", description="'preset' to start from random weights, or a model folder.")
+    task_prompt: str | None = Field(
+        None,
+        description="The model's decoder start token, e.g. '<s_cord-v2>'; default: the config's start id, "
+        "else the tokenizer's one <s_...> task token.",
+    )
     model: TeacherModel = TeacherModel()
     data: CurriculumConfig | None = Field(
         None, description="Render the training data on the fly by this curriculum (no --train folder)."
@@ -211,6 +216,11 @@ class CompressRecipe(_Strict):
     """Teacher → DONUT-hole: derive a shallower student, distill while pruning, report."""
 
     student: StudentConfig
+    task_prompt: str | None = Field(
+        None,
+        description="The model's decoder start token, e.g. '<s_cord-v2>'; default: the config's start id, "
+        "else the tokenizer's one <s_...> task token.",
+    )
     distill: DistillConfig = DistillConfig()
     prune: PruneConfig = PruneConfig()
     train: TrainConfig = TrainConfig()

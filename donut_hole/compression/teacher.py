@@ -69,7 +69,7 @@ def train_teacher(
         )
     else:
         # fp32 master weights whatever the folder stores (a checkpoint may be kept in bf16 to stay small)
-        model, processor = load_model(recipe.init, dtype=torch.float32)
+        model, processor = load_model(recipe.init, dtype=torch.float32, task_prompt=recipe.task_prompt)
         add_field_tokens(model, processor.tokenizer, documents, extra=extra_tokens)
     objective = None
     if recipe.guide is not None:

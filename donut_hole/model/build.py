@@ -18,6 +18,7 @@ donut-base  2,2,14,2 / 128           10           4 layers, d_model 1024, vocab 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, cast
@@ -33,6 +34,7 @@ from transformers import (
     VisionEncoderDecoderConfig,
     VisionEncoderDecoderModel,
 )
+from transformers.utils import logging as hf_logging
 
 from donut_hole.model.tokens import DEFAULT_TASK_TOKEN
 
@@ -213,24 +215,123 @@ def build_model(
 
 
 def load_model(
-    path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    task_prompt: str | None = None,
 ) -> tuple[VisionEncoderDecoderModel, DonutProcessor]:
-    """Load a saved DONUT checkpoint and its processor from a local folder (never the hub)."""
+    """Load a saved DONUT checkpoint and its processor from a local folder (never the hub).
+
+    The task prompt is resolved (:func:`resolve_task_prompt`) and written into the model's config as its
+    decoder start id, so that everything downstream (training, saving, reading) uses the same one. Every
+    failure is a :class:`ModelLoadError` with a one-line reason.
+    """
     folder = Path(path)
+    if not folder.is_dir():
+        raise ModelLoadError(f"{folder} is not a model folder: no such directory")
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"{folder} is not a model folder: config.json is missing")
     if not any((folder / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
         raise ModelLoadError(
             f"{folder} has no processor: processor_config.json / preprocessor_config.json missing"
         )
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise ModelLoadError(f"{folder} has no weights: none of {', '.join(WEIGHT_FILES)}")
+    hf_logging.disable_progress_bar()  # a local folder loads in a moment; its bar only clutters error output
     try:
         model = VisionEncoderDecoderModel.from_pretrained(folder, local_files_only=True, dtype=dtype)
         processor = DonutProcessor.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"cannot load a DONUT checkpoint from {folder}: {exc}") from exc
+    except Exception as exc:  # transformers, safetensors and torch raise many kinds; all mean "cannot load"
+        raise ModelLoadError(f"cannot load a DONUT checkpoint from {folder}: {one_line(exc)}") from exc
+    if not isinstance(processor, DonutProcessor) or processor.tokenizer is None:
+        raise ModelLoadError(f"{folder} has no usable DONUT processor (image processor + tokenizer)")
+    resolve_task_prompt(model, processor, task_prompt)
     model.to(torch.device(device))  # type: ignore[arg-type]  # transformers types .to() as a decorated method
     model.eval()
     return model, processor
+
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one line of at most ``limit`` characters (its first line, type name when empty)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+TASK_OPTION = "--task-prompt TOKEN (worker: DONUT_HOLE_TASK_PROMPT; recipes: task_prompt)"
+
+
+def task_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The tokenizer's task tokens: added ``<s_X>`` tokens with no closing ``</s_X>`` (field tags pair up).
+
+    For the published ``donut-base-finetuned-cord-v2`` tokenizer: ``['<s_cord-v2>', '<s_iitcdip>',
+    '<s_synthdog>']`` (``<s_menu>`` is a field: ``</s_menu>`` exists).
+    """
+    added = set(tokenizer.get_added_vocab())
+    added.update(str(t) for t in getattr(tokenizer, "all_special_tokens", []))
+    return sorted(t for t in added if t.startswith("<s_") and t.endswith(">") and f"</{t[1:]}" not in added)
+
+
+def start_id_of(config: PretrainedConfig) -> int | None:
+    """The decoder start id a config carries (its own, else its decoder's); None when neither has one."""
+    start = getattr(config, "decoder_start_token_id", None)
+    if start is None:
+        decoder = getattr(config, "decoder", None)
+        start = getattr(decoder, "decoder_start_token_id", None) if decoder is not None else None
+    return None if start is None else int(start)
+
+
+def resolve_task_prompt(
+    model: VisionEncoderDecoderModel, processor: DonutProcessor, task_prompt: str | None = None
+) -> str:
+    """Choose the task prompt and make it the model's decoder start id; returns the token.
+
+    Order: ``task_prompt`` when given; else the config's start id; else the tokenizer's one task token
+    (:func:`task_tokens`) when there is exactly one; else a :class:`ModelLoadError` naming the option.
+    """
+    tokenizer = processor.tokenizer
+    vocab = tokenizer.get_vocab()
+    candidates = task_tokens(tokenizer)
+    if task_prompt:
+        if task_prompt not in vocab:
+            known = ", ".join(candidates) or "none"
+            raise ModelLoadError(
+                f"task prompt {task_prompt!r} is not a token of this model's tokenizer "
+                f"(its task tokens: {known})"
+            )
+        token = task_prompt
+    else:
+        start = start_id_of(cast(PretrainedConfig, model.config))
+        if start is not None and 0 <= start < len(tokenizer):
+            token = str(tokenizer.convert_ids_to_tokens(start))
+        elif len(candidates) == 1:
+            token = candidates[0]
+        else:
+            found = f"it has {len(candidates)}: {', '.join(candidates)}" if candidates else "it has none"
+            raise ModelLoadError(
+                "cannot tell this model's task prompt: its config has no decoder start id and its "
+                f"tokenizer no single <s_...> task token ({found}); name it with {TASK_OPTION}"
+            )
+    set_start_token_(model, int(vocab[token]))
+    return token
+
+
+def set_start_token_(model: VisionEncoderDecoderModel, token_id: int) -> None:
+    """Write ``token_id`` as decoder start id into the model's, its decoder's and its generation config."""
+    config = cast(VisionEncoderDecoderConfig, model.config)
+    config.decoder_start_token_id = token_id
+    cast(PretrainedConfig, config.decoder).decoder_start_token_id = token_id
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        generation.decoder_start_token_id = token_id
 
 
 def save_model(model: VisionEncoderDecoderModel, processor: DonutProcessor, path: str | Path) -> Path:
@@ -239,16 +340,28 @@ def save_model(model: VisionEncoderDecoderModel, processor: DonutProcessor, path
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
     processor.save_pretrained(folder)
+    write_legacy_preprocessor(processor, folder)
     return folder
+
+
+def write_legacy_preprocessor(processor: DonutProcessor, folder: Path) -> Path:
+    """``preprocessor_config.json`` beside ``processor_config.json``: transformers 4.x reads its image
+    processor from that file only (5.x reads either). The class is named as 4.x knows it."""
+    config = processor.image_processor.to_dict()
+    config["image_processor_type"] = "DonutImageProcessor"
+    config["processor_class"] = "DonutProcessor"
+    config.pop("_processor_class", None)
+    path = folder / "preprocessor_config.json"
+    path.write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    return path
 
 
 def task_token_of(model: VisionEncoderDecoderModel, processor: DonutProcessor) -> str:
     """The decoder's start token (e.g. ``<s_logistics>`` or ``<s_cord-v2>``)."""
-    config = cast(VisionEncoderDecoderConfig, model.config)
-    start_id = config.decoder_start_token_id
+    start_id = start_id_of(cast(PretrainedConfig, model.config))
     if start_id is None:
-        start_id = cast(PretrainedConfig, config.decoder).decoder_start_token_id
-    return str(processor.tokenizer.convert_ids_to_tokens(int(start_id)))
+        raise ModelLoadError(f"the model has no decoder start id; name the task prompt with {TASK_OPTION}")
+    return str(processor.tokenizer.convert_ids_to_tokens(start_id))
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -24,10 +24,13 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import DonutProcessor, VisionEncoderDecoderModel
 
-from donut_hole.model.build import load_model, task_token_of
+from donut_hole.model.build import ModelLoadError, load_model, task_token_of
 from donut_hole.model.tokens import token2json
 
 ImageInput = bytes | str | Path | Image.Image
+
+PRECISIONS = ("fp32", "bf16", "int8")
+"""fp32: as trained; bf16: GPUs, CPUs with AVX512-BF16/AMX; int8: dynamic quantisation of Linears (CPU)."""
 
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
@@ -166,18 +169,38 @@ class DonutReader:
     ) -> None:
         self.model = model.eval()
         self.processor = processor
-        self.max_new_tokens = max_new_tokens
+        # the prompt plus the new tokens must fit the decoder's learned positions (cord-v2: 768)
+        positions = getattr(model.config.decoder, "max_position_embeddings", None) or max_new_tokens + 1
+        self.max_new_tokens = max(1, min(max_new_tokens, int(positions) - 1))
         self.max_pixels = max_pixels
         self.task_token = task_token or task_token_of(model, processor)
         self.device = next(model.parameters()).device
         size = processor.image_processor.size
         self.image_size = (int(size["height"]), int(size["width"]))
         self.timings = Timings()
+        self.precision = "fp32"
 
     @classmethod
-    def from_path(cls, path: str | Path, *, device: str = "cpu", **kwargs: Any) -> DonutReader:
-        model, processor = load_model(path, device=device)
-        return cls(model, processor, **kwargs)
+    def from_path(
+        cls,
+        path: str | Path,
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        task_prompt: str | None = None,
+        **kwargs: Any,
+    ) -> DonutReader:
+        """Load a model folder for reading; every failure is a :class:`ModelLoadError` with one line."""
+        device = resolve_device(device)
+        if precision not in PRECISIONS:
+            raise ModelLoadError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
+        # fp32 and int8 start from fp32 weights whatever the folder stores (checkpoints may be kept in bf16)
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        model, processor = load_model(path, device=device, dtype=dtype, task_prompt=task_prompt)
+        model = apply_precision(model, precision, device=device)
+        reader = cls(model, processor, **kwargs)
+        reader.precision = precision
+        return reader
 
     def load(self, source: ImageInput) -> Image.Image:
         return load_image(source, max_pixels=self.max_pixels, target_size=self.image_size)
@@ -245,3 +268,50 @@ class DonutReader:
         text = re.sub(r"^<s_[^>]*>", "", text, count=1) if text.startswith(self.task_token) else text
         confidence = math.exp(sum(math.log(max(p, 1e-12)) for p in probs) / len(probs)) if probs else 0.0
         return Prediction(data=token2json(text), sequence=text, confidence=confidence, token_probs=probs)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without a GPU is a ModelLoadError."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(
+            f"device {device!r} asked for, but torch sees no CUDA GPU here; use --device cpu"
+        )
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ModelLoadError(f"unknown device {device!r}: use auto, cpu or cuda")
+    return device
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX), as oneDNN reports it."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def apply_precision(
+    model: VisionEncoderDecoderModel, precision: str, *, device: str
+) -> VisionEncoderDecoderModel:
+    """The model at ``precision`` (:data:`PRECISIONS`); a choice this device cannot run: ModelLoadError.
+
+    >>> apply_precision(model, "int8", device="cpu")   # doctest: +SKIP   (Linear layers → dynamic qint8)
+    """
+    if precision not in PRECISIONS:
+        raise ModelLoadError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
+    on_cpu = device == "cpu"
+    if precision == "bf16":
+        if on_cpu and not cpu_has_bf16():
+            raise ModelLoadError(
+                "precision bf16 needs a GPU or a CPU with AVX512-BF16/AMX, and this CPU has neither "
+                "(it would run slower than fp32); use fp32 or int8"
+            )
+        return model.to(torch.bfloat16)  # type: ignore[arg-type]  # .to() typed as decorated
+    if precision == "int8":
+        if not on_cpu:
+            raise ModelLoadError(
+                "precision int8 (dynamic quantisation) runs on the CPU only; on a GPU use bf16"
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+            quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        return quantized.eval()
+    return model

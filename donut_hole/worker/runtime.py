@@ -59,24 +59,20 @@ class Runtime(Services):
         """The model, loaded once per process, on the configured device and thread count."""
         import torch
 
-        from donut_hole.model.predict import DonutReader
-
         s = self.settings
         threads = s.torch_threads or default_threads
         if threads > 0:
             torch.set_num_threads(threads)
-        device = s.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         start = time.perf_counter()
-        reader = DonutReader.from_path(
-            s.model_path, device=device, max_new_tokens=s.max_new_tokens, max_pixels=s.max_image_pixels
-        )
+        reader = load_reader(s)
+        device = str(reader.device)
         log_event(
             log,
             "model.loaded",
             path=str(s.model_path),
             device=device,
+            precision=reader.precision,
+            task_prompt=reader.task_token,
             threads=torch.get_num_threads(),
             seconds=round(time.perf_counter() - start, 3),
         )
@@ -91,6 +87,20 @@ class Runtime(Services):
                 session, name=path.resolve().name, path=str(path.resolve()), sha256=model_digest(path)
             )
             return model.id
+
+
+def load_reader(settings: Settings) -> DonutReader:
+    """The configured model as a reader (path, device, precision, task prompt); ModelLoadError otherwise."""
+    from donut_hole.model.predict import DonutReader
+
+    return DonutReader.from_path(
+        settings.model_path,
+        device=settings.device,
+        precision=settings.precision,
+        task_prompt=settings.task_prompt,
+        max_new_tokens=settings.max_new_tokens,
+        max_pixels=settings.max_image_pixels,
+    )
 
 
 def model_digest(folder: Path) -> str:

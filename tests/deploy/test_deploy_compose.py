@@ -63,9 +63,9 @@ def test_long_running_services_have_healthchecks(compose_config: dict[str, Any])
     services = compose_config["services"]
     for name in ("redis", "postgres", "minio", "api"):
         assert services[name]["healthcheck"]["test"][0] in {"CMD", "CMD-SHELL"}, name
-    # The image's HEALTHCHECK probes the API port; roles without it turn it off.
-    for name in ("migrate", "worker"):
-        assert services[name]["healthcheck"]["test"] == ["NONE"], name
+    # The image's HEALTHCHECK probes the API port; the migration turns it off, the worker has its own.
+    assert services["migrate"]["healthcheck"]["test"] == ["NONE"]
+    assert services["worker"]["healthcheck"]["test"] == ["CMD", "python", "-m", "donut_hole.worker.ready"]
 
 
 def test_data_lives_in_named_volumes(compose_config: dict[str, Any]) -> None:

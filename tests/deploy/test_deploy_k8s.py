@@ -186,6 +186,8 @@ def test_workers_are_sized_and_shut_down_gracefully(manifests: Manifests) -> Non
         env = env_of(worker)
         assert env["DONUT_HOLE_WORKER_CONCURRENCY"] == "1"
         assert int(env["DONUT_HOLE_TORCH_THREADS"]) == int(resources["limits"]["cpu"])
+        probe = container(worker)["readinessProbe"]["exec"]["command"]
+        assert probe == ["python", "-m", "donut_hole.worker.ready"]
     cpu = container(find(manifests, "Deployment", "donut-hole-worker-cpu"))
     assert mebibytes(cpu["resources"]["limits"]["memory"]) >= 1.5 * MEASURED_WORKER_MIB
 
