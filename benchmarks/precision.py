@@ -1,6 +1,6 @@
 """docs/s of one model at each deployable precision, side by side in one run (fp32, bf16, int8 on CPU).
 
-    .venv/bin/python benchmarks/precision.py --model checkpoints/teacher-small-cpu --n 8 --threads 1
+    .venv/bin/python benchmarks/precision.py --model MODEL_FOLDER --n 8 --threads 1
 
 Random scans from ``donut-hole synth``; every variant reads the same images, batch by batch, generating
 exactly ``--tokens`` tokens (EOS suppressed) so that speed, not what the model happens to say, is compared.
