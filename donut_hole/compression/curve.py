@@ -35,9 +35,10 @@ def plot_curve(history_path: Path, out: Path, *, title: str = "learning curve") 
     images = [h.get("images", 0) for h in history]
     fig, (reading, fields) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
     for key in sorted({k for h in history for k in h if k.startswith("cer_")}):
-        points = [(x, h[key]) for x, h in zip(images, history, strict=True) if key in h]
+        # CER above 1 (more characters written than printed) is drawn at 1
+        points = [(x, min(1.0, h[key])) for x, h in zip(images, history, strict=True) if key in h]
         reading.plot(*zip(*points, strict=True), marker=".", label=key.removeprefix("cer_"))
-    reading.set(xlabel="images seen", ylabel="CER (held-out reading pages)", ylim=(0, 1.2))
+    reading.set(xlabel="images seen", ylabel="CER, held-out reading pages (capped at 1)", ylim=(0, 1.05))
     reading.axhline(0.1, color="grey", linestyle=":", linewidth=1)
     reading.legend(title="level")
     for key, label in (("f1", "field F1"), ("ted_accuracy", "nTED accuracy")):
