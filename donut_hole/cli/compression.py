@@ -9,6 +9,12 @@ import typer
 
 from donut_hole.cli.common import console, fail
 
+Device = Annotated[str | None, typer.Option(help="Override train.device (auto, cpu, cuda).")]
+RecipeSettings = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override any recipe key, repeatable: --set train.batch_size=16."),
+]
+Resume = Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt if present.")]
 TaskPrompt = Annotated[
     str | None,
     typer.Option(help="The teacher's decoder start token, e.g. '<s_cord-v2>' (recipe key task_prompt)."),
@@ -43,7 +49,7 @@ def _overrides(
 
 
 def train(
-    recipe: Annotated[Path, typer.Option(help="Teacher recipe YAML (e.g. configs/teacher-small.yaml).")],
+    recipe: Annotated[Path, typer.Option(help="Teacher recipe YAML (e.g. configs/teacher-cpu.yaml).")],
     val_data: Annotated[Path, typer.Option("--val", help="Validation dataset folder.")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoint, history, model/.")],
     train_data: Annotated[
@@ -53,12 +59,9 @@ def train(
         ),
     ] = None,
     steps: Annotated[int | None, typer.Option(min=0, help="Override train.steps.")] = None,
-    device: Annotated[str | None, typer.Option(help="Override train.device (auto, cpu, cuda).")] = None,
-    settings: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override any recipe key, repeatable: --set train.batch_size=16."),
-    ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt if present.")] = False,
+    device: Device = None,
+    settings: RecipeSettings = None,
+    resume: Resume = False,
     task_prompt: TaskPrompt = None,
 ) -> None:
     """Train (from a preset) or fine-tune (from a model folder) a DONUT teacher."""
@@ -89,12 +92,9 @@ def compress(
         Path | None, typer.Option("--train", help="Training dataset folder (needed when steps > 0).")
     ] = None,
     steps: Annotated[int | None, typer.Option(min=0, help="Override train.steps (0: no training).")] = None,
-    device: Annotated[str | None, typer.Option(help="Override train.device (auto, cpu, cuda).")] = None,
-    settings: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override any recipe key, repeatable: --set train.batch_size=16."),
-    ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt if present.")] = False,
+    device: Device = None,
+    settings: RecipeSettings = None,
+    resume: Resume = False,
     task_prompt: TaskPrompt = None,
 ) -> None:
     """Build the DONUT-hole student of a teacher: derive, distill, prune, save, report."""

@@ -114,20 +114,35 @@ def _assert_all_done_once(settings: Settings, batch_id: str, n: int) -> None:
     assert all(count == 1 for _, count, _ in documents.values()), "a document was stored twice"
 
 
-def test_a_database_outage_mid_batch_strands_nothing(
-    direct: Settings, proxies: list[Proxy], start_worker: Any, scan_dir: Path
+def _outage_mid_batch(
+    direct: Settings,
+    worker_settings: Settings,
+    proxy: Proxy,
+    start_worker: Any,
+    scan_dir: Path,
+    *,
+    documents: int,
+    done_first: int,
 ) -> None:
-    """D1: PostgreSQL gone for 4 s while a worker reads a batch: every document ends done, once."""
-    worker_settings, proxy = _via(direct, proxies, "database")
-    uris = _upload(direct, scan_dir, 12)
+    """Submit a batch, cut ``proxy`` for 4 s once ``done_first`` documents are read: none fails, each is
+    stored once."""
+    uris = _upload(direct, scan_dir, documents)
     batch_id = _submit(direct, uris)
     worker = start_worker(worker_settings)
-    _wait_for_done(direct, batch_id, 2, worker)
+    _wait_for_done(direct, batch_id, done_first, worker)
     with proxy.outage():
         time.sleep(4)
     counts = wait_for_batch(direct, batch_id, worker=worker, timeout_s=60)
     assert counts["failed"] == 0, _extractions(direct, batch_id)
     _assert_all_done_once(direct, batch_id, len(uris))
+
+
+def test_a_database_outage_mid_batch_strands_nothing(
+    direct: Settings, proxies: list[Proxy], start_worker: Any, scan_dir: Path
+) -> None:
+    """D1: PostgreSQL gone for 4 s while a worker reads a batch: every document ends done, once."""
+    worker_settings, proxy = _via(direct, proxies, "database")
+    _outage_mid_batch(direct, worker_settings, proxy, start_worker, scan_dir, documents=12, done_first=2)
 
 
 def test_a_database_outage_longer_than_the_budget_is_sent_again(
@@ -139,15 +154,7 @@ def test_a_database_outage_longer_than_the_budget_is_sent_again(
     against ``max_retries`` (the README's limits), hence 1 here.
     """
     worker_settings, proxy = _via(direct, proxies, "database", retry_budget_s=2, max_retries=1)
-    uris = _upload(direct, scan_dir, 8)
-    batch_id = _submit(direct, uris)
-    worker = start_worker(worker_settings)
-    _wait_for_done(direct, batch_id, 1, worker)
-    with proxy.outage():
-        time.sleep(4)
-    counts = wait_for_batch(direct, batch_id, worker=worker, timeout_s=60)
-    assert counts["failed"] == 0, _extractions(direct, batch_id)
-    _assert_all_done_once(direct, batch_id, len(uris))
+    _outage_mid_batch(direct, worker_settings, proxy, start_worker, scan_dir, documents=8, done_first=1)
 
 
 def test_an_object_store_outage_fails_nothing(
@@ -155,15 +162,7 @@ def test_an_object_store_outage_fails_nothing(
 ) -> None:
     """D2: S3 gone for 4 s mid-batch: documents wait and retry; none is failed."""
     worker_settings, proxy = _via(direct, proxies, "s3")
-    uris = _upload(direct, scan_dir, 12)
-    batch_id = _submit(direct, uris)
-    worker = start_worker(worker_settings)
-    _wait_for_done(direct, batch_id, 2, worker)
-    with proxy.outage():
-        time.sleep(4)
-    counts = wait_for_batch(direct, batch_id, worker=worker, timeout_s=60)
-    assert counts["failed"] == 0, _extractions(direct, batch_id)
-    _assert_all_done_once(direct, batch_id, len(uris))
+    _outage_mid_batch(direct, worker_settings, proxy, start_worker, scan_dir, documents=12, done_first=2)
 
 
 def test_past_the_budget_a_transient_failure_says_so_and_is_queued_again(
