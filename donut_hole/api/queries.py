@@ -35,6 +35,7 @@ def documents_public(session: Session, *, documents: Sequence[Document]) -> list
                 fields=repository.field_values(extraction) if extraction else {},
                 data=extraction.data if extraction else None,
                 confidence=extraction.confidence if extraction else None,
+                field_confidence=repository.field_confidences(extraction) if extraction else {},
                 note=extraction.note if extraction else None,
                 model=ModelRef(id=extraction.model.id, name=extraction.model.name) if extraction else None,
             )

@@ -16,6 +16,11 @@ MAX_PAGE = 1000
 
 Location = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URI_CHARS)]
 FieldValues = dict[str, str | list[str]]
+FieldConfidences = dict[str, float | list[float | None] | None]
+FIELD_CONFIDENCE_HELP = (
+    "The confidence of each field, in [0, 1], shaped like `fields`: the mean probability of the tokens "
+    "that spell the value, or the document's confidence where the tokens could not be lined up."
+)
 
 
 def _check_location(uri: str, *, require_key: bool) -> str:
@@ -132,6 +137,7 @@ class DocumentPublic(BaseModel):
     )
     data: dict[str, Any] | None = Field(description="The extraction as nested JSON, values unclipped.")
     confidence: float | None
+    field_confidence: FieldConfidences = Field(description=FIELD_CONFIDENCE_HELP)
     note: str | None = Field(
         None, description='What is off in the stored reading, e.g. "schema: ... lacks tracking_number".'
     )
@@ -150,6 +156,7 @@ class ResultPublic(BaseModel):
     confidence: float | None
     note: str | None = None
     fields: FieldValues
+    field_confidence: FieldConfidences = Field(description=FIELD_CONFIDENCE_HELP)
 
 
 class BatchResults(BaseModel):

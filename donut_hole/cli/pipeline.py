@@ -77,13 +77,20 @@ def worker(
     if metrics_port:
         # Before prometheus_client is imported: the pool processes then write their samples to files.
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="donut-hole-metrics-"))
+    from donut_hole.model.build import density_of
     from donut_hole.worker.app import make_celery
-    from donut_hole.worker.metrics import start_metrics_server
+    from donut_hole.worker.metrics import set_model_info, start_metrics_server
     from donut_hole.worker.ready import ready_file, watch
 
     celery = make_celery(settings)
     watch(ready_file(), info)
     if metrics_port:
+        set_model_info(
+            name=Path(settings.model_path).resolve().name,
+            density=density_of(settings.model_path),
+            precision=info["precision"],
+            device=info["device"],
+        )
         start_metrics_server(metrics_port)
     argv = [
         "worker",

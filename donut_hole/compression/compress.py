@@ -41,7 +41,7 @@ from donut_hole.compression.vocab import prune_vocabulary
 from donut_hole.evaluation.dataset import Sample, read_dataset
 from donut_hole.evaluation.evaluate import Evaluation, evaluate_reader
 from donut_hole.evaluation.metrics import evaluate
-from donut_hole.model.build import count_parameters, load_model, save_model
+from donut_hole.model.build import count_parameters, load_model, save_model, write_compression_record
 from donut_hole.model.predict import DonutReader
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,12 @@ def compress(
         token_map = pruning.token_map(student_processor.tokenizer.unk_token_id)
         structure["vocabulary"] = pruning.summary()
     student_dir = save_model(student, student_processor, out_dir / "model")
+    write_compression_record(
+        student_dir,
+        teacher=Path(teacher_path).resolve().name,
+        density=density_report(student, teacher=teacher),
+        recipe=name,
+    )
 
     report = build_report(
         teacher,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from sqlalchemy import ColumnElement, Select, and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -60,6 +60,12 @@ class InvalidInput(RepositoryError, ValueError):
 FieldValues = dict[str, str | list[str]]
 """``{"consignee.name": "ACME", "items.name": ["bolt", "nut"]}``: a repeated key path gives a list."""
 
+FieldConfidences = dict[str, float | list[float | None] | None]
+"""Shaped like :data:`FieldValues`, one confidence per value: ``{"consignee.name": 0.97, "items.name":
+[0.91, 0.88]}`` (``None`` where the extraction stored none)."""
+
+_V = TypeVar("_V")
+
 
 class ResultRow(TypedDict):
     """One document of a batch, flat enough for a table, JSON or CSV.
@@ -77,6 +83,7 @@ class ResultRow(TypedDict):
     confidence: float | None
     note: str | None
     fields: FieldValues
+    field_confidence: FieldConfidences
 
 
 # ---------------------------------------------------------------------------------------------- batches
@@ -231,13 +238,15 @@ def results_for_batch(session: Session, *, batch_id: str) -> list[ResultRow]:
     for row in extractions:
         latest[row.document_id] = row
     fields: dict[int, FieldValues] = {}
+    confidences: dict[int, FieldConfidences] = {}
     field_rows = session.execute(
-        select(Field.extraction_id, Field.name, Field.value)
+        select(Field.extraction_id, Field.name, Field.value, Field.confidence)
         .where(Field.extraction_id.in_(in_batch))
         .order_by(Field.id)
     )
-    for extraction_id, name, value in field_rows:
+    for extraction_id, name, value, confidence in field_rows:
         put_field(fields.setdefault(extraction_id, {}), name, value)
+        put_field(confidences.setdefault(extraction_id, {}), name, confidence)
     rows: list[ResultRow] = []
     for document in documents:
         found = latest.get(document.id)
@@ -252,6 +261,7 @@ def results_for_batch(session: Session, *, batch_id: str) -> list[ResultRow]:
                 confidence=found.confidence if found else None,
                 note=found.note if found else None,
                 fields=fields.get(found.id, {}) if found else {},
+                field_confidence=confidences.get(found.id, {}) if found else {},
             )
         )
     return rows
@@ -304,6 +314,14 @@ def field_values(extraction: Extraction) -> FieldValues:
     for field in extraction.fields:
         put_field(values, field.name, field.value)
     return values
+
+
+def field_confidences(extraction: Extraction) -> FieldConfidences:
+    """The confidence of each of :func:`field_values`' values, in the same shape."""
+    confidences: FieldConfidences = {}
+    for field in extraction.fields:
+        put_field(confidences, field.name, field.confidence)
+    return confidences
 
 
 # -------------------------------------------------------------------------------------------- documents
@@ -607,7 +625,7 @@ def _field_row(name: str, value: str, confidence: float | None) -> dict[str, Any
     return {"name": name, "value": str(value)[:FIELD_VALUE_MAX], "confidence": confidence}
 
 
-def put_field(fields: dict[str, str | list[str]], name: str, value: str) -> None:
+def put_field(fields: dict[str, _V | list[_V]], name: str, value: _V) -> None:
     """Add one field row to a ``{name: value}`` dict; a repeated key path (list items) becomes a list.
 
     ``{"items.sku": "A1"}`` + ``("items.sku", "B2")`` → ``{"items.sku": ["A1", "B2"]}``.

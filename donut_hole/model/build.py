@@ -344,6 +344,34 @@ def save_model(model: VisionEncoderDecoderModel, processor: DonutProcessor, path
     return folder
 
 
+COMPRESSION_RECORD = "compression.json"
+"""Written by ``donut-hole compress`` beside a student's weights: its teacher and its density."""
+
+
+def write_compression_record(folder: Path, *, teacher: str, density: dict[str, Any], recipe: str) -> Path:
+    """``compression.json`` in a student's folder: the teacher's folder name, the recipe's name and the
+    densities measured against the teacher (``prune.density_report``, per-layer figures left out)."""
+    record = {
+        "teacher": teacher,
+        "recipe": recipe,
+        "density": {key: value for key, value in density.items() if key != "layers"},
+    }
+    path = Path(folder) / COMPRESSION_RECORD
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def density_of(folder: str | Path) -> float | None:
+    """A model's density over the prunable weights, against its teacher, from its ``compression.json``
+    (``0.46`` for a student that keeps 46 % of them); ``None`` for a model not made by ``compress``."""
+    try:
+        record = json.loads((Path(folder) / COMPRESSION_RECORD).read_text(encoding="utf-8"))
+        value = record["density"]["prunable_density_vs_teacher"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
+
+
 def write_legacy_preprocessor(processor: DonutProcessor, folder: Path) -> Path:
     """``preprocessor_config.json`` beside ``processor_config.json``: transformers 4.x reads its image
     processor from that file only (5.x reads either). The class is named as 4.x knows it."""

@@ -33,6 +33,7 @@ MODEL_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "compression.json",
 )
 START, END = "<!-- default-models:start -->", "<!-- default-models:end -->"
 

@@ -15,6 +15,10 @@ donut_hole_document_retries_total              counter    documents sent back fo
 donut_hole_document_latency_seconds            histogram  task start to the document's row committed
 donut_hole_forward_seconds                     histogram  one batched generate call (decode excluded)
 donut_hole_batch_size                          histogram  documents per forward pass
+donut_hole_model_info{name,density,precision,  gauge      1, labelled with the served model: its folder
+device}                                                   name, density vs its teacher (``compression.json``;
+                                                          1 for a model not made by ``compress``),
+                                                          precision and device
 =============================================  =========  =============================================
 """
 
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -48,6 +52,20 @@ FORWARD_SECONDS = Histogram(
 BATCH_SIZE = Histogram(
     "donut_hole_batch_size", "Documents per forward pass.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
 )
+
+MODEL_INFO = Gauge(
+    "donut_hole_model_info",
+    "The model this worker serves (value 1): folder name, density vs its teacher, precision, device.",
+    ["name", "density", "precision", "device"],
+    multiprocess_mode="max",  # set once by the main process; the pool processes add nothing
+)
+
+
+def set_model_info(*, name: str, density: float | None, precision: str, device: str) -> None:
+    """Publish the served model's labels (density ``1`` for a model not made by ``compress``)."""
+    MODEL_INFO.labels(
+        name=name, density="1" if density is None else f"{density:.3f}", precision=precision, device=device
+    ).set(1)
 
 
 def start_metrics_server(port: int, *, addr: str = "0.0.0.0") -> None:

@@ -80,11 +80,17 @@ class Runtime(Services):
 
     @cached_property
     def model_id(self) -> int:
-        """The ``models`` row of the loaded checkpoint (name = folder name, sha256 of its files)."""
+        """The ``models`` row of the loaded checkpoint (name = folder name, sha256 of its files, density)."""
+        from donut_hole.model.build import density_of
+
         path = Path(self.settings.model_path)
         with session_scope(self.sessions) as session:
             model = repository.get_or_create_model(
-                session, name=path.resolve().name, path=str(path.resolve()), sha256=model_digest(path)
+                session,
+                name=path.resolve().name,
+                path=str(path.resolve()),
+                sha256=model_digest(path),
+                density=density_of(path),
             )
             return model.id
 

@@ -144,11 +144,14 @@ def test_extracted_fields_are_read_and_searched(
     assert document["fields"] == {"tracking_number": tracking, "items.name": ["bolt", "nut"]}
     assert document["data"]["items"] == [{"name": "bolt"}, {"name": "nut"}]
     assert document["confidence"] == pytest.approx(0.93)
+    assert document["field_confidence"] == {"tracking_number": 0.99, "items.name": [0.9, 0.8]}
     assert document["model"] == {"id": model_id, "name": "tiny-test"}
     assert document["finished_at"] is not None
 
     results = client.get(f"/v1/batches/{batch_id}/results", headers=auth).json()["items"]
     assert results[0]["fields"] == document["fields"] and results[0]["note"] == document["note"]
+    assert results[0]["field_confidence"] == document["field_confidence"]
+    assert results[1]["field_confidence"] == {}
     assert results[1]["document_id"] == other_id and results[1]["fields"] == {} and results[1]["note"] is None
     progress = client.get(f"/v1/batches/{batch_id}", headers=auth).json()
     assert progress["counts"] == {"queued": 1, "processing": 0, "done": 1, "failed": 0}

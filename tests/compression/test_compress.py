@@ -12,7 +12,7 @@ from donut_hole.compression.recipe import CompressRecipe, load_recipe
 from donut_hole.compression.student import unstructured_density
 from donut_hole.documents.synth import generate
 from donut_hole.evaluation.dataset import read_dataset
-from donut_hole.model.build import load_model, new_model, save_model
+from donut_hole.model.build import density_of, load_model, new_model, save_model
 from donut_hole.model.predict import DonutReader
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -93,6 +93,11 @@ def test_compress_tiny_end_to_end(tiny_setup):
         assert (out / name).is_file(), name
     markdown = (out / "report.md").read_text()
     assert markdown.startswith(report.comparison()) and "Global CKA" in markdown
+
+    # The student's folder says what it was made from and how dense it is (the worker's model-info metric).
+    assert density_of(out / "model") == pytest.approx(density["prunable_density_vs_teacher"])
+    assert json.loads((out / "model" / "compression.json").read_text())["teacher"] == "t"
+    assert density_of(tiny_setup["teacher"]) is None
 
     # The saved student reloads with from_pretrained, has no pruning hooks or masks, and predicts.
     model, processor = load_model(out / "model")

@@ -327,6 +327,7 @@ def test_results_for_batch_are_table_rows(factory: Factory) -> None:
         rows = repository.results_for_batch(session, batch_id=batch_id)
     assert [row["document_id"] for row in rows] == [a, b, c]
     assert rows[0]["fields"] == {"items.name": ["bolt", "nut"], "total": "3"}
+    assert rows[0]["field_confidence"] == {"items.name": [0.9, 0.8], "total": 1.0}
     assert (rows[0]["status"], rows[0]["model_id"], rows[0]["confidence"]) == ("done", model_id, 0.9)
     assert (rows[1]["status"], rows[1]["error"], rows[1]["fields"]) == ("failed", "unreadable image", {})
     assert (rows[2]["status"], rows[2]["model_id"]) == ("queued", None)

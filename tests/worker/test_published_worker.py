@@ -84,6 +84,8 @@ def test_a_worker_reads_a_published_cord_folder_and_says_when_it_is_ready(
         counts = wait_for_batch(settings, batch_id, worker=worker)
         assert counts["done"] == 4, worker.log_tail()
         assert '"task_prompt": "<s_cord-v2>"' in ready.read_text().replace("'", '"')
+        info = f'donut_hole_model_info{{density="1",device="cpu",name="{cord.name}",precision="fp32"}}'
+        assert worker.metrics()[info] == 1.0
         assert (
             subprocess.run(
                 [sys.executable, "-m", "donut_hole.worker.ready"],
