@@ -6,6 +6,8 @@ This script does the same with a randomly initialised preset and prints one JSON
     .venv/bin/python deploy/measure_memory.py --preset tiny
     .venv/bin/python deploy/measure_memory.py --preset donut-base --max-new-tokens 16 --threads 1
     .venv/bin/python deploy/measure_memory.py --model models/donut-hole-small    # a saved checkpoint
+    .venv/bin/python deploy/measure_memory.py --preset donut-base --recipe configs/donut-base.yaml \
+        --image-size 1280 960 --batch-size 1 --max-new-tokens 16    # the recipe's student, at 1280x960
 
 RSS is read from /proc/self/status (VmRSS, Linux); the peak is ``ru_maxrss``. Random weights decode up
 to ``--max-new-tokens`` tokens, so the generate part of the peak is an upper bound for short documents.
@@ -40,6 +42,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument(
+        "--recipe",
+        type=Path,
+        help="Measure this compress recipe's student of the preset (layers and FFN cut).",
+    )
+    parser.add_argument(
+        "--image-size", type=int, nargs=2, metavar=("H", "W"), help="Read images of this size instead."
+    )
     args = parser.parse_args()
 
     out: dict[str, object] = {"model": str(args.model or args.preset), "batch_size": args.batch_size}
@@ -62,7 +72,26 @@ def main() -> None:
         reader = DonutReader.from_path(args.model, max_new_tokens=args.max_new_tokens)
     else:
         model, processor = new_model(args.preset, documents=[{"a": "1"}])
+        if args.recipe:
+            import gc
+
+            from donut_hole.compression.recipe import CompressRecipe, load_recipe
+            from donut_hole.compression.student import build_student
+
+            model = build_student(model, load_recipe(args.recipe, CompressRecipe)).model
+            gc.collect()  # the teacher is gone: only the student's weights stay resident
         reader = DonutReader(model, processor, max_new_tokens=args.max_new_tokens)
+    if args.image_size:
+        from donut_hole.compression.student import student_processor
+
+        reader = DonutReader(
+            reader.model,
+            student_processor(reader.processor, args.image_size),
+            max_new_tokens=args.max_new_tokens,
+        )
+        out["image_size"] = args.image_size
+    if args.recipe:
+        out["recipe"] = str(args.recipe)
     params = count_parameters(reader.model)
     out["params"] = params
     out["weights_fp32_mib"] = round(params * 4 / 2**20, 1)

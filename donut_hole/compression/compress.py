@@ -35,7 +35,13 @@ from donut_hole.compression.report import (
     measure_latency,
     write_report,
 )
-from donut_hole.compression.student import LayerMap, build_student
+from donut_hole.compression.student import (
+    LayerMap,
+    build_student,
+    processor_size,
+    resize_pixels,
+)
+from donut_hole.compression.student import student_processor as student_processor_for
 from donut_hole.compression.train import resolve_device, train
 from donut_hole.compression.vocab import prune_vocabulary
 from donut_hole.evaluation.dataset import Sample, read_dataset
@@ -57,10 +63,12 @@ class DistillObjective:
         weights: DistillConfig,
         layer_map: LayerMap,
         pad_token_id: int,
+        student_size: tuple[int, int] | None = None,
     ):
         self.teacher = teacher.eval().requires_grad_(False)
         self.weights, self.layer_map, self.pad_token_id = weights, layer_map, pad_token_id
         self.hidden = weights.hidden_encoder > 0 or weights.hidden_decoder > 0
+        self.student_size = student_size  # (height, width) when the student reads smaller images
 
     def __call__(
         self, model: VisionEncoderDecoderModel, batch: dict[str, torch.Tensor]
@@ -69,6 +77,8 @@ class DistillObjective:
         inputs = {"pixel_values": batch["pixel_values"], "decoder_input_ids": decoder_input_ids}
         with torch.no_grad():
             teacher_out = self.teacher(**inputs, output_hidden_states=self.hidden)
+        if self.student_size is not None:
+            inputs["pixel_values"] = resize_pixels(batch["pixel_values"], self.student_size)
         student_out = model(**inputs, output_hidden_states=self.hidden)
         return distillation_loss(
             student_out, teacher_out, labels, weights=self.weights, layer_map=self.layer_map
@@ -103,6 +113,8 @@ def compress(
 
     built = build_student(teacher, recipe)
     student, layer_map, density, structure = built.model, built.layer_map, built.density, built.structure
+    student_processor = student_processor_for(processor, recipe.student.image_size)
+    student_size = processor_size(student_processor) if recipe.student.image_size else None
     (out_dir / "layer_map.json").write_text(layer_map.to_json(), encoding="utf-8")
     pruner = None
     if density < 1.0:
@@ -119,6 +131,7 @@ def compress(
             weights=recipe.distill,
             layer_map=layer_map,
             pad_token_id=processor.tokenizer.pad_token_id,
+            student_size=student_size,
         )
         history = train(
             student,
@@ -135,6 +148,7 @@ def compress(
             resume=resume,
             progress=progress,
             save=False,
+            eval_processor=student_processor,
         )
     elif pruner is not None:
         pruner.step(pruner.end_step)  # one shot: no training, straight to the target density
@@ -145,10 +159,10 @@ def compress(
             k: v for k, v in apply_semi_structured_(student).items() if k != "skipped"
         }
     student.eval()
-    student_processor, token_map = processor, None
+    token_map = None
     if recipe.prune.vocabulary:
         corpus = target_texts([s.gt_parse for s in train_samples], teacher, processor)
-        student_processor, pruning = prune_vocabulary(student, processor, corpus)
+        student_processor, pruning = prune_vocabulary(student, student_processor, corpus)
         token_map = pruning.token_map(student_processor.tokenizer.unk_token_id)
         structure["vocabulary"] = pruning.summary()
     student_dir = save_model(student, student_processor, out_dir / "model")
@@ -251,6 +265,7 @@ def build_report(
             )
             log.info("%s: %s", side, sides[side].eval)
         cka_task = bar.add_task("CKA per layer", total=1)
+        own = processor_size(student_processor or processor)
         cka = cka_analysis(
             teacher,
             student,
@@ -259,6 +274,7 @@ def build_report(
             pairs=layer_map.hidden_pairs(),
             batch_size=cfg.batch_size,
             student_token_map=student_token_map,
+            student_size=None if own == processor_size(processor) else own,
         )
         bar.advance(cka_task)
     device = next(student.parameters()).device

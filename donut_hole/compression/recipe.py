@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from donut_hole.documents.schemas import DOCUMENT_TYPES
 
@@ -171,6 +171,19 @@ class StudentConfig(_Strict):
         "uniform",
         description="uniform: evenly spaced teacher blocks, first and last included; first: the first n.",
     )
+    image_size: list[int] | None = Field(
+        None,
+        description="[height, width] of the student's input, e.g. [1280, 960] for a [2560, 1920] teacher; "
+        "the teacher's when omitted. The aspect ratio must be the teacher's: the student learns from the "
+        "teacher's batches resized (needs distill.hidden_encoder 0).",
+    )
+
+    @field_validator("image_size")
+    @classmethod
+    def _two_sides(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (len(value) != 2 or min(value) < 32):
+            raise ValueError(f"image_size must be [height, width], each at least 32 pixels; got {value}")
+        return value
 
 
 class DistillConfig(_Strict):
@@ -225,6 +238,15 @@ class CompressRecipe(_Strict):
     prune: PruneConfig = PruneConfig()
     train: TrainConfig = TrainConfig()
     report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="after")
+    def _resized_student_has_no_encoder_mse(self) -> CompressRecipe:
+        if self.student.image_size is not None and self.distill.hidden_encoder > 0:
+            raise ValueError(
+                "student.image_size gives the student smaller feature maps than the teacher's: "
+                "set distill.hidden_encoder to 0 (the logit and decoder terms still apply)"
+            )
+        return self
 
 
 R = TypeVar("R", bound=BaseModel)

@@ -23,6 +23,7 @@ from transformers import DonutProcessor, VisionEncoderDecoderModel
 from donut_hole.compression.batches import DonutDataset, collate
 from donut_hole.compression.cka import cka_matrix, global_cka, pool_tokens
 from donut_hole.compression.distill import shift_for_decoder
+from donut_hole.compression.student import resize_pixels
 from donut_hole.evaluation.dataset import Sample
 from donut_hole.model.build import task_token_of
 from donut_hole.model.predict import DonutReader
@@ -117,12 +118,14 @@ def layer_features(
     pad_token_id: int,
     batch_size: int = 8,
     token_map: torch.Tensor | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Pooled (N, D) features of every Swin stage output and decoder layer output, teacher-forced on the
     ground-truth sequences of ``items`` (:class:`DonutDataset` pairs): encoder tokens are mean-pooled over
     the image, decoder tokens over the valid (non-pad) positions. Index ``i`` of each list is hidden-state
     index ``i + 1`` (0 = embeddings, left out). ``token_map`` (old id → model id) feeds a model whose
-    vocabulary was pruned the same sequences.
+    vocabulary was pruned the same sequences; ``image_size`` resizes the images for a model that reads
+    smaller ones (:func:`~donut_hole.compression.student.resize_pixels`).
     """
     device = next(model.parameters()).device
     enc: list[list[torch.Tensor]] = []
@@ -131,8 +134,11 @@ def layer_features(
         batch = collate(list(items[start : start + batch_size]), pad_token_id=pad_token_id)
         decoder_input_ids, _ = shift_for_decoder(batch["input_ids"], pad_token_id=pad_token_id)
         model_ids = decoder_input_ids if token_map is None else token_map[decoder_input_ids]
+        pixels = (
+            batch["pixel_values"] if image_size is None else resize_pixels(batch["pixel_values"], image_size)
+        )
         out = model(
-            pixel_values=batch["pixel_values"].to(device, dtype=model.dtype),
+            pixel_values=pixels.to(device, dtype=model.dtype),
             decoder_input_ids=model_ids.to(device),
             output_hidden_states=True,
         )
@@ -157,10 +163,13 @@ def cka_analysis(
     batch_size: int = 8,
     max_length: int = 256,
     student_token_map: torch.Tensor | None = None,
+    student_size: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """The teacher×student linear-CKA matrix over all layers (encoder stages, then decoder layers) and the
     global CKA index: the mean CKA over the mapped pairs (``LayerMap.hidden_pairs()``). ``processor`` is the
-    teacher's; ``student_token_map`` renumbers its token ids for a student with a pruned vocabulary."""
+    teacher's; ``student_token_map`` renumbers its token ids for a student with a pruned vocabulary, and
+    ``student_size`` (height, width) resizes the images for a student that reads smaller ones (encoder
+    token maps are mean-pooled, so the two sides' maps need not have the same number of tokens)."""
     # no longer than the decoders' learned positions (a published cord-v2 has 768)
     positions = [getattr(m.config.decoder, "max_position_embeddings", None) for m in (teacher, student)]
     max_length = min([max_length, *(int(p) for p in positions if p)])
@@ -171,7 +180,12 @@ def cka_analysis(
     pad = processor.tokenizer.pad_token_id
     t_enc, t_dec = layer_features(teacher, items, pad_token_id=pad, batch_size=batch_size)
     s_enc, s_dec = layer_features(
-        student, items, pad_token_id=pad, batch_size=batch_size, token_map=student_token_map
+        student,
+        items,
+        pad_token_id=pad,
+        batch_size=batch_size,
+        token_map=student_token_map,
+        image_size=student_size,
     )
     matrix = cka_matrix(t_enc + t_dec, s_enc + s_dec)
     mapped = [(t - 1, s - 1) for t, s in pairs["encoder"]]

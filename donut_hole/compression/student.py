@@ -1,10 +1,12 @@
 """A smaller DONUT student derived from a teacher: fewer Swin blocks per stage, fewer decoder layers.
 
 The student's config is the teacher's, deep-copied, with only ``encoder.depths`` and
-``decoder.decoder_layers`` changed. Its weights are the teacher's, copied tensor for tensor: patch
+``decoder.decoder_layers`` changed (and ``encoder.image_size`` when ``student.image_size`` asks for a
+smaller input). Its weights are the teacher's, copied tensor for tensor: patch
 embedding, patch merging, norms, token/position embeddings, ``lm_head`` and the selected blocks/layers
 (state-dict keys are remapped, e.g. student ``...layers.2.blocks.1.`` ← teacher ``...layers.2.blocks.3.``).
-The tokenizer and processor do not change: the caller keeps using the teacher's processor object.
+The tokenizer does not change; the processor is the teacher's, or the teacher's at the student's image
+size (:func:`student_processor`; the student then reads the teacher's batches resized, :func:`resize_pixels`).
 
 :func:`build_student` is the one way a recipe becomes a student (``donut-hole compress`` and the
 benchmark both call it): :func:`derive_student`, then the structured FFN pruning of ``prune.ffn_keep_ratio``,
@@ -35,7 +37,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import torch
-from transformers import DonutSwinConfig, MBartConfig, VisionEncoderDecoderModel
+import torch.nn.functional as F
+from transformers import DonutProcessor, DonutSwinConfig, MBartConfig, VisionEncoderDecoderModel
 
 from donut_hole.compression.prune import prunable_weights, prune_ffn_
 from donut_hole.compression.recipe import CompressRecipe, Selection, StudentConfig
@@ -47,6 +50,11 @@ _DECODER_LAYER = re.compile(r"^(decoder\.model\.decoder\.layers\.)(\d+)(\..*)$")
 
 class StudentError(ValueError):
     """A student config that does not fit the teacher, or a weight that could not be copied."""
+
+
+def list_size(size: int | list[int] | tuple[int, int]) -> list[int]:
+    """A config's ``image_size`` as ``[height, width]`` (an int means a square)."""
+    return [size, size] if isinstance(size, int) else [int(side) for side in size]
 
 
 def select_layers(n_teacher: int, n_student: int, selection: Selection = "uniform") -> list[int]:
@@ -161,6 +169,16 @@ def derive_student(
     config = copy.deepcopy(teacher.config)
     cast(DonutSwinConfig, config.encoder).depths = list(spec.encoder_depths)
     cast(MBartConfig, config.decoder).decoder_layers = spec.decoder_layers
+    if spec.image_size is not None:
+        encoder = cast(DonutSwinConfig, config.encoder)
+        stride = encoder.patch_size * 2 ** (len(encoder.depths) - 1)
+        last, window = min(spec.image_size) // stride, encoder.window_size
+        if last < window:
+            raise StudentError(
+                f"student.image_size {spec.image_size} is too small: Swin's last stage would be {last}"
+                f" patches wide, under the window ({window}); use sides of {stride * window} pixels or more"
+            )
+        encoder.image_size = list(spec.image_size)
     student = VisionEncoderDecoderModel(config=config)
     student.generation_config = copy.deepcopy(teacher.generation_config)
     first = next(teacher.parameters())
@@ -180,6 +198,42 @@ def derive_student(
             tensor.copy_(source[from_key])
     student.train(teacher.training)
     return student, layer_map
+
+
+def processor_size(processor: DonutProcessor) -> tuple[int, int]:
+    """(height, width) of the images a processor makes."""
+    size = processor.image_processor.size
+    return int(size["height"]), int(size["width"])
+
+
+def student_processor(processor: DonutProcessor, image_size: list[int] | None) -> DonutProcessor:
+    """The processor of a student whose input is ``image_size`` ([height, width]): the teacher's, resized.
+
+    The aspect ratio must be the teacher's (within 1 %), so that the teacher's batch resized
+    (:func:`resize_pixels`) is what this processor makes of the same scan.
+
+    >>> student_processor(processor, [1280, 960]).image_processor.size  # doctest: +SKIP
+    {'height': 1280, 'width': 960}
+    """
+    if image_size is None:
+        return processor
+    (teacher_h, teacher_w), (height, width) = processor_size(processor), image_size
+    if abs(height / width - teacher_h / teacher_w) > 0.01 * teacher_h / teacher_w:
+        raise StudentError(
+            f"student.image_size {height}x{width} (height x width) has another aspect ratio than the "
+            f"teacher's input {teacher_h}x{teacher_w}: keep height/width = {teacher_h / teacher_w:.3f}"
+        )
+    resized = copy.deepcopy(processor)
+    resized.image_processor.size = {"height": height, "width": width}
+    return resized
+
+
+def resize_pixels(pixel_values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A batch made for the teacher, ``(B, 3, H, W)``, at the student's input ``size`` (bilinear,
+    antialiased); returned as it is when it already has that size."""
+    if tuple(pixel_values.shape[-2:]) == tuple(size):
+        return pixel_values
+    return F.interpolate(pixel_values, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 def unstructured_density(*, target: float, teacher_prunable: int, student_prunable: int) -> float:
@@ -217,6 +271,7 @@ def build_student(teacher: VisionEncoderDecoderModel, recipe: CompressRecipe) ->
         "teacher_encoder_depths": list(_encoder(teacher).depths),
         "decoder_layers": layer_map.decoder_layers,
         "encoder_blocks": layer_map.encoder_blocks,
+        "image_size": recipe.student.image_size or list_size(_encoder(teacher).image_size),
         "parameters_after_layer_selection": count_parameters(model),
     }
     if recipe.prune.ffn_keep_ratio < 1.0:

@@ -349,8 +349,12 @@ def train(
     progress: bool = True,
     save: bool = True,
     curriculum: CurriculumConfig | None = None,
+    eval_processor: DonutProcessor | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place for ``config.steps`` steps; return the evaluation history.
+
+    ``processor`` makes the training batches; ``eval_processor`` (default: the same) is the model's own,
+    used to evaluate and save it (a student that reads smaller images than its teacher's batches).
 
     ``out_dir`` receives ``checkpoint.pt`` (resumable), ``history.jsonl``, ``train_log.jsonl`` and, with
     ``save``, the final model in ``out_dir/model``. ``on_eval(step)`` adds fields (e.g. density) to each
@@ -378,7 +382,8 @@ def train(
     loader = make_loader(model, processor, config, train_samples, curriculum=curriculum, start=start)
     autocast = autocast_for(device, config)
     eval_set = list(val_samples)[: config.eval_samples]
-    reading_set = reading_pages(curriculum, processor, count=config.eval_samples) if curriculum else {}
+    own_processor = eval_processor or processor
+    reading_set = reading_pages(curriculum, own_processor, count=config.eval_samples) if curriculum else {}
     clock = Clock(cpu_before=run.cpu_s, time_limit_s=config.time_limit_s)
     running: list[float] = []  # training loss per step
 
@@ -388,7 +393,7 @@ def train(
     def evaluate(step: int) -> None:
         record = evaluate_run(
             model,
-            processor,
+            own_processor,
             step=step,
             config=config,
             eval_set=eval_set,
@@ -492,5 +497,5 @@ def train(
     model.eval()
     if save:
         model.decoder.set_attn_implementation("sdpa")  # guided training may have switched it to eager
-        save_model(model, processor, out_dir / "model")
+        save_model(model, own_processor, out_dir / "model")
     return run.history

@@ -4,12 +4,19 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from donut_hole.cli import app
 from donut_hole.compression.compress import compress
-from donut_hole.compression.recipe import CompressRecipe, load_recipe
-from donut_hole.compression.student import unstructured_density
+from donut_hole.compression.recipe import CompressRecipe, RecipeError, load_recipe
+from donut_hole.compression.student import (
+    StudentError,
+    processor_size,
+    resize_pixels,
+    student_processor,
+    unstructured_density,
+)
 from donut_hole.documents.synth import generate
 from donut_hole.evaluation.dataset import read_dataset
 from donut_hole.model.build import density_of, load_model, new_model, save_model
@@ -216,3 +223,76 @@ def test_donut_base_layout_steps_zero(tmp_path):
     assert list(reloaded.config.encoder.depths) == [1, 1, 4, 2]
     assert reloaded.config.decoder.decoder_layers == 2
     assert reloaded.config.decoder.vocab_size == vocab["vocab_after"]
+
+
+def test_a_student_can_read_smaller_images_than_its_teacher(tiny_setup, tmp_path):
+    docs = [s.gt_parse for s in read_dataset(tiny_setup["train"])]
+    teacher = save_model(*new_model("tiny", documents=docs, image_size=(320, 320)), tmp_path / "teacher")
+    overrides = {"distill.hidden_encoder": 0.0, "train.steps": 0}
+    with pytest.raises(StudentError, match="too small"):  # Swin's last stage would hold less than a window
+        compress(
+            load_recipe(
+                CONFIGS / "tiny.yaml", CompressRecipe, overrides={**overrides, "student.image_size": [96, 96]}
+            ),
+            teacher_path=teacher,
+            train_dir=None,
+            val_dir=tiny_setup["val"],
+            out_dir=tmp_path / "small",
+            progress=False,
+        )
+    recipe = load_recipe(
+        CONFIGS / "tiny.yaml",
+        CompressRecipe,
+        overrides={
+            "student.image_size": [160, 160],  # teacher: 320 x 320
+            "distill.hidden_encoder": 0.0,
+            "train.steps": 4,
+            "train.eval_every": 4,
+            "train.eval_samples": 2,
+            "train.max_new_tokens": 8,
+            "report.cka_samples": 4,
+            "report.latency_samples": 2,
+            "report.latency_repeats": 1,
+            "report.eval_samples": 2,
+        },
+    )
+    report = compress(
+        recipe,
+        teacher_path=teacher,
+        train_dir=tiny_setup["train"],
+        val_dir=tiny_setup["val"],
+        out_dir=tmp_path / "run",
+        progress=False,
+    )
+    model, processor = load_model(tmp_path / "run" / "model")
+    assert list(model.config.encoder.image_size) == [160, 160]
+    assert processor_size(processor) == (160, 160)
+    assert report.student_structure["image_size"] == [160, 160]
+    assert 0.0 <= report.cka["global"] <= 1.0 and [h["step"] for h in report.history] == [4]
+    image = read_dataset(tiny_setup["val"])[0].image_path
+    pixels = processor(Image.open(image).convert("RGB"), return_tensors="pt").pixel_values
+    assert tuple(pixels.shape[-2:]) == (160, 160)
+
+
+def test_the_teacher_batch_resized_is_what_the_student_processor_makes(tiny_setup):
+    _, teacher_processor = load_model(tiny_setup["teacher"])
+    small = student_processor(teacher_processor, [80, 80])
+    image = Image.open(read_dataset(tiny_setup["val"])[0].image_path).convert("RGB")
+    direct = small(image, return_tensors="pt").pixel_values
+    resized = resize_pixels(teacher_processor(image, return_tensors="pt").pixel_values, (80, 80))
+    assert direct.shape == resized.shape == (1, 3, 80, 80)
+    assert (direct - resized).abs().mean() < 0.1  # pixel values span [-1, 1]: the same picture
+    assert student_processor(teacher_processor, None) is teacher_processor
+    with pytest.raises(StudentError, match="aspect ratio"):
+        student_processor(teacher_processor, [80, 120])
+
+
+def test_a_resized_student_recipe_needs_no_encoder_mse():
+    with pytest.raises(RecipeError, match="hidden_encoder"):
+        load_recipe(CONFIGS / "tiny.yaml", CompressRecipe, overrides={"student.image_size": [128, 128]})
+    with pytest.raises(RecipeError, match="height, width"):
+        load_recipe(
+            CONFIGS / "tiny.yaml",
+            CompressRecipe,
+            overrides={"student.image_size": [128], "distill.hidden_encoder": 0.0},
+        )
