@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from donut_hole.compression.recipe import CurriculumConfig
-from donut_hole.documents.locations import token_cells
+from donut_hole.documents.locations import cell_grid, token_cells
 from donut_hole.documents.synth import Located, jpeg_round_trip, render_sample
 
 READING_TASK_TOKEN = "<s_reading>"
@@ -87,8 +87,7 @@ class CurriculumDataset(Dataset):
             max_length,
             stride,
         )
-        height, width = image_size
-        self.grid = (-(-height // stride), -(-width // stride))
+        self.grid = cell_grid(image_size, stride=stride)
 
     def __len__(self) -> int:  # indices are (source, i) pairs from the sampler, not positions
         raise TypeError("CurriculumDataset is read through CurriculumSampler batches")

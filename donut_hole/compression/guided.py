@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 from donut_hole.compression.distill import ce_loss, shift_for_decoder
 from donut_hole.compression.recipe import GuideConfig
+from donut_hole.documents.locations import cell_grid
+from donut_hole.model.build import encoder_stride
 
 
 def attention_loss(attention: torch.Tensor, cells: torch.Tensor, *, grid: tuple[int, int]) -> torch.Tensor:
@@ -55,9 +57,8 @@ def glyph_loss(
 
 def encoder_grid(model: Any, image_size: tuple[int, int]) -> tuple[tuple[int, int], int]:
     """((rows, cols), stride) of the encoder's output cells for images of ``image_size`` (H, W)."""
-    encoder = model.config.encoder
-    stride = int(encoder.patch_size) * 2 ** (len(encoder.depths) - 1)
-    return (-(-image_size[0] // stride), -(-image_size[1] // stride)), stride
+    stride = encoder_stride(model.config.encoder)
+    return cell_grid(image_size, stride=stride), stride
 
 
 class GuidedObjective:

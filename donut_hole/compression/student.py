@@ -42,7 +42,7 @@ from transformers import DonutProcessor, DonutSwinConfig, MBartConfig, VisionEnc
 
 from donut_hole.compression.prune import prunable_weights, prune_ffn_
 from donut_hole.compression.recipe import CompressRecipe, Selection, StudentConfig
-from donut_hole.model.build import count_parameters
+from donut_hole.model.build import count_parameters, encoder_stride
 
 _ENCODER_BLOCK = re.compile(r"^(encoder\.encoder\.layers\.(\d+)\.blocks\.)(\d+)(\..*)$")
 _DECODER_LAYER = re.compile(r"^(decoder\.model\.decoder\.layers\.)(\d+)(\..*)$")
@@ -171,7 +171,7 @@ def derive_student(
     cast(MBartConfig, config.decoder).decoder_layers = spec.decoder_layers
     if spec.image_size is not None:
         encoder = cast(DonutSwinConfig, config.encoder)
-        stride = encoder.patch_size * 2 ** (len(encoder.depths) - 1)
+        stride = encoder_stride(encoder)
         last, window = min(spec.image_size) // stride, encoder.window_size
         if last < window:
             raise StudentError(

@@ -77,6 +77,16 @@ def target_centres(
     return text, centres
 
 
+def cell_grid(image_size: tuple[int, int], *, stride: int) -> tuple[int, int]:
+    """(rows, cols) of encoder cells of ``stride`` pixels over an image of ``image_size`` (H, W); a
+    partial cell at the edge counts (the encoder pads to whole patches).
+
+    >>> cell_grid((448, 448), stride=16), cell_grid((450, 300), stride=32)
+    ((28, 28), (15, 10))
+    """
+    return -(-image_size[0] // stride), -(-image_size[1] // stride)
+
+
 def token_cells(
     offsets: Sequence[tuple[int, int]],
     centres: Sequence[Point | None],

@@ -105,6 +105,12 @@ def preset_with(preset: str | Preset, overrides: dict[str, Any]) -> Preset:
     return replace(spec, **changed)
 
 
+def encoder_stride(encoder: Any) -> int:
+    """Pixels per cell of a DonutSwin config's last stage: the patch size, halved in resolution by each
+    patch merging (4 × 2³ = 32 for the four stages of donut-base)."""
+    return int(encoder.patch_size) * 2 ** (len(encoder.depths) - 1)
+
+
 def check_image_size(preset: Preset) -> None:
     """Swin's last stage must still hold one attention window: min(H, W) / (4 * 2**(stages-1)) >= window."""
     stride = 4 * 2 ** (len(preset.depths) - 1)
