@@ -58,7 +58,14 @@ class Settings(BaseSettings):
     batch_size: int = Field(4, ge=1, le=256, description="Documents per forward pass in a worker.")
     batch_wait_s: float = Field(0.5, ge=0.0, le=60.0, description="Longest wait to fill a batch.")
     max_image_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Largest scan accepted, in bytes.")
-    max_image_pixels: int = Field(64_000_000, ge=1024, description="Decompression-bomb guard, in pixels.")
+    max_image_pixels: int = Field(
+        64_000_000,
+        ge=1024,
+        description="Decompression-bomb guard, in pixels: per image, per TIFF frame, per rendered PDF page.",
+    )
+    max_pages: int = Field(
+        200, ge=1, le=100_000, description="Pages a PDF or multi-page TIFF may have; more fails the document."
+    )
     task_time_limit_s: int = Field(600, ge=1)
     max_retries: int = Field(
         5, ge=0, description="Attempts a document may lose to a dying worker before it is failed, minus one."

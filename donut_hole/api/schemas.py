@@ -110,12 +110,29 @@ class ModelRef(BaseModel):
     name: str
 
 
+class PageRef(BaseModel):
+    """One page of a multi-page source."""
+
+    page: int
+    document_id: str
+    status: DocumentStatus
+
+
 class DocumentPublic(BaseModel):
-    """A document, its progress, and the fields of its latest extraction (empty until it is ``done``)."""
+    """A document (one page), its progress, and the fields of its latest extraction (empty until ``done``)."""
 
     id: str
     batch_id: str
-    uri: str
+    uri: str = Field(description='Where the page is: the source\'s URI, with "#page=N" after page 1.')
+    page: int = Field(1, description="This document's page in its source (1 for a single image).")
+    page_count: int | None = Field(
+        None, description="Pages of the source; null until a worker has opened it."
+    )
+    source_sha256: str | None = Field(None, description="sha256 of the source file the worker read.")
+    pages: list[PageRef] = Field(
+        default_factory=list,
+        description="Every page of a multi-page source (this one included), in order; empty otherwise.",
+    )
     status: DocumentStatus
     error: str | None = Field(
         description="Why the document failed, or, while it is queued for a retry, why the last attempt "
@@ -143,6 +160,8 @@ class ResultPublic(BaseModel):
 
     document_id: str
     uri: str
+    page: int = 1
+    page_count: int | None = None
     status: DocumentStatus
     error: str | None
     attempts: int

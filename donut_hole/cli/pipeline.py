@@ -255,7 +255,8 @@ def enqueue(
 
 def _csv_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
     names = sorted({name for row in rows for name in row["fields"]})
-    fixed = ["document_id", "uri", "status", "error", "note", "attempts", "model_id", "confidence"]
+    fixed = ["document_id", "uri", "page", "page_count", "status", "error", "note", "attempts", "model_id"]
+    fixed.append("confidence")
     header = [*fixed, *names]
     out = []
     for row in rows:
@@ -273,7 +274,8 @@ def results(
         OutputFormat, typer.Option("--format", help="table, json or csv.")
     ] = OutputFormat.table,
 ) -> None:
-    """Show a batch's documents: status, error or note, confidence and extracted fields."""
+    """Show a batch's documents (one per page of a PDF or TIFF): status, error or note, confidence and
+    extracted fields."""
     from sqlalchemy.exc import OperationalError
 
     from donut_hole.db import repository, session_scope
@@ -313,8 +315,11 @@ def results(
     for row in rows:
         fields = "; ".join(f"{k}={v}" for k, v in row["fields"].items())
         confidence = f"{row['confidence']:.3f}" if row["confidence"] is not None else ""
+        name = row["uri"].rsplit("/", 1)[-1]
+        if row["page_count"] and row["page_count"] > 1:
+            name = f"{name.removesuffix('#page=' + str(row['page']))} p. {row['page']}/{row['page_count']}"
         table.add_row(
-            row["uri"].rsplit("/", 1)[-1],
+            name,
             row["status"],
             confidence,
             fields[:200],

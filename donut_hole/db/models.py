@@ -5,10 +5,16 @@ Schema (PostgreSQL in production, SQLite for the embedded default)::
     models       (id, name, path, sha256, density, metrics, created_at)      UNIQUE(name, sha256)
     batches      (id, source, status, error, created_at)
     documents    (id, batch_id → batches, uri, sha256, status, error, attempts,
-                  created_at, updated_at, started_at, finished_at, sent_at)  UNIQUE(batch_id, uri)
+                  created_at, updated_at, started_at, finished_at, sent_at,
+                  page, page_count, source_sha256)                          UNIQUE(batch_id, uri)
     extractions  (id, document_id → documents, model_id → models, raw_sequence, data, confidence,
                   latency_ms, note, created_at)                              UNIQUE(document_id, model_id)
     fields       (id, extraction_id → extractions, name, value, confidence)  INDEX(name, value)
+
+A document is one *page*: a single image is page 1 of 1; a PDF or multi-frame TIFF has one row per page,
+all with the source's ``page_count`` and ``source_sha256``. Page 1 keeps the URI it was submitted with;
+page *k* > 1 is ``<uri>#page=<k>`` (the PDF fragment of RFC 8118), so ``(batch_id, uri)`` stays the one
+uniqueness rule (:func:`page_uri`, :func:`source_uri`).
 
 Batch and document ids are UUID strings so that they can be handed to users; the others are integers.
 Timestamps are timezone-aware UTC on both backends. Deleting a batch deletes its documents, their
@@ -57,6 +63,19 @@ BigIntId = BigInteger().with_variant(Integer(), "sqlite")
 
 FIELD_NAME_MAX = 255
 FIELD_VALUE_MAX = 512  # keeps (name, value) under PostgreSQL's B-tree row limit; full values live in data
+
+
+def page_uri(uri: str, *, page: int) -> str:
+    """The URI of page ``page`` of the source at ``uri``: ``"s3://b/bol.pdf"``, 2 → ``"s3://b/bol.pdf#page=2"``.
+
+    Page 1 is the source's own URI (the row it was submitted as).
+    """
+    return uri if page == 1 else f"{uri}#page={page}"
+
+
+def source_uri(uri: str, *, page: int) -> str:
+    """The inverse of :func:`page_uri`: ``"s3://b/bol.pdf#page=2"``, 2 → ``"s3://b/bol.pdf"``."""
+    return uri.removesuffix(f"#page={page}") if page != 1 else uri
 
 
 def utcnow() -> datetime:
@@ -176,6 +195,14 @@ class Document(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]  # a message carrying it last went to the broker (None: never)
+    page: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # 1-based, in its source
+    page_count: Mapped[int | None] = mapped_column(Integer)  # pages of its source; None: not opened yet
+    source_sha256: Mapped[str | None] = mapped_column(String(64))  # of the source file a worker read
+
+    @property
+    def source_uri(self) -> str:
+        """Where the source file of this page is (the URI without ``#page=<k>``)."""
+        return source_uri(self.uri, page=self.page)
 
     batch: Mapped[Batch] = relationship(back_populates="documents")
     extractions: Mapped[list[Extraction]] = relationship(

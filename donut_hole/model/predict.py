@@ -113,6 +113,15 @@ def _open_header(data: bytes) -> Image.Image:
             Image.MAX_IMAGE_PIXELS = saved
 
 
+def read_source(source: bytes | str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of a file (or the bytes given), refused with :class:`DocumentError` when empty, larger
+    than ``max_bytes`` or unreadable."""
+    data = _read_bytes(source, max_bytes=max_bytes)
+    if not data:
+        raise DocumentError("empty file: no image data")
+    return data
+
+
 def _read_bytes(source: bytes | str | Path, *, max_bytes: int) -> bytes:
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
@@ -204,6 +213,16 @@ class DonutReader:
 
     def load(self, source: ImageInput) -> Image.Image:
         return load_image(source, max_pixels=self.max_pixels, target_size=self.image_size)
+
+    def load_page(self, data: bytes, *, page: int) -> Image.Image:
+        """Page ``page`` of a PDF, a multi-frame image or a single image, sized for this model
+        (:func:`donut_hole.model.pages.load_page`)."""
+        from donut_hole.model.pages import load_page
+
+        align = bool(getattr(self.processor.image_processor, "do_align_long_axis", False))
+        return load_page(
+            data, page=page, target_size=self.image_size, max_pixels=self.max_pixels, align_long_axis=align
+        )
 
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """DONUT preprocessing (resize to fit, pad, normalise): (B, 3, H, W) float tensor."""

@@ -81,7 +81,12 @@ def process_documents(
     outcome = process.GroupOutcome()
     try:
         process.process_group(
-            rt, document_ids, last_try=last_try, resumed=set(resumed or ()), outcome=outcome
+            rt,
+            document_ids,
+            last_try=last_try,
+            resumed=set(resumed or ()),
+            outcome=outcome,
+            send=lambda ids: send_group(rt, ids),
         )
     except DATABASE_ERRORS as exc:
         if last_try:  # nothing can be written: the documents' old sent_at brings the watchdog to them
