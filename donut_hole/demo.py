@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -145,6 +146,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """This process's environment with ``settings`` as ``DONUT_HOLE_*`` variables (lists as JSON)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("DONUT_HOLE_")}
     for name, value in settings.model_dump(mode="json").items():
+        secret = getattr(settings, name)
+        if isinstance(secret, SecretStr):  # dumped as "**********"
+            value = secret.get_secret_value()
         if value is not None:
             env[f"DONUT_HOLE_{name.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
     return env

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from donut_hole.db import BatchStatus, DocumentStatus
+from donut_hole.db.models import CallbackStatus
 from donut_hole.storage import InvalidLocation, parse_s3_uri
 
 MAX_BATCH_URIS = 10_000
@@ -15,6 +16,7 @@ MAX_URI_CHARS = 2048  # an S3 key has at most 1024 bytes; room for the bucket
 MAX_PAGE = 1000
 
 Location = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URI_CHARS)]
+CallbackUrl = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URI_CHARS)]
 FieldValues = dict[str, str | list[str]]
 
 
@@ -47,6 +49,11 @@ class BatchCreate(BaseModel):
     )
     prefix: Location | None = Field(
         None, description="s3://bucket/prefix: every object whose key starts with it, listed by a task."
+    )
+    callback_url: CallbackUrl | None = Field(
+        None,
+        description="Receives one signed POST once the batch has no queued or processing document left; "
+        "must be under DONUT_HOLE_CALLBACK_ALLOWED_URLS (else 422).",
     )
 
     @field_validator("uris")
@@ -86,6 +93,18 @@ class DocumentCounts(BaseModel):
     failed: int = 0
 
 
+class CallbackPublic(BaseModel):
+    """The batch's completion webhook: where its delivery stands (the URL is not shown)."""
+
+    status: CallbackStatus = Field(
+        description="waiting: documents left; due: a try is on its way or scheduled; delivered; "
+        "failed: every try failed (error has the last reason)."
+    )
+    attempts: int
+    delivered_at: datetime | None
+    error: str | None = Field(description='The last failed try, e.g. "HTTP 503"; null after a success.')
+
+
 class BatchPublic(BaseModel):
     id: str
     created_at: datetime
@@ -97,6 +116,7 @@ class BatchPublic(BaseModel):
     error: str | None
     counts: DocumentCounts
     total: int
+    callback: CallbackPublic | None = Field(None, description="null: the batch has no callback.")
 
 
 class UploadAccepted(BaseModel):

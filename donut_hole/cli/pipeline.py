@@ -196,6 +196,13 @@ def enqueue(
             min=0, help="With --recover: seconds in 'processing' (default: DONUT_HOLE_STALLED_AFTER_S)."
         ),
     ] = None,
+    callback_url: Annotated[
+        str | None,
+        typer.Option(
+            help="POSTed to (signed) once the batch has no queued or processing document left; must be "
+            "under DONUT_HOLE_CALLBACK_ALLOWED_URLS."
+        ),
+    ] = None,
 ) -> None:
     """Queue scans for reading; prints the batch id."""
     from sqlalchemy.exc import OperationalError
@@ -220,6 +227,8 @@ def enqueue(
         raise fail(f"{modes[0]} takes no other arguments")
     if older_than is not None and not recover:
         raise fail("--older-than goes with --recover")
+    if callback_url is not None and modes:
+        raise fail("--callback-url goes with new scans to enqueue")
     if not (targets or modes):
         raise fail("give an s3:// prefix, s3:// URIs, a folder or files to enqueue")
     s3 = [t.startswith("s3://") for t in targets]
@@ -240,11 +249,12 @@ def enqueue(
                 err_console.print(f"sent {sent} {what} again")
                 return
             if any(s3) and len(targets) == 1 and _is_prefix(targets[0]):
-                batch_id = submit_prefix(services, prefix_uri=targets[0])
+                batch_id = submit_prefix(services, prefix_uri=targets[0], callback_url=callback_url)
             elif any(s3):
-                batch_id = submit_uris(services, uris=targets, source="cli")
+                batch_id = submit_uris(services, uris=targets, source="cli", callback_url=callback_url)
             else:
-                batch_id = submit_files(services, paths=_local_files(targets), source="cli")
+                files = _local_files(targets)
+                batch_id = submit_files(services, paths=files, source="cli", callback_url=callback_url)
     except (EnqueueError, BrokerUnavailable) as exc:
         raise fail(str(exc)) from exc
     except OperationalError as exc:

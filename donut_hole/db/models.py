@@ -3,7 +3,8 @@
 Schema (PostgreSQL in production, SQLite for the embedded default)::
 
     models       (id, name, path, sha256, density, metrics, created_at)      UNIQUE(name, sha256)
-    batches      (id, source, status, error, created_at)
+    batches      (id, source, status, error, created_at, callback_url, callback_status,
+                  callback_attempts, callback_next_at, callback_delivered_at, callback_error)
     documents    (id, batch_id → batches, uri, sha256, status, error, attempts,
                   created_at, updated_at, started_at, finished_at, sent_at,
                   page, page_count, source_sha256)                          UNIQUE(batch_id, uri)
@@ -116,6 +117,15 @@ class DocumentStatus(enum.StrEnum):
     failed = "failed"
 
 
+class CallbackStatus(enum.StrEnum):
+    """Where a batch's completion callback stands (``None``: the batch has no callback)."""
+
+    waiting = "waiting"  # the batch still has queued or processing documents
+    due = "due"  # finished: a delivery is on its way or waits for its next try (callback_next_at)
+    delivered = "delivered"  # the receiver answered 2xx: never sent again
+    failed = "failed"  # callback_max_attempts tries failed; callback_error says the last reason
+
+
 class BatchStatus(enum.StrEnum):
     """Whether a batch's document rows are all written; per-document progress is counted, not stored."""
 
@@ -159,12 +169,20 @@ class Model(Base):
 
 class Batch(Base):
     __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_callback_status", "callback_status"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     source: Mapped[str] = mapped_column(Text)
     status: Mapped[BatchStatus] = mapped_column(_str_enum(BatchStatus, "batch_status"))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
+    # The completion webhook (see donut_hole/worker/webhook.py); status values: CallbackStatus
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    callback_status: Mapped[str | None] = mapped_column(String(16))
+    callback_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    callback_next_at: Mapped[datetime | None]  # next try (or the lease of the try under way)
+    callback_delivered_at: Mapped[datetime | None]
+    callback_error: Mapped[str | None] = mapped_column(Text)  # the last failed try, without the URL
 
     documents: Mapped[list[Document]] = relationship(
         back_populates="batch", cascade="all, delete-orphan", passive_deletes=True, order_by="Document.uri"

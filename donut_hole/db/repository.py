@@ -32,6 +32,7 @@ from donut_hole.db.models import (
     FIELD_VALUE_MAX,
     Batch,
     BatchStatus,
+    CallbackStatus,
     Document,
     DocumentStatus,
     Extraction,
@@ -106,6 +107,7 @@ def create_batch(
     sha256s: Sequence[str | None] | None = None,
     errors: Sequence[str | None] | None = None,
     expanding: bool = False,
+    callback_url: str | None = None,
 ) -> Batch:
     """A batch and one ``queued`` document per URI, in the caller's transaction.
 
@@ -113,7 +115,7 @@ def create_batch(
     (an empty or oversized file) ``failed`` from the start, with the reason: one bad file never stops
     the rest. ``expanding=True`` makes a batch whose documents a task will list later
     (:func:`add_documents`); it may start with no URIs. The returned batch's ``documents`` are in the
-    order of ``uris``.
+    order of ``uris``. ``callback_url`` (checked by the caller) is posted to once the batch is finished.
     """
     if not uris and not expanding:
         raise InvalidInput("a batch needs at least one document URI")
@@ -126,6 +128,8 @@ def create_batch(
         id=new_id(),
         source=source,
         status=BatchStatus.expanding if expanding else BatchStatus.accepted,
+        callback_url=callback_url,
+        callback_status=CallbackStatus.waiting.value if callback_url else None,
         documents=[
             Document(id=new_id(), uri=uri, sha256=sha, status=DocumentStatus.queued)
             if reason is None

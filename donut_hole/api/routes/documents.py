@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, File, HTTPException, Response, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile
 
 from donut_hole.api import metrics
 from donut_hole.api.deps import ApiKeyDep, ServicesDep, SessionDep, SettingsDep
@@ -27,7 +27,7 @@ router = APIRouter(prefix="/v1/documents", tags=["documents"], dependencies=[Api
     responses={
         413: {"description": "The scan is larger than DONUT_HOLE_MAX_IMAGE_BYTES."},
         415: {"description": "Not a JPEG, PNG, TIFF, WebP, BMP or GIF image, nor a PDF."},
-        422: {"description": "No file, or an empty one."},
+        422: {"description": "No file, or an empty one; a callback_url that is not allowed."},
         503: {"description": "Object store, broker or database unreachable."},
     },
 )
@@ -40,6 +40,14 @@ def upload_document(
     services: ServicesDep,
     session: SessionDep,
     response: Response,
+    callback_url: Annotated[
+        str | None,
+        Form(
+            max_length=2048,
+            description="Receives one signed POST once the document (all its pages) is read; must be under "
+            "DONUT_HOLE_CALLBACK_ALLOWED_URLS (else 422).",
+        ),
+    ] = None,
 ) -> UploadAccepted:
     """Store one scan in the object store and queue it as a batch of one document.
 
@@ -61,7 +69,7 @@ def upload_document(
             "(checked by its content)",
         )
     batch_id, document_id = enqueue.submit_upload(
-        services, data=data, filename=file.filename or "upload", session=session
+        services, data=data, filename=file.filename or "upload", session=session, callback_url=callback_url
     )
     metrics.BATCHES_QUEUED.labels("upload").inc()
     metrics.DOCUMENTS_QUEUED.labels("upload").inc()
