@@ -35,19 +35,28 @@ def _finished() -> ColumnElement[bool]:
     return and_(Batch.status != BatchStatus.expanding, ~unfinished)
 
 
-def mark_finished(session: Session, *, document_ids: Sequence[str] | None = None) -> list[str]:
-    """``waiting`` → ``due`` for the finished batches (of ``document_ids``' batches, or all); their ids.
+def mark_finished(
+    session: Session, *, document_ids: Sequence[str] | None = None, batch_ids: Sequence[str] | None = None
+) -> list[str]:
+    """``waiting`` → ``due`` for the finished batches among ``batch_ids`` and the batches of
+    ``document_ids`` (all batches when both are None); their ids.
 
     Each batch is returned to one caller only: the one whose ``UPDATE`` changed it.
     """
     now = utcnow()
     where: list[ColumnElement[bool]] = [Batch.callback_status == CallbackStatus.waiting.value, _finished()]
-    chunks: list[list[str] | None] = [None] if document_ids is None else list(_chunks(list(document_ids)))
+    chunks: list[tuple[str, list[str]] | None] = []
+    if document_ids is None and batch_ids is None:
+        chunks.append(None)
+    chunks += [("documents", chunk) for chunk in _chunks(list(document_ids or []))]
+    chunks += [("batches", chunk) for chunk in _chunks(list(batch_ids or []))]
     changed: list[str] = []
     for chunk in chunks:
         conditions = list(where)
-        if chunk is not None:
-            conditions.append(Batch.id.in_(select(Document.batch_id).where(Document.id.in_(chunk))))
+        if chunk is not None and chunk[0] == "documents":
+            conditions.append(Batch.id.in_(select(Document.batch_id).where(Document.id.in_(chunk[1]))))
+        elif chunk is not None:
+            conditions.append(Batch.id.in_(chunk[1]))
         rows = session.execute(
             update(Batch)
             .where(*conditions)

@@ -47,7 +47,7 @@ from donut_hole.storage import (
 )
 from donut_hole.worker.app import TASK_EXPAND, TASK_PROCESS, resend_after_s, stalled_after_s
 from donut_hole.worker.batching import chunked
-from donut_hole.worker.webhook import CallbackNotAllowed, check_callback_url
+from donut_hole.worker.webhook import CallbackNotAllowed, check_callback_url, notify_finished
 
 log = logging.getLogger("donut_hole.enqueue")
 
@@ -233,6 +233,8 @@ def submit_files(
     if refused:
         _fail_unstored(services, refused)
     _send(services, stored, batch_id=batch_id)
+    if callback_url and not stored:  # every file refused: the batch is already finished
+        notify_finished(services, batch_ids=[batch_id])
     failed = len(paths) - len(stored)
     log_event(log, "batch.submitted", batch_id=batch_id, documents=len(stored), failed=failed, source=source)
     return batch_id

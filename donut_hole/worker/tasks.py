@@ -126,9 +126,12 @@ def expand_prefix(self: Task, batch_id: str, prefix_uri: str, failing_since: flo
     settings = rt.settings
     now = time.time()
     try:
-        return process.expand_prefix(
+        found = process.expand_prefix(
             rt, batch_id=batch_id, prefix_uri=prefix_uri, send=lambda ids: send_group(rt, ids)
         )
+        # groups that ended while the batch was still listing could not finish it
+        webhook.notify_finished(rt, batch_ids=[batch_id])
+        return found
     except (TransientStorageError, *DATABASE_ERRORS) as exc:
         if out_of_budget(settings, failing_since, now=now):
             process.mark_batch_failed(
@@ -137,6 +140,7 @@ def expand_prefix(self: Task, batch_id: str, prefix_uri: str, failing_since: flo
                 f"transient: gave up listing {prefix_uri} after {settings.retry_budget_s:g} s of retries: "
                 f"{exc}",
             )
+            webhook.notify_finished(rt, batch_ids=[batch_id])
             return 0
         log_event(log, "batch.retry", level=logging.WARNING, batch_id=batch_id, error=str(exc))
         raise _retry(self, settings, failing_since or now, exc=exc) from exc

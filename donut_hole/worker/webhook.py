@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import time
@@ -191,7 +192,7 @@ def post(url: str, *, body: bytes, headers: dict[str, str], timeout_s: float) ->
         return f"no answer: {type(reason).__name__ if not isinstance(reason, str) else reason}"[:200]
     except TimeoutError:
         return f"no answer within {timeout_s:g} s"
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # a dropped or garbled answer
         return f"no answer: {type(exc).__name__}"
     return None if 200 <= status < 300 else f"HTTP {status}"
 
@@ -265,12 +266,17 @@ def send(services: Services, batch_ids: list[str], *, countdown_s: float | None 
             log_event(log, "callback.unsent", level=logging.WARNING, batch_id=batch_id, error=str(exc))
 
 
-def notify_finished(services: Services, *, document_ids: list[str]) -> list[str]:
-    """After a group is stored: the batches of ``document_ids`` that it finished become ``due`` and get a
+def notify_finished(
+    services: Services, *, document_ids: list[str] | None = None, batch_ids: list[str] | None = None
+) -> list[str]:
+    """After a group is stored (``document_ids``) or a batch ended without one (``batch_ids``: every file
+    refused at enqueue, an empty prefix): those batches that are finished become ``due`` and get a
     delivery message; returns their ids. Never raises (the watchdog looks again)."""
     try:
         with session_scope(services.sessions) as session:
-            finished = callback_rows.mark_finished(session, document_ids=document_ids)
+            finished = callback_rows.mark_finished(
+                session, document_ids=document_ids or [], batch_ids=batch_ids or []
+            )
     except Exception as exc:  # the database is down: the watchdog finds these batches later
         log_event(log, "callback.check_failed", level=logging.WARNING, error=f"{type(exc).__name__}: {exc}")
         return []

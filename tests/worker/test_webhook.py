@@ -265,3 +265,36 @@ def test_the_api_takes_a_callback_url_and_refuses_one_outside_the_allow_list(
     assert len(posts) == 1 and signature_ok(posts[0], CALLBACK_SECRET.encode())
     assert json.loads(posts[0].body)["counts"]["done"] == 2
     assert shown["callback"]["status"] == "delivered" and shown["callback"]["attempts"] == 1
+
+
+@pytest_services
+def test_batches_that_end_without_a_group_or_while_listing_post_too(
+    pipeline_settings: Settings, shared_worker: Worker, scan_dir: Path, tmp_path: Path, receiver: Receiver
+) -> None:
+    from donut_hole.worker.enqueue import submit_files, submit_prefix
+
+    store = open_store(pipeline_settings.storage_url, endpoint_url=pipeline_settings.s3_endpoint_url)
+    prefix = f"hook-prefix-{uuid.uuid4().hex[:6]}"
+    for path in sorted(scan_dir.glob("*.jpg"))[:2]:
+        store.put(f"{prefix}/{path.name}", path.read_bytes())
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with Services(pipeline_settings) as services:
+        listed = submit_prefix(
+            services, prefix_uri=f"{store.url}/{prefix}/", callback_url=f"{receiver.url}/hooks/prefix"
+        )
+        nothing = submit_prefix(
+            services, prefix_uri=f"{store.url}/{prefix}-none/", callback_url=f"{receiver.url}/hooks/none"
+        )
+        refused = submit_files(
+            services, paths=[tmp_path / "empty.jpg"], callback_url=f"{receiver.url}/hooks/refused"
+        )
+
+    bodies = {}
+    for path in ("prefix", "none", "refused"):
+        (post,) = receiver.wait_for(f"/hooks/{path}")
+        assert signature_ok(post, CALLBACK_SECRET.encode())
+        bodies[path] = json.loads(post.body)
+    assert (bodies["prefix"]["batch_id"], bodies["prefix"]["counts"]["done"]) == (listed, 2)
+    assert (bodies["none"]["batch_id"], bodies["none"]["status"]) == (nothing, "failed")
+    assert bodies["none"]["counts"]["total"] == 0
+    assert (bodies["refused"]["batch_id"], bodies["refused"]["counts"]["failed"]) == (refused, 1)
