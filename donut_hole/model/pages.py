@@ -25,9 +25,9 @@ from PIL import Image, UnidentifiedImageError
 from donut_hole.model.predict import (
     DEFAULT_MAX_PIXELS,
     DocumentError,
-    _open_header,
-    _short,
     load_image,
+    open_header,
+    short_reason,
 )
 
 if TYPE_CHECKING:
@@ -143,7 +143,9 @@ def _open_pdf(data: bytes) -> PdfDocument:
         text = str(exc)
         if "password" in text.lower():
             raise DocumentError("encrypted PDF: it cannot be opened without its password") from exc
-        reason = text.split("(PDFium:", 1)[-1].rstrip(").").strip() if "PDFium:" in text else _short(exc)
+        reason = (
+            text.split("(PDFium:", 1)[-1].rstrip(").").strip() if "PDFium:" in text else short_reason(exc)
+        )
         raise DocumentError(f"not a readable PDF: {reason}") from exc
 
 
@@ -173,7 +175,9 @@ def _render_pdf_page(
                 bitmap = pdf_page.render(scale=scale)
                 image = bitmap.to_pil()
             except pdfium.PdfiumError as exc:
-                raise DocumentError(f"page {page} of the PDF cannot be rendered: {_short(exc)}") from exc
+                raise DocumentError(
+                    f"page {page} of the PDF cannot be rendered: {short_reason(exc)}"
+                ) from exc
         finally:
             pdf_page.close()
     finally:
@@ -189,7 +193,7 @@ def _frame_count(data: bytes) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = _open_header(data)
+            image = open_header(data)
             if image.format in _SINGLE_FRAME_FORMATS:
                 return 1
             return max(1, int(getattr(image, "n_frames", 1)))
@@ -201,7 +205,7 @@ def _image_frame(data: bytes, *, page: int, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = _open_header(data)
+            image = open_header(data)
             image.seek(page - 1)
             width, height = image.size
             if width * height > max_pixels:
@@ -218,7 +222,7 @@ def _image_frame(data: bytes, *, page: int, max_pixels: int) -> Image.Image:
         Image.DecompressionBombError,
         Image.DecompressionBombWarning,
     ) as exc:
-        raise DocumentError(f"page {page} is not a readable image: {_short(exc)}") from exc
+        raise DocumentError(f"page {page} is not a readable image: {short_reason(exc)}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DocumentError(f"page {page} is a corrupt image: {_short(exc)}") from exc
+        raise DocumentError(f"page {page} is a corrupt image: {short_reason(exc)}") from exc
     return load_image(frame)

@@ -35,7 +35,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from donut_hole.db import DocumentStatus, repository, session_scope
 from donut_hole.db.models import BatchStatus, source_uri
@@ -51,6 +51,9 @@ from donut_hole.worker import metrics
 from donut_hole.worker.batching import Grouper, chunked
 from donut_hole.worker.fields import field_rows
 from donut_hole.worker.runtime import Runtime
+
+if TYPE_CHECKING:
+    from donut_hole.model.pages import SourceInfo
 
 log = logging.getLogger("donut_hole.worker")
 
@@ -69,7 +72,7 @@ class _Job:
     source_sha256: str | None = None
     data: bytes = b""
     image: Any = None
-    source: Any = None  # SourceInfo to record with the document's end (a single page seen the first time)
+    source: SourceInfo | None = None  # to record with the document's end (a single page seen the first time)
 
     @property
     def source_uri(self) -> str:
@@ -117,7 +120,7 @@ def process_group(
     jobs = _claim(rt, document_ids, outcome, resumed=resumed)
     fetched_sources: dict[str, bytes] = {}  # pages of one source in this group: fetched once
     fetched = [job for job in jobs if _fetch(rt, job, outcome, last_try=last_try, cache=fetched_sources)]
-    opened_sources: dict[str, Any] = {}
+    opened_sources: dict[str, SourceInfo] = {}
     opened = [job for job in fetched if _open(rt, job, outcome, send=send, cache=opened_sources)]
     fetched_sources.clear()
     ready = [job for job in opened if _decode(rt, job, outcome)]
@@ -232,7 +235,7 @@ def _open(
     outcome: GroupOutcome,
     *,
     send: Callable[[list[str]], None] | None,
-    cache: dict[str, Any],
+    cache: dict[str, SourceInfo],
 ) -> bool:
     """Look at the source's pages (:func:`~donut_hole.model.pages.inspect_source`); False when the document
     failed. The first time a source with several pages is opened its further pages become documents of
