@@ -1,6 +1,7 @@
 """``make demo``: the whole online pipeline on the embedded defaults, with real worker processes.
 
-synthetic scans → local object store → SQLite rows → Celery messages (server-less SQLite broker) →
+synthetic scans (and one 3-page PDF made of three of them) → local object store → SQLite rows → Celery
+messages (server-less SQLite broker) →
 ``donut-hole worker`` processes (batched generation) → extractions and fields in SQLite → a table of the
 results with accuracy against the ground truth and throughput.
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -31,6 +33,8 @@ from donut_hole.settings import Settings
 from donut_hole.worker.enqueue import submit_files
 
 KINDS = ("shipping_label", "bill_of_lading", "delivery_note")
+BUNDLE_NAME = "delivery-bundle.pdf"
+BUNDLE_PAGES = 3
 
 
 class DemoError(RuntimeError):
@@ -64,7 +68,11 @@ def run_demo(
 
     console.rule("[bold]donut-hole demo")
     scans, answers = demo_scans(workdir / "scans", n=n, seed=seed)
-    console.print(f"1. {n} synthetic logistics scans ({', '.join(KINDS)}) in {scans}")
+    bundle = demo_pdf(scans, answers)
+    console.print(
+        f"1. {n} synthetic logistics scans ({', '.join(KINDS)}) and {bundle.name}, a {BUNDLE_PAGES}-page "
+        f"PDF of three of them, in {scans}"
+    )
     model_path, trained = demo_model(settings, workdir, answers)
     if trained:
         console.print(f"2. model {model_path}")
@@ -77,7 +85,8 @@ def run_demo(
     migrate.upgrade(settings.database_url)
     console.print(f"3. database {_shown(settings.database_url)} migrated")
     with Services(settings) as services:
-        batch_id = submit_files(services, paths=sorted(scans.glob("*.jpg")), source="demo")
+        paths = [*sorted(scans.glob("*.jpg")), bundle]
+        batch_id = submit_files(services, paths=paths, source="demo")
         console.print(
             f"4. batch [bold]{batch_id}[/] queued on {_shown(settings.broker_url)}, "
             f"store {settings.storage_url}"
@@ -117,6 +126,23 @@ def demo_scans(folder: Path, *, n: int, seed: int) -> tuple[Path, dict[str, dict
     return folder, {s.image_path.name: s.gt_parse for s in read_dataset(folder)}
 
 
+def demo_pdf(folder: Path, answers: dict[str, dict[str, Any]]) -> Path:
+    """A multi-page PDF of the folder's first scans (150 dpi), as a logistics team gets them; each page's
+    ground truth is added to ``answers`` under the page's name (``delivery-bundle.pdf#page=2``)."""
+    from PIL import Image
+
+    from donut_hole.db.models import page_uri
+
+    pages = sorted(folder.glob("*.jpg"))[:BUNDLE_PAGES]
+    path = folder / BUNDLE_NAME
+    if not path.is_file():
+        images = [Image.open(page).convert("RGB") for page in pages]
+        images[0].save(path, "PDF", save_all=True, append_images=images[1:], resolution=150.0)
+    for number, page in enumerate(pages, start=1):
+        answers[page_uri(BUNDLE_NAME, page=number)] = answers[page.name]
+    return path
+
+
 def demo_model(settings: Settings, workdir: Path, answers: dict[str, dict[str, Any]]) -> tuple[Path, bool]:
     if (Path(settings.model_path) / "config.json").is_file():
         return Path(settings.model_path), True
@@ -145,6 +171,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """This process's environment with ``settings`` as ``DONUT_HOLE_*`` variables (lists as JSON)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("DONUT_HOLE_")}
     for name, value in settings.model_dump(mode="json").items():
+        secret = getattr(settings, name)
+        if isinstance(secret, SecretStr):  # dumped as "**********"
+            value = secret.get_secret_value()
         if value is not None:
             env[f"DONUT_HOLE_{name.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
     return env

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,14 @@ class Settings(BaseSettings):
     batch_size: int = Field(4, ge=1, le=256, description="Documents per forward pass in a worker.")
     batch_wait_s: float = Field(0.5, ge=0.0, le=60.0, description="Longest wait to fill a batch.")
     max_image_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Largest scan accepted, in bytes.")
-    max_image_pixels: int = Field(64_000_000, ge=1024, description="Decompression-bomb guard, in pixels.")
+    max_image_pixels: int = Field(
+        64_000_000,
+        ge=1024,
+        description="Decompression-bomb guard, in pixels: per image, per TIFF frame, per rendered PDF page.",
+    )
+    max_pages: int = Field(
+        200, ge=1, le=100_000, description="Pages a PDF or multi-page TIFF may have; more fails the document."
+    )
     task_time_limit_s: int = Field(600, ge=1)
     max_retries: int = Field(
         5, ge=0, description="Attempts a document may lose to a dying worker before it is failed, minus one."
@@ -88,6 +95,26 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Worker Prometheus port; unset = off.")
 
     api_keys: list[str] = Field(default_factory=list, description="Bearer keys the API accepts.")
+    public_url: str = Field(
+        "",
+        description="The API's address as clients see it, for links in callbacks: https://donut.example.com.",
+    )
+
+    callback_allowed_urls: list[str] = Field(
+        default_factory=list,
+        description="Where a batch's callback may go: URL prefixes (https://hooks.example.com/donut/) or "
+        "host names (hooks.example.com, any http(s) URL on it); [] = callbacks are refused.",
+    )
+    callback_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key that signs every callback; unset = callbacks are refused."
+    )
+    callback_timeout_s: float = Field(5.0, gt=0, le=60, description="Longest wait for a callback's answer.")
+    callback_max_attempts: int = Field(
+        20, ge=1, le=1000, description="Tries of a callback before it is given up (status 'failed')."
+    )
+    callback_backoff_max_s: float = Field(
+        300.0, gt=0, description="Longest wait between two tries of a callback (exponential backoff cap)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("log_level", mode="before")

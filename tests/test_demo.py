@@ -57,18 +57,25 @@ def test_demo_reads_a_batch_with_real_workers_and_leaves_the_results(
         statuses = db.execute(
             "SELECT status, count(*) FROM documents WHERE batch_id = ? GROUP BY status", [batch_id]
         )
-        assert dict(statuses.fetchall()) == {"done": 5}
-        assert db.execute("SELECT count(*) FROM extractions").fetchone() == (5,)
+        assert dict(statuses.fetchall()) == {"done": 8}  # 5 scans and the 3 pages of the demo's PDF
+        pages = db.execute(
+            "SELECT page, page_count FROM documents WHERE batch_id = ? AND uri LIKE '%delivery-bundle.pdf%' "
+            "ORDER BY page",
+            [batch_id],
+        )
+        assert pages.fetchall() == [(1, 3), (2, 3), (3, 3)]
+        assert db.execute("SELECT count(*) FROM extractions").fetchone() == (8,)
     assert "starting 2 worker processes" in run.stdout
 
     runner = CliRunner()
     as_json = runner.invoke(app, ["results", "--batch", batch_id, "--format", "json"])
     assert as_json.exit_code == 0, as_json.output
     report = json.loads(as_json.output)
-    assert report["counts"]["done"] == 5 and len(report["documents"]) == 5
+    assert report["counts"]["done"] == 8 and len(report["documents"]) == 8
     as_csv = runner.invoke(app, ["results", "--batch", batch_id, "--format", "csv"])
     rows = list(csv.DictReader(io.StringIO(as_csv.output)))
-    assert [row["status"] for row in rows] == ["done"] * 5 and "confidence" in rows[0]
+    assert [row["status"] for row in rows] == ["done"] * 8 and "confidence" in rows[0]
+    assert [row["page"] for row in rows if "delivery-bundle" in row["uri"]] == ["1", "2", "3"]
     assert all(row["error"] == "" and row["note"].startswith("schema: ") for row in rows)  # untrained model
     missing = runner.invoke(app, ["results", "--batch", "nope"])
     assert missing.exit_code != 0 and "does not exist" in missing.output

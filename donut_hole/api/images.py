@@ -1,8 +1,10 @@
-"""Recognise a scan's image format from its first bytes, whatever the client called the file.
+"""Recognise a scan's format (an image or a PDF) from its first bytes, whatever the client called the file.
 
 >>> sniff_image_type(b"\\x89PNG\\r\\n\\x1a\\n" + b"\\x00" * 8)
 'image/png'
->>> sniff_image_type(b"%PDF-1.7") is None
+>>> sniff_image_type(b"%PDF-1.7")
+'application/pdf'
+>>> sniff_image_type(b"Hello") is None
 True
 """
 
@@ -15,11 +17,13 @@ SNIFF_BYTES = 32
 
 
 def sniff_image_type(head: bytes) -> str | None:
-    """The media type of a JPEG, PNG, TIFF, WebP, BMP or GIF file from its first bytes, else ``None``.
+    """The media type of a JPEG, PNG, TIFF, WebP, BMP, GIF or PDF file from its first bytes, else ``None``.
 
-    Only the signature is checked (a truncated or corrupt image still passes); the worker decodes the
-    image and marks the document ``failed`` when it cannot.
+    Only the signature is checked (a truncated or corrupt image, an encrypted PDF still pass); the worker
+    decodes the file and marks the document ``failed`` when it cannot.
     """
+    if head.startswith(b"%PDF-"):  # a PDF may start later (within 1,024 bytes): the worker accepts that
+        return "application/pdf"
     if head.startswith(b"\xff\xd8\xff"):
         return "image/jpeg"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):

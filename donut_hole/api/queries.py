@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
 
-from donut_hole.api.schemas import DocumentPublic, ModelRef
+from donut_hole.api.schemas import DocumentPublic, ModelRef, PageRef
 from donut_hole.db import Document, DocumentStatus, repository
 
 
@@ -25,6 +25,10 @@ def documents_public(session: Session, *, documents: Sequence[Document]) -> list
                 id=document.id,
                 batch_id=document.batch_id,
                 uri=document.uri,
+                page=document.page,
+                page_count=document.page_count,
+                source_sha256=document.source_sha256,
+                pages=_pages(session, document),
                 status=DocumentStatus(document.status),
                 error=document.error,
                 attempts=document.attempts,
@@ -41,3 +45,12 @@ def documents_public(session: Session, *, documents: Sequence[Document]) -> list
             )
         )
     return public
+
+
+def _pages(session: Session, document: Document) -> list[PageRef]:
+    if not document.page_count or document.page_count < 2:
+        return []
+    return [
+        PageRef(page=page.page, document_id=page.id, status=DocumentStatus(page.status))
+        for page in repository.pages_of(session, document=document)
+    ]

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from donut_hole.db import BatchStatus, DocumentStatus
+from donut_hole.db.models import CallbackStatus
 from donut_hole.storage import InvalidLocation, parse_s3_uri
 
 MAX_BATCH_URIS = 10_000
@@ -15,6 +16,7 @@ MAX_URI_CHARS = 2048  # an S3 key has at most 1024 bytes; room for the bucket
 MAX_PAGE = 1000
 
 Location = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URI_CHARS)]
+CallbackUrl = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URI_CHARS)]
 FieldValues = dict[str, str | list[str]]
 FieldConfidences = dict[str, float | list[float | None] | None]
 FIELD_CONFIDENCE_HELP = (
@@ -52,6 +54,11 @@ class BatchCreate(BaseModel):
     )
     prefix: Location | None = Field(
         None, description="s3://bucket/prefix: every object whose key starts with it, listed by a task."
+    )
+    callback_url: CallbackUrl | None = Field(
+        None,
+        description="Receives one signed POST once the batch has no queued or processing document left; "
+        "must be under DONUT_HOLE_CALLBACK_ALLOWED_URLS (else 422).",
     )
 
     @field_validator("uris")
@@ -91,6 +98,18 @@ class DocumentCounts(BaseModel):
     failed: int = 0
 
 
+class CallbackPublic(BaseModel):
+    """The batch's completion webhook: where its delivery stands (the URL is not shown)."""
+
+    status: CallbackStatus = Field(
+        description="waiting: documents left; due: a try is on its way or scheduled; delivered; "
+        "failed: every try failed (error has the last reason)."
+    )
+    attempts: int
+    delivered_at: datetime | None
+    error: str | None = Field(description='The last failed try, e.g. "HTTP 503"; null after a success.')
+
+
 class BatchPublic(BaseModel):
     id: str
     created_at: datetime
@@ -102,6 +121,7 @@ class BatchPublic(BaseModel):
     error: str | None
     counts: DocumentCounts
     total: int
+    callback: CallbackPublic | None = Field(None, description="null: the batch has no callback.")
 
 
 class UploadAccepted(BaseModel):
@@ -115,12 +135,29 @@ class ModelRef(BaseModel):
     name: str
 
 
+class PageRef(BaseModel):
+    """One page of a multi-page source."""
+
+    page: int
+    document_id: str
+    status: DocumentStatus
+
+
 class DocumentPublic(BaseModel):
-    """A document, its progress, and the fields of its latest extraction (empty until it is ``done``)."""
+    """A document (one page), its progress, and the fields of its latest extraction (empty until ``done``)."""
 
     id: str
     batch_id: str
-    uri: str
+    uri: str = Field(description='Where the page is: the source\'s URI, with "#page=N" after page 1.')
+    page: int = Field(1, description="This document's page in its source (1 for a single image).")
+    page_count: int | None = Field(
+        None, description="Pages of the source; null until a worker has opened it."
+    )
+    source_sha256: str | None = Field(None, description="sha256 of the source file the worker read.")
+    pages: list[PageRef] = Field(
+        default_factory=list,
+        description="Every page of a multi-page source (this one included), in order; empty otherwise.",
+    )
     status: DocumentStatus
     error: str | None = Field(
         description="Why the document failed, or, while it is queued for a retry, why the last attempt "
@@ -149,6 +186,8 @@ class ResultPublic(BaseModel):
 
     document_id: str
     uri: str
+    page: int = 1
+    page_count: int | None = None
     status: DocumentStatus
     error: str | None
     attempts: int

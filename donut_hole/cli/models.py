@@ -77,13 +77,17 @@ def predict(
     device: Device = "auto",
     precision: Precision = "fp32",
 ) -> None:
-    """Read scans and print one JSON line per image ({"file", "fields", "confidence"} or {"error"}).
+    """Read scans and print one JSON line per page ({"file", "page", "fields", "confidence"} or {"error"}).
 
-    Images are decoded one by one (an unreadable one gets its error line) and read ``--batch-size`` at a
-    time in one batched generation.
+    A single image is page 1; a PDF or multi-page TIFF gives one line per page. Pages are decoded one by
+    one (an unreadable one gets its error line) and read ``--batch-size`` at a time in one batched
+    generation, pages of different files together.
     """
+    from PIL import Image
+
     from donut_hole.model.build import ModelLoadError
-    from donut_hole.model.predict import DocumentError, DonutReader
+    from donut_hole.model.pages import inspect_source
+    from donut_hole.model.predict import DocumentError, DonutReader, read_source
 
     try:
         reader = DonutReader.from_path(
@@ -91,22 +95,37 @@ def predict(
         )
     except ModelLoadError as exc:
         raise fail(str(exc)) from exc
+    pending: list[tuple[dict[str, object], Image.Image]] = []
+
+    def read_pending() -> None:
+        predictions = reader.predict_detailed([image for _, image in pending], batch_size=batch_size)
+        for (line, _), pred in zip(pending, predictions, strict=True):
+            line.update(fields=pred.data, confidence=round(pred.confidence, 4))
+            typer.echo(json.dumps(line, ensure_ascii=False))
+        pending.clear()
+
+    def print_error(line: dict[str, object]) -> None:
+        read_pending()  # the lines stay in the order of the files and pages
+        typer.echo(json.dumps(line, ensure_ascii=False))
+
     failed = 0
-    for start in range(0, len(images), batch_size):
-        lines: dict[int, dict[str, object]] = {}
-        decoded = []
-        for index, path in enumerate(images[start : start + batch_size]):
+    for path in images:
+        try:
+            data = read_source(path)
+            pages = inspect_source(data).page_count
+        except DocumentError as exc:
+            failed += 1
+            print_error({"file": str(path), "error": exc.reason})
+            continue
+        for page in range(1, pages + 1):
             try:
-                decoded.append((index, reader.load(path)))
+                pending.append(({"file": str(path), "page": page}, reader.load_page(data, page=page)))
             except DocumentError as exc:
                 failed += 1
-                lines[index] = {"file": str(path), "error": exc.reason}
-        predictions = reader.predict_detailed([image for _, image in decoded], batch_size=batch_size)
-        for (index, _), pred in zip(decoded, predictions, strict=True):
-            path = images[start + index]
-            lines[index] = {"file": str(path), "fields": pred.data, "confidence": round(pred.confidence, 4)}
-        for index in sorted(lines):
-            typer.echo(json.dumps(lines[index], ensure_ascii=False))
+                print_error({"file": str(path), "page": page, "error": exc.reason})
+            if len(pending) == batch_size:
+                read_pending()
+    read_pending()
     if failed:
         raise typer.Exit(1)
 

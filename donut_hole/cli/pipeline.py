@@ -203,6 +203,13 @@ def enqueue(
             min=0, help="With --recover: seconds in 'processing' (default: DONUT_HOLE_STALLED_AFTER_S)."
         ),
     ] = None,
+    callback_url: Annotated[
+        str | None,
+        typer.Option(
+            help="POSTed to (signed) once the batch has no queued or processing document left; must be "
+            "under DONUT_HOLE_CALLBACK_ALLOWED_URLS."
+        ),
+    ] = None,
 ) -> None:
     """Queue scans for reading; prints the batch id."""
     from sqlalchemy.exc import OperationalError
@@ -227,6 +234,8 @@ def enqueue(
         raise fail(f"{modes[0]} takes no other arguments")
     if older_than is not None and not recover:
         raise fail("--older-than goes with --recover")
+    if callback_url is not None and modes:
+        raise fail("--callback-url goes with new scans to enqueue")
     if not (targets or modes):
         raise fail("give an s3:// prefix, s3:// URIs, a folder or files to enqueue")
     s3 = [t.startswith("s3://") for t in targets]
@@ -247,11 +256,12 @@ def enqueue(
                 err_console.print(f"sent {sent} {what} again")
                 return
             if any(s3) and len(targets) == 1 and _is_prefix(targets[0]):
-                batch_id = submit_prefix(services, prefix_uri=targets[0])
+                batch_id = submit_prefix(services, prefix_uri=targets[0], callback_url=callback_url)
             elif any(s3):
-                batch_id = submit_uris(services, uris=targets, source="cli")
+                batch_id = submit_uris(services, uris=targets, source="cli", callback_url=callback_url)
             else:
-                batch_id = submit_files(services, paths=_local_files(targets), source="cli")
+                files = _local_files(targets)
+                batch_id = submit_files(services, paths=files, source="cli", callback_url=callback_url)
     except (EnqueueError, BrokerUnavailable) as exc:
         raise fail(str(exc)) from exc
     except OperationalError as exc:
@@ -262,7 +272,8 @@ def enqueue(
 
 def _csv_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
     names = sorted({name for row in rows for name in row["fields"]})
-    fixed = ["document_id", "uri", "status", "error", "note", "attempts", "model_id", "confidence"]
+    fixed = ["document_id", "uri", "page", "page_count", "status", "error", "note", "attempts", "model_id"]
+    fixed.append("confidence")
     header = [*fixed, *names]
     out = []
     for row in rows:
@@ -280,7 +291,8 @@ def results(
         OutputFormat, typer.Option("--format", help="table, json or csv.")
     ] = OutputFormat.table,
 ) -> None:
-    """Show a batch's documents: status, error or note, confidence and extracted fields."""
+    """Show a batch's documents (one per page of a PDF or TIFF): status, error or note, confidence and
+    extracted fields."""
     from sqlalchemy.exc import OperationalError
 
     from donut_hole.db import repository, session_scope
@@ -320,8 +332,11 @@ def results(
     for row in rows:
         fields = "; ".join(f"{k}={v}" for k, v in row["fields"].items())
         confidence = f"{row['confidence']:.3f}" if row["confidence"] is not None else ""
+        name = row["uri"].rsplit("/", 1)[-1]
+        if row["page_count"] and row["page_count"] > 1:
+            name = f"{name.removesuffix('#page=' + str(row['page']))} p. {row['page']}/{row['page_count']}"
         table.add_row(
-            row["uri"].rsplit("/", 1)[-1],
+            name,
             row["status"],
             confidence,
             fields[:200],

@@ -3,12 +3,19 @@
 Schema (PostgreSQL in production, SQLite for the embedded default)::
 
     models       (id, name, path, sha256, density, metrics, created_at)      UNIQUE(name, sha256)
-    batches      (id, source, status, error, created_at)
+    batches      (id, source, status, error, created_at, callback_url, callback_status,
+                  callback_attempts, callback_next_at, callback_delivered_at, callback_error)
     documents    (id, batch_id → batches, uri, sha256, status, error, attempts,
-                  created_at, updated_at, started_at, finished_at, sent_at)  UNIQUE(batch_id, uri)
+                  created_at, updated_at, started_at, finished_at, sent_at,
+                  page, page_count, source_sha256)                          UNIQUE(batch_id, uri)
     extractions  (id, document_id → documents, model_id → models, raw_sequence, data, confidence,
                   latency_ms, note, created_at)                              UNIQUE(document_id, model_id)
     fields       (id, extraction_id → extractions, name, value, confidence)  INDEX(name, value)
+
+A document is one *page*: a single image is page 1 of 1; a PDF or multi-frame TIFF has one row per page,
+all with the source's ``page_count`` and ``source_sha256``. Page 1 keeps the URI it was submitted with;
+page *k* > 1 is ``<uri>#page=<k>`` (the PDF fragment of RFC 8118), so ``(batch_id, uri)`` stays the one
+uniqueness rule (:func:`page_uri`, :func:`source_uri`).
 
 Batch and document ids are UUID strings so that they can be handed to users; the others are integers.
 Timestamps are timezone-aware UTC on both backends. Deleting a batch deletes its documents, their
@@ -59,6 +66,19 @@ FIELD_NAME_MAX = 255
 FIELD_VALUE_MAX = 512  # keeps (name, value) under PostgreSQL's B-tree row limit; full values live in data
 
 
+def page_uri(uri: str, *, page: int) -> str:
+    """The URI of page ``page`` of the source at ``uri``: ``"s3://b/bol.pdf"``, 2 → ``"s3://b/bol.pdf#page=2"``.
+
+    Page 1 is the source's own URI (the row it was submitted as).
+    """
+    return uri if page == 1 else f"{uri}#page={page}"
+
+
+def source_uri(uri: str, *, page: int) -> str:
+    """The inverse of :func:`page_uri`: ``"s3://b/bol.pdf#page=2"``, 2 → ``"s3://b/bol.pdf"``."""
+    return uri.removesuffix(f"#page={page}") if page != 1 else uri
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -95,6 +115,15 @@ class DocumentStatus(enum.StrEnum):
     processing = "processing"
     done = "done"
     failed = "failed"
+
+
+class CallbackStatus(enum.StrEnum):
+    """Where a batch's completion callback stands (``None``: the batch has no callback)."""
+
+    waiting = "waiting"  # the batch still has queued or processing documents
+    due = "due"  # finished: a delivery is on its way or waits for its next try (callback_next_at)
+    delivered = "delivered"  # the receiver answered 2xx: never sent again
+    failed = "failed"  # callback_max_attempts tries failed; callback_error says the last reason
 
 
 class BatchStatus(enum.StrEnum):
@@ -140,12 +169,20 @@ class Model(Base):
 
 class Batch(Base):
     __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_callback_status", "callback_status"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     source: Mapped[str] = mapped_column(Text)
     status: Mapped[BatchStatus] = mapped_column(_str_enum(BatchStatus, "batch_status"))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
+    # The completion webhook (see donut_hole/worker/webhook.py); status values: CallbackStatus
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    callback_status: Mapped[str | None] = mapped_column(String(16))
+    callback_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    callback_next_at: Mapped[datetime | None]  # next try (or the lease of the try under way)
+    callback_delivered_at: Mapped[datetime | None]
+    callback_error: Mapped[str | None] = mapped_column(Text)  # the last failed try, without the URL
 
     documents: Mapped[list[Document]] = relationship(
         back_populates="batch", cascade="all, delete-orphan", passive_deletes=True, order_by="Document.uri"
@@ -176,6 +213,14 @@ class Document(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]  # a message carrying it last went to the broker (None: never)
+    page: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # 1-based, in its source
+    page_count: Mapped[int | None] = mapped_column(Integer)  # pages of its source; None: not opened yet
+    source_sha256: Mapped[str | None] = mapped_column(String(64))  # of the source file a worker read
+
+    @property
+    def source_uri(self) -> str:
+        """Where the source file of this page is (the URI without ``#page=<k>``)."""
+        return source_uri(self.uri, page=self.page)
 
     batch: Mapped[Batch] = relationship(back_populates="documents")
     extractions: Mapped[list[Extraction]] = relationship(

@@ -10,7 +10,20 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypedDict, TypeVar
 
-from sqlalchemy import ColumnElement, Select, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, joinedload, selectinload
 
@@ -19,12 +32,14 @@ from donut_hole.db.models import (
     FIELD_VALUE_MAX,
     Batch,
     BatchStatus,
+    CallbackStatus,
     Document,
     DocumentStatus,
     Extraction,
     Field,
     Model,
     new_id,
+    page_uri,
     utcnow,
 )
 
@@ -76,6 +91,8 @@ class ResultRow(TypedDict):
 
     document_id: str
     uri: str
+    page: int
+    page_count: int | None
     status: str
     error: str | None
     attempts: int
@@ -97,6 +114,7 @@ def create_batch(
     sha256s: Sequence[str | None] | None = None,
     errors: Sequence[str | None] | None = None,
     expanding: bool = False,
+    callback_url: str | None = None,
 ) -> Batch:
     """A batch and one ``queued`` document per URI, in the caller's transaction.
 
@@ -104,7 +122,7 @@ def create_batch(
     (an empty or oversized file) ``failed`` from the start, with the reason: one bad file never stops
     the rest. ``expanding=True`` makes a batch whose documents a task will list later
     (:func:`add_documents`); it may start with no URIs. The returned batch's ``documents`` are in the
-    order of ``uris``.
+    order of ``uris``. ``callback_url`` (checked by the caller) is posted to once the batch is finished.
     """
     if not uris and not expanding:
         raise InvalidInput("a batch needs at least one document URI")
@@ -117,6 +135,8 @@ def create_batch(
         id=new_id(),
         source=source,
         status=BatchStatus.expanding if expanding else BatchStatus.accepted,
+        callback_url=callback_url,
+        callback_status=CallbackStatus.waiting.value if callback_url else None,
         documents=[
             Document(id=new_id(), uri=uri, sha256=sha, status=DocumentStatus.queued)
             if reason is None
@@ -217,10 +237,12 @@ def batch_progress(session: Session, *, batch_id: str) -> dict[str, int]:
 
 
 def results_for_batch(session: Session, *, batch_id: str) -> list[ResultRow]:
-    """One :class:`ResultRow` per document of the batch, ordered by URI; three queries."""
+    """One :class:`ResultRow` per document of the batch, ordered by source URI then page; three queries."""
     _batch_or_raise(session, batch_id)
     documents = session.scalars(
-        select(Document).where(Document.batch_id == batch_id).order_by(Document.uri, Document.id)
+        select(Document)
+        .where(Document.batch_id == batch_id)
+        .order_by(_source_uri_sql(), Document.page, Document.id)
     )
     in_batch = latest_extraction_ids(
         Extraction.document_id.in_(select(Document.id).where(Document.batch_id == batch_id))
@@ -254,6 +276,8 @@ def results_for_batch(session: Session, *, batch_id: str) -> list[ResultRow]:
             ResultRow(
                 document_id=document.id,
                 uri=document.uri,
+                page=document.page,
+                page_count=document.page_count,
                 status=DocumentStatus(document.status).value,
                 error=document.error,
                 attempts=document.attempts,
@@ -329,6 +353,90 @@ def field_confidences(extraction: Extraction) -> FieldConfidences:
 
 def get_document(session: Session, *, document_id: str) -> Document | None:
     return session.get(Document, document_id) if is_id(document_id) else None
+
+
+def add_pages(session: Session, *, document_id: str, page_count: int, source_sha256: str) -> list[str]:
+    """Record what a worker found in a document's source, and add a ``queued`` row per further page.
+
+    The document (page 1 of its source) gets ``page_count`` and ``source_sha256``; pages 2 to
+    ``page_count`` become documents of the same batch with the URI ``<uri>#page=<k>`` (:func:`page_uri`),
+    the same ``page_count`` and ``source_sha256``, and no ``sent_at`` (a watchdog sends them if the caller
+    cannot). Safe to call again (a redelivered message): existing pages are not added twice. Returns the
+    ids of the further pages that are still ``queued``, in page order, for the caller to send.
+    """
+    document = set_source(
+        session, document_id=document_id, page_count=page_count, source_sha256=source_sha256
+    )
+    if document.page != 1:
+        raise InvalidInput(f"document {document_id!r} is page {document.page}, not the first of its source")
+    if page_count < 2:
+        return []
+    now = utcnow()
+    uris = {page_uri(document.uri, page=page): page for page in range(2, page_count + 1)}
+    rows = [
+        {
+            "id": new_id(),
+            "batch_id": document.batch_id,
+            "uri": uri,
+            "status": DocumentStatus.queued,
+            "attempts": 0,
+            "page": page,
+            "page_count": page_count,
+            "source_sha256": source_sha256,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for uri, page in uris.items()
+    ]
+    for chunk in range(0, len(rows), _CHUNK):
+        stmt = _dialect_insert(session, Document).on_conflict_do_nothing(index_elements=["batch_id", "uri"])
+        session.execute(stmt, rows[chunk : chunk + _CHUNK])
+    queued: dict[int, str] = {}
+    for chunk_uris in _chunks(list(uris)):
+        found = session.execute(
+            select(Document.uri, Document.page, Document.id).where(
+                Document.batch_id == document.batch_id,
+                Document.uri.in_(chunk_uris),
+                Document.status == DocumentStatus.queued,
+            )
+        )
+        # an object that happens to be named "<uri>#page=<k>" in the same batch is not one of the pages
+        queued.update({page: doc_id for uri, page, doc_id in found if uris[uri] == page})
+    return [queued[page] for page in sorted(queued)]
+
+
+def set_source(session: Session, *, document_id: str, page_count: int, source_sha256: str) -> Document:
+    """Record the page count and sha256 of the source file a worker read for this document."""
+    document = _lock_document(session, document_id)
+    document.page_count = page_count
+    document.source_sha256 = source_sha256
+    session.flush()
+    return document
+
+
+def pages_of(session: Session, *, document: Document) -> list[Document]:
+    """Every page of ``document``'s source in its batch (itself included), in page order."""
+    if not document.page_count or document.page_count < 2:
+        return [document]
+    source = document.source_uri
+    uris = [page_uri(source, page=page) for page in range(1, document.page_count + 1)]
+    pages: list[Document] = []
+    for chunk in _chunks(uris):
+        pages.extend(
+            session.scalars(
+                select(Document).where(Document.batch_id == document.batch_id, Document.uri.in_(chunk))
+            )
+        )
+    return sorted((p for p in pages if page_uri(source, page=p.page) == p.uri), key=lambda p: p.page)
+
+
+def _source_uri_sql() -> ColumnElement[str]:
+    """:func:`~donut_hole.db.models.source_uri` in SQL (PostgreSQL and SQLite), to sort pages together."""
+    suffix = func.length("#page=") + func.length(cast(Document.page, String))
+    return case(
+        (Document.page == 1, Document.uri),
+        else_=func.substr(Document.uri, 1, func.length(Document.uri) - suffix),
+    )
 
 
 def mark_processing(session: Session, *, document_id: str, count: bool = True) -> Document:

@@ -67,7 +67,7 @@ def load_image(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = _open_header(data)
+                image = open_header(data)
                 width, height = image.size
                 if width * height > max_pixels:
                     raise DocumentError(
@@ -80,9 +80,9 @@ def load_image(
         except DocumentError:
             raise
         except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise DocumentError(f"not a readable image: {_short(exc)}") from exc
+            raise DocumentError(f"not a readable image: {short_reason(exc)}") from exc
         except (OSError, SyntaxError, ValueError) as exc:
-            raise DocumentError(f"corrupt image: {_short(exc)}") from exc
+            raise DocumentError(f"corrupt image: {short_reason(exc)}") from exc
     # A broken EXIF block is no reason to refuse a readable image.
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
         image = ImageOps.exif_transpose(image) or image
@@ -97,7 +97,7 @@ _PILLOW_CAP_LOCK = threading.Lock()
 _OBJECT_REPR = re.compile(r"<[^<>]*? object at 0x[0-9a-fA-F]+>")
 
 
-def _open_header(data: bytes) -> Image.Image:
+def open_header(data: bytes) -> Image.Image:
     """``Image.open`` (reads the header only) with Pillow's own pixel cap off: ``max_pixels`` governs.
 
     Pillow refuses images over its ``MAX_IMAGE_PIXELS`` (89.5 M, an error at twice that) already in
@@ -111,6 +111,15 @@ def _open_header(data: bytes) -> Image.Image:
             return Image.open(io.BytesIO(data))
         finally:
             Image.MAX_IMAGE_PIXELS = saved
+
+
+def read_source(source: bytes | str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of a file (or the bytes given), refused with :class:`DocumentError` when empty, larger
+    than ``max_bytes`` or unreadable."""
+    data = _read_bytes(source, max_bytes=max_bytes)
+    if not data:
+        raise DocumentError("empty file: no image data")
+    return data
 
 
 def _read_bytes(source: bytes | str | Path, *, max_bytes: int) -> bytes:
@@ -130,7 +139,7 @@ def _read_bytes(source: bytes | str | Path, *, max_bytes: int) -> bytes:
     return data
 
 
-def _short(exc: BaseException) -> str:
+def short_reason(exc: BaseException) -> str:
     """The error's message for a reader: no object reprs (``<_io.BytesIO object at 0x...>``), clipped."""
     text = _OBJECT_REPR.sub("the data", str(exc)).strip() or type(exc).__name__
     return text if len(text) < 200 else text[:197] + "..."
@@ -204,6 +213,16 @@ class DonutReader:
 
     def load(self, source: ImageInput) -> Image.Image:
         return load_image(source, max_pixels=self.max_pixels, target_size=self.image_size)
+
+    def load_page(self, data: bytes, *, page: int) -> Image.Image:
+        """Page ``page`` of a PDF, a multi-frame image or a single image, sized for this model
+        (:func:`donut_hole.model.pages.load_page`)."""
+        from donut_hole.model.pages import load_page
+
+        align = bool(getattr(self.processor.image_processor, "do_align_long_axis", False))
+        return load_page(
+            data, page=page, target_size=self.image_size, max_pixels=self.max_pixels, align_long_axis=align
+        )
 
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """DONUT preprocessing (resize to fit, pad, normalise): (B, 3, H, W) float tensor."""

@@ -29,6 +29,7 @@ from donut_hole.worker.broker import broker_url_for_celery
 
 TASK_PROCESS = "donut_hole.process_documents"
 TASK_EXPAND = "donut_hole.expand_prefix"
+TASK_CALLBACK = "donut_hole.deliver_callback"
 HARD_LIMIT_GRACE_S = 30  # the hard time limit kills the pool process this long after the soft one
 STALL_GRACE_S = 60  # a document still processing this long after the hard time limit has lost its worker
 

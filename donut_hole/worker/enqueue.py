@@ -47,6 +47,7 @@ from donut_hole.storage import (
 )
 from donut_hole.worker.app import TASK_EXPAND, TASK_PROCESS, resend_after_s, stalled_after_s
 from donut_hole.worker.batching import chunked
+from donut_hole.worker.webhook import CallbackNotAllowed, check_callback_url, notify_finished
 
 log = logging.getLogger("donut_hole.enqueue")
 
@@ -85,21 +86,40 @@ class BrokerUnavailable(RuntimeError):
 # ------------------------------------------------------------------------------------------ entry points
 
 
-def submit_uris(services: Services, *, uris: list[str], source: str, session: Session | None = None) -> str:
-    """Queue the scans at ``uris`` (``s3://bucket/key`` or keys of the configured store) as one batch."""
-    batch_id, _ = _submit(services, _resolve_all(services, uris), source=source, session=session)
+def submit_uris(
+    services: Services,
+    *,
+    uris: list[str],
+    source: str,
+    session: Session | None = None,
+    callback_url: str | None = None,
+) -> str:
+    """Queue the scans at ``uris`` (``s3://bucket/key`` or keys of the configured store) as one batch.
+
+    ``callback_url`` (every ``submit_*`` takes one): posted to once the batch is finished
+    (:mod:`.webhook`); refused with :class:`EnqueueError` outside ``DONUT_HOLE_CALLBACK_ALLOWED_URLS``.
+    """
+    _check_callback(services.settings, callback_url)
+    batch_id, _ = _submit(
+        services, _resolve_all(services, uris), source=source, session=session, callback_url=callback_url
+    )
     return batch_id
 
 
-def submit_prefix(services: Services, *, prefix_uri: str, session: Session | None = None) -> str:
+def submit_prefix(
+    services: Services, *, prefix_uri: str, session: Session | None = None, callback_url: str | None = None
+) -> str:
     """Queue every image under ``prefix_uri``; a task lists it, so this returns at once.
 
     The batch starts ``expanding`` and becomes ``accepted`` once every document row exists (``failed``
     with a reason when the prefix cannot be listed or holds no image).
     """
+    _check_callback(services.settings, callback_url)
     prefix = _resolve_prefix(services, prefix_uri)
     with _transaction(services, session) as writing:
-        batch = repository.create_batch(writing, source=f"prefix {prefix}", uris=[], expanding=True)
+        batch = repository.create_batch(
+            writing, source=f"prefix {prefix}", uris=[], expanding=True, callback_url=callback_url
+        )
         batch_id = batch.id
     try:
         services.celery.send_task(
@@ -116,7 +136,12 @@ def submit_prefix(services: Services, *, prefix_uri: str, session: Session | Non
 
 
 def submit_upload(
-    services: Services, *, data: bytes, filename: str, session: Session | None = None
+    services: Services,
+    *,
+    data: bytes,
+    filename: str,
+    session: Session | None = None,
+    callback_url: str | None = None,
 ) -> tuple[str, str]:
     """Store one uploaded scan under ``uploads/<uuid>/<safe filename>``, then queue it: (batch, document).
 
@@ -124,12 +149,17 @@ def submit_upload(
     when the store refuses the write the document is ``failed`` with the reason and the error is raised.
     """
     settings = services.settings
+    _check_callback(settings, callback_url)
     _check_upload(settings, data, filename)
     store = _store(services)
     key = f"{UPLOAD_PREFIX}/{uuid.uuid4()}/{safe_filename(filename)}"
     with _transaction(services, session) as writing:
         batch = repository.create_batch(
-            writing, source="upload", uris=[_resolve(store, key)], sha256s=[_sha256(data)]
+            writing,
+            source="upload",
+            uris=[_resolve(store, key)],
+            sha256s=[_sha256(data)],
+            callback_url=callback_url,
         )
         batch_id, document_id = batch.id, batch.documents[0].id
     try:
@@ -142,13 +172,16 @@ def submit_upload(
     return batch_id, document_id
 
 
-def submit_files(services: Services, *, paths: Sequence[Path], source: str = "cli") -> str:
+def submit_files(
+    services: Services, *, paths: Sequence[Path], source: str = "cli", callback_url: str | None = None
+) -> str:
     """Upload local scans to the store (``uploads/<uuid>/<name>``) and queue them as one batch.
 
     A file that cannot be taken (unreadable, empty, over ``max_image_bytes``) becomes a ``failed``
     document with the reason, and the others go on. The rows are committed before any object is
     written (no object in the store without its row); a write the store refuses fails its document.
     """
+    _check_callback(services.settings, callback_url)
     if not paths:
         raise EnqueueError("no files to submit")
     if len(paths) > MAX_DOCUMENTS:
@@ -177,7 +210,9 @@ def submit_files(services: Services, *, paths: Sequence[Path], source: str = "cl
         errors.append(error)
         contents.append(data if error is None else b"")
     with session_scope(services.sessions) as writing:
-        batch = repository.create_batch(writing, source=source, uris=uris, sha256s=shas, errors=errors)
+        batch = repository.create_batch(
+            writing, source=source, uris=uris, sha256s=shas, errors=errors, callback_url=callback_url
+        )
         batch_id = batch.id
         document_ids = [document.id for document in batch.documents]
     for document_id, error in zip(document_ids, errors, strict=True):
@@ -198,6 +233,8 @@ def submit_files(services: Services, *, paths: Sequence[Path], source: str = "cl
     if refused:
         _fail_unstored(services, refused)
     _send(services, stored, batch_id=batch_id)
+    if callback_url and not stored:  # every file refused: the batch is already finished
+        notify_finished(services, batch_ids=[batch_id])
     failed = len(paths) - len(stored)
     log_event(log, "batch.submitted", batch_id=batch_id, documents=len(stored), failed=failed, source=source)
     return batch_id
@@ -374,9 +411,12 @@ def _submit(
     source: str,
     sha256s: Sequence[str | None] | None = None,
     session: Session | None = None,
+    callback_url: str | None = None,
 ) -> tuple[str, list[str]]:
     with _transaction(services, session) as writing:
-        batch = repository.create_batch(writing, source=source, uris=uris, sha256s=sha256s)
+        batch = repository.create_batch(
+            writing, source=source, uris=uris, sha256s=sha256s, callback_url=callback_url
+        )
         batch_id, document_ids = batch.id, [document.id for document in batch.documents]
     # Committed: a worker that takes a message is sure to find its rows.
     _send(services, document_ids, batch_id=batch_id)
@@ -392,6 +432,15 @@ def safe_filename(filename: str) -> str:
     name = PurePosixPath(str(filename).replace("\\", "/")).name
     name = _UNSAFE.sub("_", name).strip("._")[-120:]
     return name or "upload"
+
+
+def _check_callback(settings: Settings, callback_url: str | None) -> None:
+    if callback_url is None:
+        return
+    try:
+        check_callback_url(settings, callback_url)
+    except CallbackNotAllowed as exc:
+        raise EnqueueError(str(exc)) from exc
 
 
 def _check_upload(settings: Settings, data: bytes, filename: str) -> None:

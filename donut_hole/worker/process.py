@@ -7,12 +7,21 @@
     fetch      bytes from the store       ObjectNotFound / ObjectTooLarge / StorageError → failed
                                           TransientStorageError → queued again with the reason,
                                           retried later (failed on the last try)
-    decode     bytes → upright RGB image  DocumentError → failed
+    open       the source's pages         a PDF or multi-frame image seen for the first time: its page
+                                          count and sha256 recorded, one ``queued`` row per further page
+                                          written and sent as groups of their own; an encrypted or
+                                          broken PDF, too many pages → failed
+    decode     the page → RGB image       DocumentError → failed (a PDF page is rendered to fit the
+                                          model's input)
     predict    one batched generate call for every decoded image of the group
     validate   the parse against its document schema: a mismatch is a *note*, not a failure
     persist    one transaction per document: idempotent upsert of the extraction and its fields, ``done``
 
-A failed document never stops the rest of its group. Schema mismatches: the extraction is stored with
+A document is one page (:mod:`donut_hole.db.models`): the pages of a PDF are read in the same batched
+forward passes as single images, each page in whatever group it is sent with, and a group that holds
+several pages of one source fetches and opens it once. A failed document never stops the rest of its group.
+
+Schema mismatches: the extraction is stored with
 ``extractions.note = "schema: <reason>"`` and the document is ``done``, because a partial or unexpected
 reading is still worth searching and reviewing; ``status = 'failed'`` is kept for documents that could not
 be read at all.
@@ -26,10 +35,10 @@ import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from donut_hole.db import DocumentStatus, repository, session_scope
-from donut_hole.db.models import BatchStatus
+from donut_hole.db.models import BatchStatus, source_uri
 from donut_hole.documents.schemas import SchemaError, detect_kind, validate_document
 from donut_hole.logs import log_event
 from donut_hole.storage import (
@@ -43,9 +52,12 @@ from donut_hole.worker.batching import Grouper, chunked
 from donut_hole.worker.fields import field_rows
 from donut_hole.worker.runtime import Runtime
 
+if TYPE_CHECKING:
+    from donut_hole.model.pages import SourceInfo
+
 log = logging.getLogger("donut_hole.worker")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".pdf")
 LISTING_PAGE = 256  # URIs written per transaction while a prefix is expanded
 
 
@@ -55,8 +67,16 @@ class _Job:
     batch_id: str
     uri: str
     attempts: int
+    page: int = 1
+    page_count: int | None = None
+    source_sha256: str | None = None
     data: bytes = b""
     image: Any = None
+    source: SourceInfo | None = None  # to record with the document's end (a single page seen the first time)
+
+    @property
+    def source_uri(self) -> str:
+        return source_uri(self.uri, page=self.page)
 
 
 @dataclass
@@ -71,7 +91,8 @@ class GroupOutcome:
 
 
 def is_image_uri(uri: str) -> bool:
-    """Whether a listed object looks like a scan (by its suffix); ``metadata.jsonl`` and the like are not."""
+    """Whether a listed object looks like a scan, an image or a PDF (by its suffix); ``metadata.jsonl``
+    and the like are not."""
     name = uri.rsplit("/", 1)[-1]
     return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
 
@@ -83,6 +104,7 @@ def process_group(
     last_try: bool = False,
     resumed: Collection[str] = (),
     outcome: GroupOutcome | None = None,
+    send: Callable[[list[str]], None] | None = None,
 ) -> GroupOutcome:
     """Read and store a group of documents (see the module docstring); safe to run again on the same ids.
 
@@ -90,13 +112,18 @@ def process_group(
     (``sqlalchemy.exc.OperationalError``) propagate: the caller retries the whole group, and documents
     finished before the error are skipped on that retry. ``resumed``: documents an earlier try of the same
     message claimed before a database error; their attempt goes on and is not counted again. Pass
-    ``outcome`` to see what was claimed even when an error propagates.
+    ``outcome`` to see what was claimed even when an error propagates. ``send`` sends a group of new page
+    documents (a PDF's further pages); without it, or when it fails, a watchdog sends them.
     """
     started = time.perf_counter()
     outcome = outcome if outcome is not None else GroupOutcome()
     jobs = _claim(rt, document_ids, outcome, resumed=resumed)
-    fetched = [job for job in jobs if _fetch(rt, job, outcome, last_try=last_try)]
-    ready = [job for job in fetched if _decode(rt, job, outcome)]
+    fetched_sources: dict[str, bytes] = {}  # pages of one source in this group: fetched once
+    fetched = [job for job in jobs if _fetch(rt, job, outcome, last_try=last_try, cache=fetched_sources)]
+    opened_sources: dict[str, SourceInfo] = {}
+    opened = [job for job in fetched if _open(rt, job, outcome, send=send, cache=opened_sources)]
+    fetched_sources.clear()
+    ready = [job for job in opened if _decode(rt, job, outcome)]
     if not ready:
         return outcome
     t0 = time.perf_counter()
@@ -153,20 +180,36 @@ def _claim(
                 _failed(outcome, reason, "retries_exhausted", **ids)
                 continue
             document = repository.mark_processing(session, document_id=document_id, count=not resuming)
-            jobs.append(_Job(document_id, document.batch_id, document.uri, document.attempts))
+            jobs.append(
+                _Job(
+                    document_id,
+                    document.batch_id,
+                    document.uri,
+                    document.attempts,
+                    page=document.page,
+                    page_count=document.page_count,
+                    source_sha256=document.source_sha256,
+                )
+            )
     outcome.claimed = [job.document_id for job in jobs]  # committed
     return jobs
 
 
-def _fetch(rt: Runtime, job: _Job, outcome: GroupOutcome, *, last_try: bool) -> bool:
+def _fetch(rt: Runtime, job: _Job, outcome: GroupOutcome, *, last_try: bool, cache: dict[str, bytes]) -> bool:
     """Read the scan's bytes into ``job.data``; False when the document failed or waits for a retry."""
     try:
-        job.data = rt.store.get(job.uri, max_bytes=rt.settings.max_image_bytes)
+        if job.source_uri in cache:
+            job.data = cache[job.source_uri]
+            return True
+        job.data = rt.store.get(job.source_uri, max_bytes=rt.settings.max_image_bytes)
         if job.data:
+            cache[job.source_uri] = job.data
             return True
         _fail(rt, job, outcome, "empty object: the scan has no bytes", "unreadable")
     except ObjectNotFound:
-        _fail(rt, job, outcome, f"object not found: {job.uri} does not exist in the store", "not_found")
+        _fail(
+            rt, job, outcome, f"object not found: {job.source_uri} does not exist in the store", "not_found"
+        )
     except ObjectTooLarge as exc:
         _fail(rt, job, outcome, f"scan too large: {exc}", "too_large")
     except TransientStorageError as exc:
@@ -186,12 +229,64 @@ def _fetch(rt: Runtime, job: _Job, outcome: GroupOutcome, *, last_try: bool) -> 
     return False
 
 
+def _open(
+    rt: Runtime,
+    job: _Job,
+    outcome: GroupOutcome,
+    *,
+    send: Callable[[list[str]], None] | None,
+    cache: dict[str, SourceInfo],
+) -> bool:
+    """Look at the source's pages (:func:`~donut_hole.model.pages.inspect_source`); False when the document
+    failed. The first time a source with several pages is opened its further pages become documents of
+    the batch (committed before this group's forward pass, so the batch is never seen finished early) and
+    are sent in groups of their own."""
+    from donut_hole.model.pages import inspect_source
+    from donut_hole.model.predict import DocumentError
+
+    try:
+        if job.source_uri not in cache:
+            cache[job.source_uri] = inspect_source(job.data)
+        info = cache[job.source_uri]
+    except DocumentError as exc:
+        _fail(rt, job, outcome, exc.reason, "unreadable")
+        return False
+    if job.source_sha256 is not None and info.sha256 != job.source_sha256:
+        reason = "the source file changed after its pages were counted (its sha256 differs): submit it again"
+        _fail(rt, job, outcome, reason, "changed")
+        return False
+    if job.page_count is not None:
+        return True
+    limit = rt.settings.max_pages
+    if info.page_count > limit:
+        job.source = info
+        reason = f"too many pages: {info.page_count}, the limit is {limit} (DONUT_HOLE_MAX_PAGES)"
+        _fail(rt, job, outcome, reason, "too_many_pages")
+        return False
+    job.page_count, job.source_sha256 = info.page_count, info.sha256
+    if info.page_count == 1:
+        job.source = info  # recorded with the document's end, in the same transaction
+        return True
+    with session_scope(rt.sessions) as session:
+        page_ids = repository.add_pages(
+            session, document_id=job.document_id, page_count=info.page_count, source_sha256=info.sha256
+        )
+    log_event(log, "document.pages", kind=info.kind, pages=info.page_count, new=len(page_ids), **_ids(job))
+    if send is not None:
+        try:
+            for group in chunked(page_ids, rt.settings.batch_size):
+                send(group)
+        except Exception as exc:  # the broker is down: the pages stay unsent and a watchdog sends them
+            log_event(log, "document.pages_unsent", level=logging.WARNING, error=str(exc), **_ids(job))
+    return True
+
+
 def _decode(rt: Runtime, job: _Job, outcome: GroupOutcome) -> bool:
     """Decode ``job.data`` into ``job.image``; False when the document failed (not an image, corrupt)."""
     from donut_hole.model.predict import DocumentError
 
     try:
-        job.image = rt.reader.load(job.data)
+        job.image = rt.reader.load_page(job.data, page=job.page)
     except DocumentError as exc:
         _fail(rt, job, outcome, exc.reason, "unreadable")
         return False
@@ -219,6 +314,7 @@ def _persist(rt: Runtime, job: _Job, prediction: Any, *, latency_ms: float) -> N
     )
     note = schema_note(prediction.data)
     with session_scope(rt.sessions) as session:
+        _record_source(session, job)
         repository.save_extraction(
             session,
             document_id=job.document_id,
@@ -317,8 +413,19 @@ def _set_batch(rt: Runtime, batch_id: str, status: BatchStatus, error: str | Non
         log_event(log, "batch.failed", level=logging.WARNING, batch_id=batch_id, reason=error)
 
 
+def _record_source(session: Any, job: _Job) -> None:
+    if job.source is not None:
+        repository.set_source(
+            session,
+            document_id=job.document_id,
+            page_count=job.source.page_count,
+            source_sha256=job.source.sha256,
+        )
+
+
 def _fail(rt: Runtime, job: _Job, outcome: GroupOutcome, reason: str, kind: str) -> None:
     with session_scope(rt.sessions) as session:
+        _record_source(session, job)
         repository.mark_failed(session, document_id=job.document_id, error=reason)
     _failed(outcome, reason, kind, **_ids(job))
 

@@ -28,8 +28,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from donut_hole.logs import log_event
 from donut_hole.settings import Settings
 from donut_hole.storage import TransientStorageError
-from donut_hole.worker import metrics, process
-from donut_hole.worker.app import TASK_EXPAND, TASK_PROCESS, time_limits
+from donut_hole.worker import metrics, process, webhook
+from donut_hole.worker.app import TASK_CALLBACK, TASK_EXPAND, TASK_PROCESS, time_limits
 from donut_hole.worker.enqueue import send_group
 from donut_hole.worker.runtime import get_runtime
 
@@ -81,7 +81,12 @@ def process_documents(
     outcome = process.GroupOutcome()
     try:
         process.process_group(
-            rt, document_ids, last_try=last_try, resumed=set(resumed or ()), outcome=outcome
+            rt,
+            document_ids,
+            last_try=last_try,
+            resumed=set(resumed or ()),
+            outcome=outcome,
+            send=lambda ids: send_group(rt, ids),
         )
     except DATABASE_ERRORS as exc:
         if last_try:  # nothing can be written: the documents' old sent_at brings the watchdog to them
@@ -99,15 +104,18 @@ def process_documents(
             "(DONUT_HOLE_TASK_TIME_LIMIT_S)"
         )
         process.fail_unfinished(rt, document_ids, reason=reason, kind="timeout")
+        webhook.notify_finished(rt, document_ids=document_ids)
         return {"failed": len(document_ids)}
     except Exception as exc:  # a bug or a broken model: fail these documents loudly, keep the worker going
         log.exception("group.internal_error", extra={"fields": {"documents": document_ids}})
         reason = f"internal error while reading: {type(exc).__name__}"
         process.fail_unfinished(rt, document_ids, reason=reason, kind="internal")
+        webhook.notify_finished(rt, document_ids=document_ids)
         return {"failed": len(document_ids)}
     if outcome.retry:
         metrics.DOCUMENT_RETRIES.inc(len(outcome.retry))
         raise _retry(self, settings, failing_since or now, args=[sorted(outcome.retry)])
+    webhook.notify_finished(rt, document_ids=document_ids)  # the batches this group finished, if any
     return {"done": len(outcome.done), "failed": len(outcome.failed), "skipped": len(outcome.skipped)}
 
 
@@ -118,9 +126,12 @@ def expand_prefix(self: Task, batch_id: str, prefix_uri: str, failing_since: flo
     settings = rt.settings
     now = time.time()
     try:
-        return process.expand_prefix(
+        found = process.expand_prefix(
             rt, batch_id=batch_id, prefix_uri=prefix_uri, send=lambda ids: send_group(rt, ids)
         )
+        # groups that ended while the batch was still listing could not finish it
+        webhook.notify_finished(rt, batch_ids=[batch_id])
+        return found
     except (TransientStorageError, *DATABASE_ERRORS) as exc:
         if out_of_budget(settings, failing_since, now=now):
             process.mark_batch_failed(
@@ -129,6 +140,22 @@ def expand_prefix(self: Task, batch_id: str, prefix_uri: str, failing_since: flo
                 f"transient: gave up listing {prefix_uri} after {settings.retry_budget_s:g} s of retries: "
                 f"{exc}",
             )
+            webhook.notify_finished(rt, batch_ids=[batch_id])
             return 0
         log_event(log, "batch.retry", level=logging.WARNING, batch_id=batch_id, error=str(exc))
         raise _retry(self, settings, failing_since or now, exc=exc) from exc
+
+
+@shared_task(bind=True, name=TASK_CALLBACK, max_retries=None)  # bounded by callback_max_attempts
+def deliver_callback(self: Task, batch_id: str) -> str:
+    """One try of a finished batch's completion webhook (:func:`~.webhook.deliver`), sent again with
+    backoff after a failed try. A database error leaves the batch ``due``: the watchdog sends it again."""
+    rt = get_runtime(self.app)
+    try:
+        retry_in = webhook.deliver(rt, batch_id=batch_id)
+    except DATABASE_ERRORS as exc:
+        log_event(log, "callback.database_error", level=logging.WARNING, batch_id=batch_id, error=str(exc))
+        return "later"
+    if retry_in is not None:
+        raise self.retry(countdown=retry_in, max_retries=None)
+    return "done"

@@ -13,6 +13,10 @@ up while the database was down), and those never sent (the broker was down when 
 comes first when the visibility timeout is longer; the copy that arrives later finds the documents done
 and skips them (the tasks' writes are idempotent). The thread owns its
 :class:`~donut_hole.services.Services` (with the worker's Celery app) and closes them when it stops.
+
+Each round also looks after completion webhooks (:func:`~donut_hole.worker.webhook.recover`): batches
+finished without a group noticing (every file refused at enqueue, an empty prefix) and deliveries whose
+message was lost are sent (again).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from celery import signals
 from donut_hole.logs import log_event
 from donut_hole.services import Services
 from donut_hole.settings import Settings
+from donut_hole.worker import webhook
 from donut_hole.worker.app import settings_of, stalled_after_s
 from donut_hole.worker.enqueue import recover_stalled
 
@@ -53,11 +58,12 @@ class Watchdog(threading.Thread):
         interval = interval_s(self.services.settings)
         try:
             while True:
-                try:
-                    recover_stalled(self.services)
-                except Exception as exc:  # a database or broker outage: look again at the next round
-                    error = f"{type(exc).__name__}: {exc}"
-                    log_event(log, "watchdog.error", level=logging.WARNING, error=error)
+                for look in (recover_stalled, webhook.recover):
+                    try:
+                        look(self.services)
+                    except Exception as exc:  # a database or broker outage: look again at the next round
+                        error = f"{type(exc).__name__}: {exc}"
+                        log_event(log, "watchdog.error", level=logging.WARNING, error=error)
                 if self._stopped.wait(interval):
                     return
         finally:

@@ -88,12 +88,12 @@ def test_a_chunked_body_over_the_limit_is_413(
 
 
 @pytest.mark.parametrize(
-    "data", [b"%PDF-1.7\n" + b"0" * 100, b"hello, this is text", b"BM" + b"\x00" * 40, b"PK\x03\x04zip"]
+    "data", [b"%PD" + b"0" * 100, b"hello, this is text", b"BM" + b"\x00" * 40, b"PK\x03\x04zip"]
 )
 def test_a_file_that_is_not_an_image_is_415(client: TestClient, auth: dict[str, str], data: bytes) -> None:
     response = _upload(client, auth, data, name="scan.png")  # the name does not matter
     assert response.status_code == 415
-    assert "not a JPEG, PNG, TIFF, WebP, BMP or GIF" in response.json()["detail"]
+    assert "not a JPEG, PNG, TIFF, WebP, BMP or GIF image nor a PDF" in response.json()["detail"]
 
 
 def test_an_empty_or_missing_file_is_422(client: TestClient, auth: dict[str, str]) -> None:

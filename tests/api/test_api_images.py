@@ -1,4 +1,4 @@
-"""Scans are recognised by their first bytes: every accepted format, and files that only look close."""
+"""Scans are recognised by their first bytes: every accepted format (PDF too), and files that look close."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ def _encoded(pil_format: str) -> bytes:
         ("WEBP", "image/webp"),
         ("BMP", "image/bmp"),
         ("GIF", "image/gif"),
+        ("PDF", "application/pdf"),
     ],
 )
 def test_images_written_by_pillow_are_recognised(pil_format: str, media_type: str) -> None:
@@ -39,7 +40,7 @@ def test_big_endian_tiff_is_recognised() -> None:
     "head",
     [
         b"",
-        b"%PDF-1.7\n",
+        b"%PD",  # truncated PDF signature
         b"PK\x03\x04",  # zip
         b"BM is a text file that starts like a bitmap",
         b"RIFF\x00\x00\x00\x00WAVEfmt ",  # RIFF, but audio

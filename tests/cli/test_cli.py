@@ -85,6 +85,29 @@ def test_predict_prints_json_lines_and_fails_bad_files(dataset, model_dir):
     assert "fields" in lines[0] and "error" in lines[1]
 
 
+def test_predict_prints_one_line_per_page_of_a_pdf(tmp_path, dataset, model_dir):
+    from multipage import encrypted, pdf_of
+
+    pdf = tmp_path / "bol.pdf"
+    pdf.write_bytes(pdf_of([dataset / "000000.jpg", dataset / "000001.jpg", dataset / "000000.jpg"]))
+    locked = tmp_path / "locked.pdf"
+    locked.write_bytes(encrypted(pdf.read_bytes()))
+    image = str(dataset / "000001.jpg")
+    args = ["predict", "--model", str(model_dir), str(pdf), str(locked), image, "--batch-size", "2"]
+    result = runner.invoke(app, [*args, "--max-new-tokens", "4"])
+    assert result.exit_code == 1  # the encrypted PDF
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [(line["file"], line.get("page")) for line in lines] == [
+        (str(pdf), 1),
+        (str(pdf), 2),
+        (str(pdf), 3),
+        (str(locked), None),
+        (image, 1),
+    ]
+    assert all("fields" in line for line in lines[:3] + lines[4:])
+    assert lines[3]["error"] == "encrypted PDF: it cannot be opened without its password"
+
+
 def test_train_set_overrides_any_recipe_key(tmp_path, dataset):
     configs = Path(__file__).resolve().parents[2] / "configs"
     base = ["train", "--recipe", str(configs / "teacher-small.yaml"), "--train", str(dataset)]

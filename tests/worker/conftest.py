@@ -19,6 +19,8 @@ from donut_hole.settings import Settings
 
 REDIS_URL = os.environ.get("DONUT_HOLE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 KINDS = ["shipping_label", "bill_of_lading", "delivery_note"]
+CALLBACK_SECRET = "callback-secret-for-tests"
+API_KEY = "pipeline-test-key-" + "w" * 20
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +83,10 @@ def pipeline_settings(
         max_retries=2,
         task_time_limit_s=120,
         queue=f"test-{uuid.uuid4().hex[:10]}",
+        callback_secret=CALLBACK_SECRET,
+        callback_allowed_urls=["127.0.0.1"],  # the tests' receivers, on any port
+        callback_backoff_max_s=1.0,
+        api_keys=[API_KEY],
     )
     yield settings
     purge(settings)

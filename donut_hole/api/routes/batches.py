@@ -14,6 +14,7 @@ from donut_hole.api.schemas import (
     BatchCreate,
     BatchPublic,
     BatchResults,
+    CallbackPublic,
     DocumentCounts,
     ResultPublic,
 )
@@ -39,6 +40,14 @@ def batch_public(session: Session, batch_id: str) -> BatchPublic:
         error=batch.error,
         counts=DocumentCounts(**counts),
         total=total,
+        callback=None
+        if batch.callback_status is None
+        else CallbackPublic(
+            status=batch.callback_status,
+            attempts=batch.callback_attempts,
+            delivered_at=batch.callback_delivered_at,
+            error=batch.callback_error,
+        ),
     )
 
 
@@ -47,7 +56,7 @@ def batch_public(session: Session, batch_id: str) -> BatchPublic:
     status_code=202,
     responses={
         403: {"description": "A bucket is not in DONUT_HOLE_ALLOWED_BUCKETS (nor the store's own)."},
-        422: {"description": "Malformed body or URI."},
+        422: {"description": "Malformed body or URI, or a callback_url that is not allowed."},
         503: {"description": "Broker or database unreachable."},
     },
 )
@@ -61,15 +70,19 @@ def create_batch(
 
     The batch and its documents are written through the request's session and committed before the
     messages are sent. A prefix batch starts with status ``expanding`` and no documents; poll
-    ``GET /v1/batches/{id}``.
+    ``GET /v1/batches/{id}``. With ``callback_url`` the batch posts once to it when it is finished.
     """
     if body.uris is not None:
-        batch_id = enqueue.submit_uris(services, uris=body.uris, source="api", session=session)
+        batch_id = enqueue.submit_uris(
+            services, uris=body.uris, source="api", session=session, callback_url=body.callback_url
+        )
         metrics.BATCHES_QUEUED.labels("uris").inc()
         metrics.DOCUMENTS_QUEUED.labels("uris").inc(len(body.uris))
     else:
         assert body.prefix is not None  # BatchCreate holds exactly one of the two
-        batch_id = enqueue.submit_prefix(services, prefix_uri=body.prefix, session=session)
+        batch_id = enqueue.submit_prefix(
+            services, prefix_uri=body.prefix, session=session, callback_url=body.callback_url
+        )
         metrics.BATCHES_QUEUED.labels("prefix").inc()
     response.headers["Location"] = f"/v1/batches/{batch_id}"
     return batch_public(session, batch_id)

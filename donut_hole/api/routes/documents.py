@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, File, HTTPException, Response, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile
 
 from donut_hole.api import metrics
 from donut_hole.api.deps import ApiKeyDep, ServicesDep, SessionDep, SettingsDep
@@ -26,21 +26,34 @@ router = APIRouter(prefix="/v1/documents", tags=["documents"], dependencies=[Api
     status_code=202,
     responses={
         413: {"description": "The scan is larger than DONUT_HOLE_MAX_IMAGE_BYTES."},
-        415: {"description": "Not a JPEG, PNG, TIFF, WebP, BMP or GIF image."},
-        422: {"description": "No file, or an empty one."},
+        415: {"description": "Not a JPEG, PNG, TIFF, WebP, BMP or GIF image, nor a PDF."},
+        422: {"description": "No file, or an empty one; a callback_url that is not allowed."},
         503: {"description": "Object store, broker or database unreachable."},
     },
 )
 def upload_document(
-    file: Annotated[UploadFile, File(description="One scanned page: JPEG, PNG, TIFF, WebP, BMP or GIF.")],
+    file: Annotated[
+        UploadFile,
+        File(description="One scan: JPEG, PNG, WebP, BMP or GIF, or a PDF or TIFF of one or more pages."),
+    ],
     settings: SettingsDep,
     services: ServicesDep,
     session: SessionDep,
     response: Response,
+    callback_url: Annotated[
+        str | None,
+        Form(
+            max_length=2048,
+            description="Receives one signed POST once the document (all its pages) is read; must be under "
+            "DONUT_HOLE_CALLBACK_ALLOWED_URLS (else 422).",
+        ),
+    ] = None,
 ) -> UploadAccepted:
     """Store one scan in the object store and queue it as a batch of one document.
 
-    The image type is read from the file's first bytes, not from its name or declared content type.
+    The type is read from the file's first bytes, not from its name or declared content type. A PDF or
+    multi-page TIFF becomes one document per page once a worker opens it: the returned document is page 1,
+    and ``GET /v1/documents/{id}`` lists the others under ``pages``.
     """
     limit = settings.max_image_bytes
     data = file.file.read(limit + 1)
@@ -51,10 +64,12 @@ def upload_document(
     media_type = sniff_image_type(data[:SNIFF_BYTES])
     if media_type is None:
         raise HTTPException(
-            415, detail="the file is not a JPEG, PNG, TIFF, WebP, BMP or GIF image (checked by its content)"
+            415,
+            detail="the file is not a JPEG, PNG, TIFF, WebP, BMP or GIF image nor a PDF "
+            "(checked by its content)",
         )
     batch_id, document_id = enqueue.submit_upload(
-        services, data=data, filename=file.filename or "upload", session=session
+        services, data=data, filename=file.filename or "upload", session=session, callback_url=callback_url
     )
     metrics.BATCHES_QUEUED.labels("upload").inc()
     metrics.DOCUMENTS_QUEUED.labels("upload").inc()
@@ -67,7 +82,8 @@ def upload_document(
 
 @router.get("/{document_id}", responses={404: {"description": "No document has this id."}})
 def get_document(document_id: str, session: SessionDep) -> DocumentPublic:
-    """A document's status (``queued``, ``processing``, ``done``, ``failed``), error, fields, confidence."""
+    """A document's status (``queued``, ``processing``, ``done``, ``failed``), error, fields, confidence;
+    for a page of a PDF or multi-page TIFF, its page number and every page of its source."""
     document = repository.get_document(session, document_id=document_id)
     if document is None:
         raise HTTPException(404, detail="this document does not exist")

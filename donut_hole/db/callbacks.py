@@ -1,0 +1,131 @@
+"""Repository functions of the completion webhook: the ``batches.callback_*`` columns, as plain functions.
+
+A batch with a callback goes ``waiting`` → ``due`` (it has no queued or processing document left and its
+listing is over) → ``delivered``, or ``failed`` after ``callback_max_attempts`` tries. Every change is one
+conditional ``UPDATE``, so concurrent workers and watchdogs agree without locks held across an HTTP call:
+
+* :func:`mark_finished` moves finished batches to ``due`` (only one caller wins each batch);
+* :func:`claim` takes a lease on one try (``callback_next_at`` moved past the try's longest duration), so
+  two copies of a delivery message never post at the same time;
+* :func:`record_try` ends the try: ``delivered`` (never sent again), a later try, or ``failed``.
+
+Like :mod:`.repository`, these functions flush but never commit: the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, and_, exists, select, update
+from sqlalchemy.orm import Session
+
+from donut_hole.db.models import Batch, BatchStatus, CallbackStatus, Document, DocumentStatus, utcnow
+
+CALLBACK_ERROR_MAX = 500
+_CHUNK = 500
+
+
+def _finished() -> ColumnElement[bool]:
+    """SQL: the batch's listing is over and none of its documents is queued or processing."""
+    unfinished = exists().where(
+        Document.batch_id == Batch.id,
+        Document.status.in_([DocumentStatus.queued, DocumentStatus.processing]),
+    )
+    return and_(Batch.status != BatchStatus.expanding, ~unfinished)
+
+
+def mark_finished(
+    session: Session, *, document_ids: Sequence[str] | None = None, batch_ids: Sequence[str] | None = None
+) -> list[str]:
+    """``waiting`` → ``due`` for the finished batches among ``batch_ids`` and the batches of
+    ``document_ids`` (all batches when both are None); their ids.
+
+    Each batch is returned to one caller only: the one whose ``UPDATE`` changed it.
+    """
+    now = utcnow()
+    where: list[ColumnElement[bool]] = [Batch.callback_status == CallbackStatus.waiting.value, _finished()]
+    chunks: list[tuple[str, list[str]] | None] = []
+    if document_ids is None and batch_ids is None:
+        chunks.append(None)
+    chunks += [("documents", chunk) for chunk in _chunks(list(document_ids or []))]
+    chunks += [("batches", chunk) for chunk in _chunks(list(batch_ids or []))]
+    changed: list[str] = []
+    for chunk in chunks:
+        conditions = list(where)
+        if chunk is not None and chunk[0] == "documents":
+            conditions.append(Batch.id.in_(select(Document.batch_id).where(Document.id.in_(chunk[1]))))
+        elif chunk is not None:
+            conditions.append(Batch.id.in_(chunk[1]))
+        rows = session.execute(
+            update(Batch)
+            .where(*conditions)
+            .values(callback_status=CallbackStatus.due.value, callback_next_at=now)
+            .returning(Batch.id)
+            .execution_options(synchronize_session=False)
+        )
+        changed.extend(batch_id for (batch_id,) in rows)
+    return changed
+
+
+def overdue(session: Session, *, before: datetime) -> list[str]:
+    """``due`` batches whose next try should have started before ``before`` (its message was lost)."""
+    return list(
+        session.scalars(
+            select(Batch.id).where(
+                Batch.callback_status == CallbackStatus.due.value, Batch.callback_next_at < before
+            )
+        )
+    )
+
+
+def claim(session: Session, *, batch_id: str, lease_s: float, early_s: float = 1.0) -> Batch | None:
+    """The batch, when a try of its callback may start now; its ``callback_next_at`` then moves ``lease_s``
+    ahead so that no other copy starts meanwhile. ``None``: delivered, given up, or another try is under
+    way or not due yet (a copy of the message that came early)."""
+    now = utcnow()
+    claimed = session.execute(
+        update(Batch)
+        .where(
+            Batch.id == batch_id,
+            Batch.callback_status == CallbackStatus.due.value,
+            Batch.callback_next_at <= now + timedelta(seconds=early_s),
+        )
+        .values(callback_next_at=now + timedelta(seconds=lease_s))
+        .returning(Batch.id)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if claimed is None:
+        return None
+    return session.scalars(
+        select(Batch).where(Batch.id == batch_id).execution_options(populate_existing=True)
+    ).one()
+
+
+def record_try(
+    session: Session, *, batch_id: str, error: str | None, retry_at: datetime | None, max_attempts: int
+) -> CallbackStatus:
+    """End a claimed try: ``error`` None → ``delivered``; else a try more, at ``retry_at``, or ``failed``
+    once ``max_attempts`` tries were made. Returns the new status."""
+    batch = session.get(Batch, batch_id, populate_existing=True, with_for_update=True)
+    if batch is None:
+        return CallbackStatus.failed
+    batch.callback_attempts = (batch.callback_attempts or 0) + 1
+    if error is None:
+        batch.callback_status = CallbackStatus.delivered.value
+        batch.callback_delivered_at = utcnow()
+        batch.callback_next_at = None
+        batch.callback_error = None
+    else:
+        batch.callback_error = error[:CALLBACK_ERROR_MAX]
+        if batch.callback_attempts >= max_attempts or retry_at is None:
+            batch.callback_status = CallbackStatus.failed.value
+            batch.callback_next_at = None
+        else:
+            batch.callback_next_at = retry_at
+    session.flush()
+    return CallbackStatus(batch.callback_status or CallbackStatus.failed.value)
+
+
+def _chunks(items: list[str]) -> list[list[str]]:
+    return [items[start : start + _CHUNK] for start in range(0, len(items), _CHUNK)]
