@@ -65,16 +65,18 @@ def train(
     task_prompt: TaskPrompt = None,
 ) -> None:
     """Train (from a preset) or fine-tune (from a model folder) a DONUT teacher."""
+    from donut_hole.compression.parallel import ParallelError
     from donut_hole.compression.recipe import RecipeError, TeacherRecipe, load_recipe
     from donut_hole.compression.teacher import RecipeDataError, train_teacher
     from donut_hole.compression.train import CheckpointError
     from donut_hole.evaluation.dataset import DatasetError
     from donut_hole.model.build import ModelLoadError
 
+    errors = (RecipeError, RecipeDataError, DatasetError, ModelLoadError, CheckpointError, ParallelError)
     try:
         spec = load_recipe(recipe, TeacherRecipe, overrides=_overrides(steps, device, settings, task_prompt))
         history = train_teacher(spec, train_dir=train_data, val_dir=val_data, out_dir=out, resume=resume)
-    except (RecipeError, RecipeDataError, DatasetError, ModelLoadError, CheckpointError) as exc:
+    except errors as exc:
         raise fail(str(exc)) from exc
     last = history[-1] if history else {}
     console.print(
@@ -99,6 +101,7 @@ def compress(
 ) -> None:
     """Build the DONUT-hole student of a teacher: derive, distill, prune, save, report."""
     from donut_hole.compression.compress import compress as run_compress
+    from donut_hole.compression.parallel import ParallelError
     from donut_hole.compression.recipe import CompressRecipe, RecipeError, load_recipe
     from donut_hole.compression.student import StudentError
     from donut_hole.evaluation.dataset import DatasetError
@@ -115,7 +118,7 @@ def compress(
             name=recipe.stem,
             resume=resume,
         )
-    except (RecipeError, DatasetError, ModelLoadError, StudentError, ValueError) as exc:
+    except (RecipeError, DatasetError, ModelLoadError, StudentError, ValueError, ParallelError) as exc:
         raise fail(str(exc)) from exc
     console.print(report.comparison())
     console.print(f"\n{report.summary()}\nwrote {out / 'report.md'} and {out / 'model'}")

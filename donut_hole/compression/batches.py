@@ -114,6 +114,22 @@ class StepSampler(Sampler[list[int]]):
             yield picked.tolist()
 
 
+class ShardSampler(Sampler[list[Any]]):
+    """Slice ``rank`` of ``processes`` equal slices of each batch another sampler yields: the batch's
+    items sorted (like sources together), then dealt out in turn, so every slice gets a like mix of
+    short and long samples and no process waits long for the others."""
+
+    def __init__(self, batches: Sampler[list[Any]], *, rank: int, processes: int):
+        self.batches, self.rank, self.processes = batches, rank, processes
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]  # the step samplers have a length
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        for batch in self.batches:
+            yield sorted(batch, key=repr)[self.rank :: self.processes]
+
+
 def make_loader(
     model: VisionEncoderDecoderModel,
     processor: DonutProcessor,
@@ -122,8 +138,12 @@ def make_loader(
     *,
     curriculum: CurriculumConfig | None,
     start: int,
+    shard: tuple[int, int] = (0, 1),
 ) -> DataLoader:
-    """Batches for steps ``start``..``config.steps``: rendered by the curriculum, or read from files."""
+    """Batches for steps ``start``..``config.steps``: rendered by the curriculum, or read from files.
+
+    ``shard`` = (rank, processes): this process's equal slice of every batch (data-parallel training).
+    """
     tokenizer = processor.tokenizer
     files = DonutDataset(
         train_samples, processor, task_token=task_token_of(model, processor), max_length=config.max_length
@@ -147,6 +167,8 @@ def make_loader(
             stride=stride,
         )
         collate_fn = functools.partial(collate_located, pad_token_id=tokenizer.pad_token_id)
+    if shard[1] > 1:
+        sampler = ShardSampler(sampler, rank=shard[0], processes=shard[1])
     return DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -43,7 +43,15 @@ class TrainConfig(_Strict):
     max_length: int = Field(256, ge=8, description="Longest target sequence in tokens.")
     max_new_tokens: int = Field(256, ge=1)
     seed: int = 0
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (per training process).")
+    processes: int = Field(
+        1,
+        ge=1,
+        description="Data-parallel training processes on this machine's CPU cores: each takes an equal "
+        "slice of every batch and gradients are averaged, so the run is the same as with one process "
+        "(and may resume with another count); one process on a GPU. Each gets an equal share of the "
+        "torch threads, at least one.",
+    )
     device: str = Field("auto", description="auto, cpu or cuda")
     time_limit_s: float | None = Field(
         None,
@@ -65,6 +73,15 @@ class TrainConfig(_Strict):
         description="bf16 autocast when training on a CPU with AVX512-BF16 or AMX (2-2.5x faster for small "
         "DONUTs on such CPUs; ignored on CPUs without bf16 instructions).",
     )
+
+    @model_validator(mode="after")
+    def _batch_splits_over_processes(self) -> TrainConfig:
+        if self.batch_size % self.processes:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of processes ({self.processes}): "
+                "each process takes an equal slice of every batch"
+            )
+        return self
 
 
 class Stage(_Strict):

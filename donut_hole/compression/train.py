@@ -26,6 +26,7 @@ from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import DonutProcessor, VisionEncoderDecoderModel
 
+from donut_hole.compression import parallel
 from donut_hole.compression.batches import make_loader
 from donut_hole.compression.curriculum import READING_TASK_TOKEN, render
 from donut_hole.compression.distill import ce_loss, shift_for_decoder
@@ -270,17 +271,22 @@ def load_checkpoint(
 
 class Clock:
     """Wall time of this session (for the time limit) and CPU-seconds of the whole run (for the curve:
-    this process's threads; loader processes apart)."""
+    the training processes' threads; loader processes apart)."""
 
     def __init__(self, *, cpu_before: float, time_limit_s: float | None):
         self.cpu_before, self.time_limit_s = cpu_before, time_limit_s
         self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+        self.helpers_s = 0.0  # a data-parallel run's helper processes, this session
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.wall0
 
+    def own_seconds(self) -> float:
+        """This process's CPU-seconds in this session."""
+        return time.process_time() - self.cpu0
+
     def cpu_seconds(self) -> float:
-        return self.cpu_before + time.process_time() - self.cpu0
+        return self.cpu_before + self.own_seconds() + self.helpers_s
 
     def schedule_step(self, step: int, total: int) -> int:
         """Where the lr and pruning schedules are: the step, or the elapsed fraction of the time limit
@@ -359,7 +365,8 @@ def train(
     ``out_dir`` receives ``checkpoint.pt`` (resumable), ``history.jsonl``, ``train_log.jsonl`` and, with
     ``save``, the final model in ``out_dir/model``. ``on_eval(step)`` adds fields (e.g. density) to each
     evaluation record. With a ``curriculum`` the training data is rendered on the fly (``train_samples`` is
-    not read) and each evaluation also reports the character error rate on held-out reading pages.
+    not read) and each evaluation also reports the character error rate on held-out reading pages. With
+    ``config.processes`` > 1 on a CPU, helper processes train beside this one (:mod:`.parallel`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -378,12 +385,124 @@ def train(
         if pruner is not None:
             pruner.step(run.step)
         log.info("resumed from %s at step %d", checkpoint_path, run.step)
+    if config.processes > 1 and device.type != "cpu":
+        log.warning("train.processes applies to CPU training: one process on %s", device.type)
+    group = None
+    if config.processes > 1 and device.type == "cpu" and run.step < config.steps:
+        group = parallel.start(
+            config.processes,
+            {
+                "model": model,
+                "processor": processor,
+                "objective": objective,
+                "pruner": pruner,
+                "train_samples": list(train_samples) if curriculum is None else [],
+                "config": config,
+                "curriculum": curriculum,
+                "optimizer": optimizer.state_dict(),
+                "step": run.step,
+            },
+        )
+    failed = True
+    try:
+        history = _run(
+            model,
+            processor,
+            objective=objective,
+            optimizer=optimizer,
+            pruner=pruner,
+            run=run,
+            group=group,
+            config=config,
+            train_samples=train_samples,
+            curriculum=curriculum,
+            device=device,
+            main=_Main(
+                out_dir=out_dir,
+                val_samples=val_samples,
+                own_processor=eval_processor or processor,
+                on_eval=on_eval,
+                progress=progress,
+                vocab=vocab,
+            ),
+        )
+        failed = False
+    finally:
+        if group is not None:
+            group.close(failed=failed)
+    model.eval()
+    if save:
+        model.decoder.set_attn_implementation("sdpa")  # guided training may have switched it to eager
+        save_model(model, eval_processor or processor, out_dir / "model")
+    return history
+
+
+def train_helper(payload: dict[str, Any], group: parallel.Group) -> None:
+    """A helper rank of a data-parallel run: train this rank's slice of every batch until rank 0 stops."""
+    config: TrainConfig = payload["config"]
+    torch.manual_seed(config.seed + group.rank)
+    model, objective = payload["model"], payload["objective"]
+    model.train()
+    optimizer = make_optimizer(model, objective, config)
+    optimizer.load_state_dict(payload["optimizer"])
+    _run(
+        model,
+        payload["processor"],
+        objective=objective,
+        optimizer=optimizer,
+        pruner=payload["pruner"],
+        run=RunState(step=payload["step"]),
+        group=group,
+        config=config,
+        train_samples=payload["train_samples"],
+        curriculum=payload["curriculum"],
+        device=torch.device("cpu"),
+        main=None,
+    )
+
+
+@dataclass
+class _Main:
+    """What only the main process (a lone run, or rank 0) does: evaluate, checkpoint, log."""
+
+    out_dir: Path
+    val_samples: Sequence[Sample]
+    own_processor: DonutProcessor
+    on_eval: Callable[[int], dict[str, Any]] | None
+    progress: bool
+    vocab: dict[str, int]
+
+
+def _run(
+    model: VisionEncoderDecoderModel,
+    processor: DonutProcessor,
+    *,
+    objective: Any,
+    optimizer: torch.optim.Optimizer,
+    pruner: Pruner | None,
+    run: RunState,
+    group: parallel.Group | None,
+    config: TrainConfig,
+    train_samples: Sequence[Sample],
+    curriculum: CurriculumConfig | None,
+    device: torch.device,
+    main: _Main | None,
+) -> list[dict[str, Any]]:
+    """The steps from ``run.step`` to ``config.steps``: the same code on every rank; only ``main`` (None on
+    a helper rank) evaluates, checkpoints and logs."""
     start = run.step
-    loader = make_loader(model, processor, config, train_samples, curriculum=curriculum, start=start)
+    shard = (group.rank, group.world) if group is not None else (0, 1)
+    loader = make_loader(
+        model, processor, config, train_samples, curriculum=curriculum, start=start, shard=shard
+    )
     autocast = autocast_for(device, config)
-    eval_set = list(val_samples)[: config.eval_samples]
-    own_processor = eval_processor or processor
-    reading_set = reading_pages(curriculum, own_processor, count=config.eval_samples) if curriculum else {}
+    params = [p for p in model.parameters() if p.requires_grad] + objective_parameters(objective)
+    eval_set = list(main.val_samples)[: config.eval_samples] if main else []
+    reading_set = (
+        reading_pages(curriculum, main.own_processor, count=config.eval_samples)
+        if main and curriculum
+        else {}
+    )
     clock = Clock(cpu_before=run.cpu_s, time_limit_s=config.time_limit_s)
     running: list[float] = []  # training loss per step
 
@@ -391,43 +510,67 @@ def train(
         return float(np.mean(running[-config.log_every :])) if running else None
 
     def evaluate(step: int) -> None:
+        assert main is not None
         record = evaluate_run(
             model,
-            own_processor,
+            main.own_processor,
             step=step,
             config=config,
             eval_set=eval_set,
             reading_set=reading_set,
             train_loss=recent_loss(),
             cpu_seconds=clock.cpu_seconds(),
-            on_eval=on_eval,
+            on_eval=main.on_eval,
         )
         run.history.append(record)
-        append_jsonl(out_dir / "history.jsonl", record)
+        append_jsonl(main.out_dir / "history.jsonl", record)
         log.info("eval %s", record)
 
     def checkpoint() -> None:
+        assert main is not None
         run.cpu_s = clock.cpu_seconds()
         save_checkpoint(
-            checkpoint_path,
+            main.out_dir / CHECKPOINT,
             run,
             model=model,
             optimizer=optimizer,
             objective=objective,
             config=config,
-            vocab=vocab,
+            vocab=main.vocab,
         )
 
+    interrupted = False
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with (
-        Progress(*columns, TextColumn("{task.fields[status]}"), disable=not progress) as bar,
-        _stop_on_sigterm(),
+        Progress(*columns, TextColumn("{task.fields[status]}"), disable=not (main and main.progress)) as bar,
+        parallel.stop_flag() if group is not None else _stop_on_sigterm() as signalled,
     ):
         task = bar.add_task("training", total=config.steps, completed=start, status="")
         try:
             for step, batch in enumerate(loader, start=start):
                 # 1. schedules: learning rate (and the pruner's density) for this step
                 at = clock.schedule_step(step, config.steps)
+                # 2. evaluate and checkpoint the state before this step, every N steps
+                if main and step > start and step % config.eval_every == 0:
+                    evaluate(step)
+                if main and step > start and step % config.checkpoint_every == 0:
+                    checkpoint()
+                if group is not None:  # all ranks agree on the schedule and on stopping, before the step
+                    done = bool(main) and (
+                        reached_target(run.history, step=step, target_f1=config.target_f1)
+                        or clock.out_of_time()
+                    )
+                    stop = signalled is not None and signalled.is_set()
+                    at, stopping, interrupted = group.control(at, stop=stop or done, interrupt=stop)
+                    if stopping:
+                        target = reached_target(run.history, step=step, target_f1=config.target_f1)
+                        _log_stop(
+                            "interrupted" if interrupted else "target" if target else "time",
+                            run,
+                            config,
+                            main,
+                        )
+                        break
                 lr = get_lr(
                     at,
                     lr=config.lr,
@@ -435,29 +578,31 @@ def train(
                     total_steps=config.steps,
                     min_lr_ratio=config.min_lr_ratio,
                 )
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                # 2. evaluate and checkpoint the state before this step, every N steps
-                if step > start and step % config.eval_every == 0:
-                    evaluate(step)
-                if step > start and step % config.checkpoint_every == 0:
-                    checkpoint()
+                for param_group in optimizer.param_groups:
+                    param_group["lr"] = lr
                 if pruner is not None:
                     pruner.step(at)
-                # 3. forward + loss, backward, clip, optimizer step, pruning masks
+                # 3. forward + loss, backward, (average over ranks), clip, optimizer step, pruning masks
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 with autocast:
                     loss, parts = objective(model, batch)
                 loss.backward()
+                values = {"loss": float(loss.detach()), **parts}
+                if group is not None:
+                    own_cpu = 0.0 if main else clock.own_seconds()
+                    summed = group.average_gradients(params, [*values.values(), own_cpu])
+                    values = {k: v / group.world for k, v in zip(values, summed, strict=False)}
+                    if main:
+                        clock.helpers_s = summed[-1]  # the helpers' CPU-seconds in this session
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 if pruner is not None:
                     pruner.apply_()
                 run.step = step + 1
-                running.append(float(loss.detach()))
+                running.append(values.pop("loss"))
                 # 4. log
-                if step % config.log_every == 0:
+                if main and step % config.log_every == 0:
                     rate = (run.step - start) / max(1e-9, clock.elapsed()) * config.batch_size
                     record = {
                         "step": step,
@@ -467,35 +612,44 @@ def train(
                         "lr": lr,
                         "img_s": round(rate, 2),
                     }
-                    append_jsonl(out_dir / TRAIN_LOG, record | {k: float(v) for k, v in parts.items()})
-                    parts_text = " ".join(f"{k} {v:.3f}" for k, v in parts.items())
+                    append_jsonl(main.out_dir / TRAIN_LOG, record | {k: float(v) for k, v in values.items()})
+                    parts_text = " ".join(f"{k} {v:.3f}" for k, v in values.items())
                     status = f"loss {recent_loss():.3f} {parts_text} lr {lr:.1e} {rate:.1f} img/s"
                     bar.update(task, status=status)
                 bar.advance(task)
-                # 5. stop early: the target reached, or the session's time spent
-                if reached_target(run.history, step=step, target_f1=config.target_f1):
-                    log.warning("held-out F1 %.4f reached the target at step %d", run.history[-1]["f1"], step)
+                # 5. stop early (a lone run; a group decides at the start of the next step)
+                if group is None and reached_target(run.history, step=step, target_f1=config.target_f1):
+                    _log_stop("target", run, config, main)
                     break
-                if clock.out_of_time():
-                    log.warning(
-                        "time limit of %g s: stopped at step %d of %d (go on with --resume)",
-                        config.time_limit_s,
-                        run.step,
-                        config.steps,
-                    )
+                if group is None and clock.out_of_time():
+                    _log_stop("time", run, config, main)
                     break
-        except KeyboardInterrupt:
-            if run.step > start:
+        except (KeyboardInterrupt, parallel.ParallelError):
+            if main and run.step > start:  # the model is as the last finished step left it
                 checkpoint()
-                log.warning(
-                    "interrupted: checkpoint at step %d in %s (go on with --resume)", run.step, out_dir
-                )
+                _log_stop("interrupted", run, config, main)
             raise
-        if run.step > start:
+        if main and run.step > start:
+            if interrupted:  # a signal stopped the group: keep the steps, skip the final evaluation
+                checkpoint()
+                raise KeyboardInterrupt
             evaluate(run.step)
             checkpoint()
-    model.eval()
-    if save:
-        model.decoder.set_attn_implementation("sdpa")  # guided training may have switched it to eager
-        save_model(model, own_processor, out_dir / "model")
     return run.history
+
+
+def _log_stop(reason: str, run: RunState, config: TrainConfig, main: _Main | None) -> None:
+    """Say why the run stopped early: ``interrupted``, ``target`` or ``time``."""
+    if main is None:
+        return
+    if reason == "interrupted":
+        log.warning("interrupted: checkpoint at step %d in %s (go on with --resume)", run.step, main.out_dir)
+    elif reason == "target":
+        log.warning("held-out F1 %.4f reached the target at step %d", run.history[-1]["f1"], run.step)
+    else:
+        log.warning(
+            "time limit of %g s: stopped at step %d of %d (go on with --resume)",
+            config.time_limit_s,
+            run.step,
+            config.steps,
+        )

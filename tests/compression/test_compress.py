@@ -250,6 +250,7 @@ def test_a_student_can_read_smaller_images_than_its_teacher(tiny_setup, tmp_path
             "train.eval_every": 4,
             "train.eval_samples": 2,
             "train.max_new_tokens": 8,
+            "train.processes": 2,  # distillation in two processes: teacher, pruner and resizing go along
             "report.cka_samples": 4,
             "report.latency_samples": 2,
             "report.latency_repeats": 1,

@@ -88,10 +88,12 @@ def test_recipe_and_data_must_go_together(tmp_path, val):
         )
 
 
-def test_sigterm_to_the_whole_process_group_still_checkpoints(tmp_path, val):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigterm_to_the_whole_process_group_still_checkpoints(tmp_path, val, processes):
     """A stop sent to every process of the run (CI ending a session) reaches the trainer's checkpoint; the
     loader process does not die first and fail the run (a race: seen in a real run, where the trainer was
-    deep in a long step; this short run does not always lose it without the fix)."""
+    deep in a long step; this short run does not always lose it without the fix). With two training
+    processes both stop at the same step and none is left behind."""
     import os
     import signal
     import subprocess
@@ -100,7 +102,7 @@ def test_sigterm_to_the_whole_process_group_still_checkpoints(tmp_path, val):
 
     from donut_hole.compression.recipe import save_recipe
 
-    spec = recipe(10_000, num_workers=1, eval_every=10_000)
+    spec = recipe(10_000, num_workers=1, eval_every=10_000, processes=processes)
     save_recipe(spec, tmp_path / "recipe.yaml")
     out = tmp_path / "run"
     command = [sys.executable, "-m", "donut_hole", "train", "--recipe", str(tmp_path / "recipe.yaml")]
@@ -117,8 +119,64 @@ def test_sigterm_to_the_whole_process_group_still_checkpoints(tmp_path, val):
             time.sleep(0.5)
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=60)
+        while _group_alive(process.pid) and time.monotonic() < deadline + 60:
+            time.sleep(0.5)
+        assert not _group_alive(process.pid), "a helper or loader process outlived the run"
     finally:
-        if process.poll() is None:
+        if _group_alive(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
     assert (out / "checkpoint.pt").is_file()
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] >= 1
+    assert "interrupted: checkpoint at step" in (process.stderr.read().decode() if process.stderr else "")
+
+
+def _group_alive(pgid: int) -> bool:
+    import os
+
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_two_processes_train_the_run_one_process_trains(tmp_path, val):
+    """Data-parallel CPU training: each process takes half of every batch and the averaged gradients keep
+    one model. The weights end where a lone run's do, up to the loss being a mean of two half-batch means
+    instead of one mean (a small fraction of what the steps moved them), and the CPU time counts both."""
+
+    def weights(out):
+        return torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+
+    train_teacher(recipe(4, eval_every=2), train_dir=None, val_dir=val, out_dir=tmp_path / "init")
+    start = weights(tmp_path / "init")  # after 4 steps; both runs go on from here for 4 more
+    for name, processes in (("lone", 1), ("pair", 2)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "checkpoint.pt").write_bytes((tmp_path / "init" / "checkpoint.pt").read_bytes())
+        history = train_teacher(
+            recipe(8, eval_every=2, processes=processes),
+            train_dir=None,
+            val_dir=val,
+            out_dir=tmp_path / name,
+            resume=True,
+        )
+        assert [h["step"] for h in history] == [2, 4, 6, 8]
+    lone, pair = weights(tmp_path / "lone"), weights(tmp_path / "pair")
+    moved = sum(float((lone[k].float() - start[k].float()).pow(2).sum()) for k in lone) ** 0.5
+    apart = sum(float((lone[k].float() - pair[k].float()).pow(2).sum()) for k in lone) ** 0.5
+    assert moved > 0 and apart < 0.2 * moved, (apart, moved)
+    log = [json.loads(line) for line in (tmp_path / "pair" / "train_log.jsonl").read_text().splitlines()]
+    assert {"ce", "guide", "glyph"} <= set(log[-1]) and log[-1]["images"] == 8 * 4
+    assert history[-1]["cpu_hours"] > history[1]["cpu_hours"]  # the helper's CPU time is counted too
+
+
+def test_batches_are_dealt_out_over_processes():
+    from donut_hole.compression.batches import ShardSampler
+    from donut_hole.compression.recipe import TrainConfig
+
+    batch = [("reading/easy", 0), ("shipping_label", 1), ("reading/easy", 2), ("shipping_label", 3)]
+    slices = [next(iter(ShardSampler([batch], rank=r, processes=2))) for r in (0, 1)]  # type: ignore[arg-type]
+    assert sorted(slices[0] + slices[1]) == sorted(batch)  # every sample once
+    assert all({source for source, _ in s} == {"reading/easy", "shipping_label"} for s in slices)
+    with pytest.raises(ValueError, match="multiple of processes"):
+        TrainConfig(batch_size=6, processes=4)
