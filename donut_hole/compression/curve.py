@@ -48,14 +48,14 @@ def plot_curve(history_path: Path, out: Path, *, title: str = "learning curve") 
     fields.set(xlabel="images seen", ylabel="held-out scans", ylim=(0, 1))
     fields.axhline(0.95, color="grey", linestyle=":", linewidth=1)
     fields.legend()
-    cpu = [h.get("cpu_hours") for h in history]
-    if all(c is not None for c in cpu) and images[-1] > images[0]:
+    if all(h.get("cpu_hours") is not None for h in history) and images[-1] > images[0]:
+        seen, hours = cpu_axis(images, [float(h["cpu_hours"]) for h in history])
         for axis in (reading, fields):
             top = axis.secondary_xaxis(
                 "top",
                 functions=(
-                    lambda x: _interpolate(x, images, cpu),  # type: ignore[arg-type]
-                    lambda c: _interpolate(c, cpu, images),  # type: ignore[arg-type]
+                    lambda x: _interpolate(x, seen, hours),  # type: ignore[arg-type]
+                    lambda c: _interpolate(c, hours, seen),  # type: ignore[arg-type]
                 ),
             )
             top.set_xlabel("CPU-hours")
@@ -65,6 +65,12 @@ def plot_curve(history_path: Path, out: Path, *, title: str = "learning curve") 
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def cpu_axis(images: list[int], cpu_hours: list[float]) -> tuple[list[int], list[float]]:
+    """The points that map images seen to CPU-hours, from (0, 0): every run starts there, and without that
+    point the ticks below the first evaluation would all be drawn on it."""
+    return [0, *images], [0.0, *cpu_hours]
 
 
 def _interpolate(x: Any, xs: list[float], ys: list[float]) -> Any:

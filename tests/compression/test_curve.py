@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from donut_hole.compression.curve import plot_curve, read_history
+from donut_hole.compression.curve import _interpolate, cpu_axis, plot_curve, read_history
 
 
 def test_read_history_keeps_the_last_line_per_step(tmp_path):
@@ -31,3 +31,10 @@ def test_plot_curve_writes_a_png(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ValueError, match="no evaluation"):
         plot_curve(tmp_path / "empty.jsonl", tmp_path / "x.png")
+
+
+def test_the_cpu_hours_axis_starts_at_zero_images():
+    seen, hours = cpu_axis([8000, 16000], [0.5, 1.0])
+    assert (seen[0], hours[0]) == (0, 0.0)
+    # a tick at 0.25 CPU-hours lands halfway to the first evaluation, not on it
+    assert _interpolate(0.25, hours, seen) == 4000
