@@ -8,7 +8,8 @@
 #   (configs/donut-hole-cpu.yaml) is distilled on N_TRAIN synthetic scans (seed 0). Held-out: 500 scans,
 #   seed 1000. Stop it any time with SIGTERM or Ctrl-C: it checkpoints first; the same command goes on.
 # scripts/train_default_model.sh --save [RUN_DIR]   keep the teacher's newest checkpoint and its curves in
-#   checkpoints/teacher-cpu (to commit, so that the next machine goes on from there) and plot the curve
+#   checkpoints/teacher-cpu (to commit, so that the next machine goes on from there), plot the curve and
+#   rewrite the curve's table in its README (between <!-- curve:start --> and <!-- curve:end -->)
 # Quick smoke run of the whole chain: SMOKE=1 scripts/train_default_model.sh /tmp/smoke
 # Other recipes (a GPU machine): TEACHER_RECIPE=configs/teacher-small.yaml STUDENT_RECIPE=configs/donut-hole-small.yaml
 #   (a teacher recipe without a 'data' curriculum trains on N_TRAIN synthetic scans instead)
@@ -46,6 +47,10 @@ if [[ $SAVE == 1 ]]; then
         "$RUN/teacher/recipe.yaml" "$KEEP/"
     "$PY" -c "import sys; from donut_hole.compression.curve import plot_curve; plot_curve(*sys.argv[1:3])" \
         "$KEEP/history.jsonl" "$KEEP/curve.png"
+    if grep -q '<!-- curve:start -->' "$KEEP/README.md" 2>/dev/null; then  # its table of the curve, too
+        "$PY" -c "import sys; from donut_hole.compression.curve import write_curve_table as w; w(*sys.argv[1:3])" \
+            "$KEEP/history.jsonl" "$KEEP/README.md"
+    fi
     echo "kept $RUN/teacher in $KEEP (commit it; the next run goes on from it)"
     exit 0
 fi

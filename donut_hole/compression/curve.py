@@ -2,7 +2,9 @@
 
 ``history.jsonl`` (one evaluation per line, written by the training loop) →
 ``plot_curve(run_dir / "history.jsonl", out_png)``: character error rate on held-out reading pages per level
-and field F1 / nTED accuracy on held-out scans, against images seen (bottom axis) with CPU-hours on top.
+and field F1 / nTED accuracy on held-out scans, against images seen (bottom axis) with CPU-hours on top;
+``curve_table`` the same numbers as a markdown table, which ``write_curve_table`` keeps in a README between
+``<!-- curve:start -->`` and ``<!-- curve:end -->``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,43 @@ def read_history(path: Path) -> list[dict[str, Any]]:
             record = json.loads(line)
             by_step[int(record["step"])] = record
     return [by_step[step] for step in sorted(by_step)]
+
+
+TABLE_START, TABLE_END = "<!-- curve:start -->", "<!-- curve:end -->"
+_COLUMNS = (
+    ("f1", "field F1", "{:.3f}"),
+    ("ted_accuracy", "nTED acc", "{:.3f}"),
+    ("cer_document", "CER document", "{:.2f}"),
+    ("cer_medium", "CER medium", "{:.2f}"),
+    ("cer_easy", "CER easy", "{:.2f}"),
+)
+
+
+def curve_table(history_path: Path) -> str:
+    """The held-out evaluations of ``history_path`` as a markdown table, one row per evaluation."""
+    history = read_history(history_path)
+    columns = [c for c in _COLUMNS if any(c[0] in h for h in history)]
+    lines = [
+        "| images | CPU-hours | " + " | ".join(label for _, label, _ in columns) + " |",
+        "| ---: | ---: |" + " ---: |" * len(columns),
+    ]
+    for h in history:
+        hours = h.get("cpu_hours")
+        cells = [f"{h.get('images', 0):,}", "–" if hours is None else f"{hours:.2f}"]
+        cells += ["–" if h.get(key) is None else form.format(h[key]) for key, _, form in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_curve_table(history_path: Path, readme: Path) -> None:
+    """Replace the table between the curve markers of ``readme`` with :func:`curve_table`."""
+    text = Path(readme).read_text(encoding="utf-8")
+    head, start, rest = text.partition(TABLE_START)
+    _old, end, tail = rest.partition(TABLE_END)
+    if not start or not end:
+        raise ValueError(f"{readme} has no {TABLE_START} ... {TABLE_END} section")
+    table = curve_table(history_path)
+    Path(readme).write_text(f"{head}{TABLE_START}\n{table}{TABLE_END}{tail}", encoding="utf-8")
 
 
 def plot_curve(history_path: Path, out: Path, *, title: str = "learning curve") -> Path:
