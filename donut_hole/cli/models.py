@@ -59,6 +59,14 @@ def evaluate(
     for name, score in result.field_exact_match.items():
         table.add_row(name, f"{score:.3f}")
     console.print(table)
+    by_type = evaluation.by_type()
+    if len(by_type) > 1:
+        kinds = Table(title="by document type")
+        for column in ("document type", "documents", "field F1", "nTED accuracy"):
+            kinds.add_column(column, justify="left" if column == "document type" else "right")
+        for kind, scores in by_type.items():
+            kinds.add_row(kind, str(scores.n), f"{scores.f1:.4f}", f"{scores.ted_accuracy:.4f}")
+        console.print(kinds)
     errors = sum(1 for r in evaluation.records if r["error"])
     console.print(
         f"field F1 [bold]{result.f1:.4f}[/]  nTED accuracy [bold]{result.ted_accuracy:.4f}[/]  "

@@ -28,6 +28,7 @@ TABLE_START, TABLE_END = "<!-- curve:start -->", "<!-- curve:end -->"
 _COLUMNS = (
     ("f1", "field F1", "{:.3f}"),
     ("ted_accuracy", "nTED acc", "{:.3f}"),
+    ("f1_shipping_label", "labels F1", "{:.3f}"),
     ("cer_document", "CER document", "{:.2f}"),
     ("cer_medium", "CER medium", "{:.2f}"),
     ("cer_easy", "CER easy", "{:.2f}"),
@@ -80,7 +81,11 @@ def plot_curve(history_path: Path, out: Path, *, title: str = "learning curve") 
     reading.set(xlabel="images seen", ylabel="CER, held-out reading pages (capped at 1)", ylim=(0, 1.05))
     reading.axhline(0.1, color="grey", linestyle=":", linewidth=1)
     reading.legend(title="level")
-    for key, label in (("f1", "field F1"), ("ted_accuracy", "nTED accuracy")):
+    for key, label in (
+        ("f1", "field F1"),
+        ("ted_accuracy", "nTED accuracy"),
+        ("f1_shipping_label", "field F1, shipping labels"),
+    ):
         points = [(x, h[key]) for x, h in zip(images, history, strict=True) if key in h]
         if points:
             fields.plot(*zip(*points, strict=True), marker=".", label=label)

@@ -134,12 +134,14 @@ def score_model(
     batch_size: int,
     max_new_tokens: int,
 ) -> dict[str, Any]:
-    """Field F1 / nTED accuracy of the in-memory model on ``samples`` (no save needed)."""
+    """Field F1 / nTED accuracy of the in-memory model on ``samples`` (no save needed), and the field F1 of
+    each document type (``f1_<type>``)."""
     was_training = model.training
     reader = DonutReader(model, processor, max_new_tokens=max_new_tokens)
     evaluation = evaluate_reader(reader, samples, batch_size=batch_size, progress=False)
     model.train(was_training)
-    return {"f1": evaluation.result.f1, "ted_accuracy": evaluation.result.ted_accuracy}
+    by_type = {f"f1_{kind}": result.f1 for kind, result in evaluation.by_type().items()}
+    return {"f1": evaluation.result.f1, "ted_accuracy": evaluation.result.ted_accuracy} | by_type
 
 
 def reached_target(history: Sequence[dict[str, Any]], *, step: int, target_f1: float | None) -> bool:

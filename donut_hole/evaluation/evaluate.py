@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +29,24 @@ class Evaluation:
     def docs_per_s(self) -> float:
         return len(self.records) / self.seconds if self.seconds > 0 else 0.0
 
+    def by_type(self) -> dict[str, EvalResult]:
+        """The scores of each document type (the ground truth's ``document_type``; ``other`` where none)."""
+        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for record in self.records:
+            kind = record["ground_truth"].get("document_type")
+            groups[kind if isinstance(kind, str) and kind else "other"].append(record)
+        return {
+            kind: evaluate([r["prediction"] for r in group], [r["ground_truth"] for r in group])
+            for kind, group in sorted(groups.items())
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.result.to_dict(),
+            "by_type": {
+                kind: {"f1": r.f1, "ted_accuracy": r.ted_accuracy, "n": r.n}
+                for kind, r in self.by_type().items()
+            },
             "seconds": self.seconds,
             "docs_per_s": self.docs_per_s,
             "errors": sum(1 for r in self.records if r["error"]),

@@ -69,6 +69,9 @@ def test_evaluate_prints_table_and_writes_json(tmp_path, dataset, model_dir):
     corrupt = report["documents"][2]
     assert corrupt["prediction"] == {} and "not a readable image" in corrupt["error"]
     assert 0.0 <= report["f1"] <= 1.0
+    by_type = report["by_type"]  # the corrupt scan counts, as an empty prediction, for its own type
+    assert sum(scores["n"] for scores in by_type.values()) == 3
+    assert set(by_type) <= {"shipping_label", "delivery_note"}
 
 
 def test_evaluate_missing_model_is_a_clear_error(tmp_path, dataset):

@@ -64,6 +64,7 @@ def test_guided_curriculum_training_saves_a_stock_donut_and_resumes(tmp_path, va
     history = train_teacher(recipe(3), train_dir=None, val_dir=val, out_dir=tmp_path)
     assert [h["step"] for h in history] == [2, 3]
     assert {"f1", "ted_accuracy", "cer_easy", "cer_medium", "images", "cpu_hours"} <= set(history[-1])
+    assert history[-1]["f1_shipping_label"] == history[-1]["f1"]  # held-out labels only
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert {"ce", "guide", "glyph", "images", "cpu_hours"} <= set(log[-1])
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
