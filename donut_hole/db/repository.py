@@ -236,17 +236,23 @@ def batch_progress(session: Session, *, batch_id: str) -> dict[str, int]:
     return counts
 
 
-def results_for_batch(session: Session, *, batch_id: str) -> list[ResultRow]:
-    """One :class:`ResultRow` per document of the batch, ordered by source URI then page; three queries."""
+def results_for_batch(
+    session: Session, *, batch_id: str, limit: int | None = None, offset: int = 0
+) -> list[ResultRow]:
+    """One :class:`ResultRow` per document of the batch, ordered by source URI then page; three queries.
+
+    ``limit`` and ``offset`` pick one page of that order in SQL: only that page's documents, extractions
+    and fields are read, so paging through a large batch costs each page its own size.
+    """
     _batch_or_raise(session, batch_id)
-    documents = session.scalars(
-        select(Document)
-        .where(Document.batch_id == batch_id)
-        .order_by(_source_uri_sql(), Document.page, Document.id)
-    )
-    in_batch = latest_extraction_ids(
-        Extraction.document_id.in_(select(Document.id).where(Document.batch_id == batch_id))
-    )
+    order = (_source_uri_sql(), Document.page, Document.id)
+    page = select(Document.id).where(Document.batch_id == batch_id).order_by(*order)
+    if offset:
+        page = page.offset(offset)
+    if limit is not None:
+        page = page.limit(limit)
+    documents = session.scalars(select(Document).where(Document.id.in_(page)).order_by(*order))
+    in_batch = latest_extraction_ids(Extraction.document_id.in_(page))
     latest: dict[str, Any] = {}  # document id -> its latest extraction row (id, model_id, confidence, note)
     extractions = session.execute(
         select(

@@ -333,6 +333,21 @@ def test_results_for_batch_are_table_rows(factory: Factory) -> None:
     assert (rows[2]["status"], rows[2]["model_id"]) == ("queued", None)
 
 
+def test_a_page_of_results_is_that_slice_of_all_results(factory: Factory) -> None:
+    uris = [f"s3://s/{name}" for name in "edcba"]  # enqueued out of order: the results sort them
+    batch_id, ids = _batch(factory, uris)
+    model_id = _model(factory)
+    for document_id, value in zip(ids[::2], "xyz", strict=True):
+        _save(factory, document_id, model_id, [("total", value, 0.5)])
+    with session_scope(factory) as session:
+        everything = repository.results_for_batch(session, batch_id=batch_id)
+        assert [row["uri"] for row in everything] == sorted(uris)
+        for limit, offset in ((2, 0), (2, 2), (2, 4), (3, 1), (10, 0), (1, 5), (None, 3)):
+            page = repository.results_for_batch(session, batch_id=batch_id, limit=limit, offset=offset)
+            end = None if limit is None else offset + limit
+            assert page == everything[offset:end], (limit, offset)
+
+
 def test_results_use_the_latest_extraction(factory: Factory) -> None:
     batch_id, (document_id,) = _batch(factory, ["s3://s/a"])
     old, new = _model(factory), _model(factory, name="v2", sha256="c" * 64)

@@ -103,16 +103,16 @@ def get_batch_results(
 ) -> BatchResults:
     """The batch's documents ordered by URI, each with the fields of its latest extraction; one page."""
     try:
-        rows = repository.results_for_batch(session, batch_id=batch_id)
+        total = repository.batch_progress(session, batch_id=batch_id)["total"]
+        rows = repository.results_for_batch(session, batch_id=batch_id, limit=limit, offset=offset)
     except repository.BatchNotFound:
         raise HTTPException(404, detail="this batch does not exist") from None
-    page = rows[offset : offset + limit]
     return BatchResults(
         batch_id=batch_id,
-        total=len(rows),
+        total=total,
         limit=limit,
         offset=offset,
-        items=[ResultPublic.model_validate(row) for row in page],
+        items=[ResultPublic.model_validate(row) for row in rows],
     )
 
 
