@@ -61,12 +61,22 @@ def token2json(tokens: str, *, categorical_tokens: Iterable[str] = ()) -> dict[s
     """Parse a generated sequence back into a nested dict (DONUT's ``token2json``).
 
     A key whose end tag is missing is dropped; a value list of length one collapses to its item.
-    Text with no tags at all comes back as ``{"text_sequence": tokens}``.
+    Text with no tags at all comes back as ``{"text_sequence": tokens}``. Top-level parts joined by
+    ``<sep/>`` (which a model may write) merge into one dict; a key in several parts keeps every value.
     """
     categorical = set(categorical_tokens)
     result = _token2json(tokens, is_inner=False, categorical=categorical)
-    assert isinstance(result, dict)
-    return result
+    if isinstance(result, dict):
+        return result
+    merged: dict[str, Any] = {}
+    for part in result:
+        for key, value in part.items() if isinstance(part, dict) else ():
+            if key not in merged:
+                merged[key] = value
+            else:
+                before = merged[key]
+                merged[key] = [*(before if isinstance(before, list) else [before]), value]
+    return merged
 
 
 def _token2json(tokens: str, *, is_inner: bool, categorical: set[str]) -> dict[str, Any] | list[Any]:

@@ -32,6 +32,14 @@ def test_token2json_like_donut():
     assert token2json("<s_c><s_d>1</s_d><sep/><s_d>2</s_d></s_c>") == {"c": [{"d": "1"}, {"d": "2"}]}
 
 
+def test_token2json_merges_top_level_parts_a_model_writes():
+    """A half-trained model may write ``<sep/>`` between top-level fields: one dict, nothing lost."""
+    assert token2json("<s_a>x</s_a><sep/><s_b>y</s_b>") == {"a": "x", "b": "y"}
+    assert token2json("<s_a>x</s_a><sep/><s_a>y</s_a><sep/><s_a>z</s_a>") == {"a": ["x", "y", "z"]}
+    assert token2json("<s_a>x<sep/>w</s_a><sep/><s_a>y</s_a>") == {"a": ["x", "w", "y"]}
+    assert token2json("<s_a>x</s_a><sep/>no tags") == {"a": "x"}
+
+
 _text = (
     st.text(alphabet=BASE_ALPHABET.replace("<", "").replace(">", ""), min_size=1, max_size=12)
     .map(str.strip)
