@@ -68,6 +68,7 @@ def plot_curve(history_path: Path, out: Path, *, title: str = "learning curve") 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     history = read_history(history_path)
     if not history:
@@ -92,6 +93,8 @@ def plot_curve(history_path: Path, out: Path, *, title: str = "learning curve") 
     fields.set(xlabel="images seen", ylabel="held-out scans", ylim=(0, 1))
     fields.axhline(0.95, color="grey", linestyle=":", linewidth=1)
     fields.legend()
+    for axis in (reading, fields):  # 150k, not 150000: long tick labels run into each other
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x / 1000:g}k"))
     if all(h.get("cpu_hours") is not None for h in history) and images[-1] > images[0]:
         seen, hours = cpu_axis(images, [float(h["cpu_hours"]) for h in history])
         for axis in (reading, fields):
