@@ -558,20 +558,13 @@ def _run(
                 if main and step > start and step % config.checkpoint_every == 0:
                     checkpoint()
                 if group is not None:  # all ranks agree on the schedule and on stopping, before the step
-                    done = bool(main) and (
-                        reached_target(run.history, step=step, target_f1=config.target_f1)
-                        or clock.out_of_time()
-                    )
+                    target = reached_target(run.history, step=step, target_f1=config.target_f1)
+                    done = bool(main) and (target or clock.out_of_time())
                     stop = signalled is not None and signalled.is_set()
                     at, stopping, interrupted = group.control(at, stop=stop or done, interrupt=stop)
                     if stopping:
-                        target = reached_target(run.history, step=step, target_f1=config.target_f1)
-                        _log_stop(
-                            "interrupted" if interrupted else "target" if target else "time",
-                            run,
-                            config,
-                            main,
-                        )
+                        if not interrupted:  # an interruption is told once its checkpoint is written
+                            _log_stop("target" if target else "time", run, config, main)
                         break
                 lr = get_lr(
                     at,
@@ -631,10 +624,12 @@ def _run(
                 checkpoint()
                 _log_stop("interrupted", run, config, main)
             raise
-        if main and run.step > start:
-            if interrupted:  # a signal stopped the group: keep the steps, skip the final evaluation
+        if main and interrupted:  # a signal stopped the group: keep the steps, skip the final evaluation
+            if run.step > start:
                 checkpoint()
-                raise KeyboardInterrupt
+                _log_stop("interrupted", run, config, main)
+            raise KeyboardInterrupt
+        if main and run.step > start:
             evaluate(run.step)
             checkpoint()
     return run.history
