@@ -10,13 +10,25 @@
 # scripts/train_default_model.sh --save [RUN_DIR]   keep the teacher's newest checkpoint and its curves in
 #   checkpoints/teacher-cpu (to commit, so that the next machine goes on from there), plot the curve and
 #   rewrite the curve's table in its README (between <!-- curve:start --> and <!-- curve:end -->)
+# scripts/train_default_model.sh --anneal N [RUN_DIR]   anneal a copy of the teacher's newest checkpoint: N
+#   more steps with the learning rate decaying (cosine) to ANNEAL_MIN (0.05) of it, in RUN_DIR/anneal, then
+#   evaluate it on the held-out set. The open-ended run in RUN_DIR/teacher is left as it was (its constant
+#   rate goes on learning; an annealed copy shows what it reads now). Resumable like the rest.
+#   Once the teacher stops by itself (its target F1), the chain anneals it (ANNEAL_STEPS, default 1000 for a
+#   recipe with a 'data' curriculum, 0 for others) and the annealed copy is the teacher that is distilled.
 # Quick smoke run of the whole chain: SMOKE=1 scripts/train_default_model.sh /tmp/smoke
 # Other recipes (a GPU machine): TEACHER_RECIPE=configs/teacher-small.yaml STUDENT_RECIPE=configs/donut-hole-small.yaml
 #   (a teacher recipe without a 'data' curriculum trains on N_TRAIN synthetic scans instead)
 # In a fixed time: TEACHER_S=300 TEACHER_ONLY=1 ..., then STUDENT_ONLY=1 STUDENT_S=120 ...
 set -euo pipefail
 SAVE=0
+ANNEAL=0
 [[ "${1:-}" == --save ]] && { SAVE=1; shift; }
+if [[ "${1:-}" == --anneal ]]; then
+    ANNEAL=${2:-}
+    [[ "$ANNEAL" =~ ^[1-9][0-9]*$ ]] || { echo "--anneal needs a number of steps, e.g. --anneal 1000" >&2; exit 2; }
+    shift 2
+fi
 INVOCATION="TEACHER_RECIPE=${TEACHER_RECIPE:-} SMOKE=${SMOKE:-0} TEACHER_ONLY=${TEACHER_ONLY:-0} STUDENT_ONLY=${STUDENT_ONLY:-0} INIT=${INIT:-} TEACHER_S=${TEACHER_S:-} STUDENT_S=${STUDENT_S:-} $0 $*"
 RUN=${1:-runs/default}
 N_TRAIN=${2:-12000}
@@ -27,12 +39,18 @@ N_VAL=${N_VAL:-500}
 BIN=${BIN:-.venv/bin}
 PY=${PY:-$BIN/python}
 read -ra DH <<< "${DH:-$BIN/donut-hole}"  # DH="python3 -m donut_hole" where nothing is installed
+MAX_NEW=512
+# open-ended teachers (a 'data' curriculum, constant learning rate) end with an anneal; others decay themselves
+ANNEAL_STEPS=${ANNEAL_STEPS:-$(grep -q '^data:' "$TEACHER_RECIPE" && echo 1000 || echo 0)}
 EXTRA=()
+SMOKE_SET=()
 TEACHER=()
 STUDENT=()
 if [[ "${SMOKE:-0}" == 1 ]]; then
-    N_TRAIN=16 N_VAL=4 SMOKE_RUN=1
-    EXTRA=(--steps 4 --set train.eval_every=2 --set train.eval_samples=2 --set train.max_new_tokens=16)
+    N_TRAIN=16 N_VAL=4 SMOKE_RUN=1 MAX_NEW=16
+    [[ $ANNEAL_STEPS != 0 ]] && ANNEAL_STEPS=2
+    SMOKE_SET=(--set train.eval_every=2 --set train.eval_samples=2 --set train.max_new_tokens=16)
+    EXTRA=(--steps 4 "${SMOKE_SET[@]}")
 fi
 if [[ -n "${INIT:-}" ]]; then
     TEACHER+=(--set "init=$INIT" --set train.seed=1)  # another seed: a new batch order over the same data
@@ -54,7 +72,40 @@ if [[ $SAVE == 1 ]]; then
     echo "kept $RUN/teacher in $KEEP (commit it; the next run goes on from it)"
     exit 0
 fi
+# anneal N: a copy of the teacher's newest checkpoint trains N more steps while its learning rate decays,
+# in $RUN/anneal, and is evaluated on the held-out set; a teacher that moved on since is annealed afresh.
+anneal() {
+    local n=$1 a="$RUN/anneal" from
+    [[ -f "$RUN/teacher/checkpoint.pt" ]] || { echo "no teacher checkpoint in $RUN/teacher" >&2; exit 1; }
+    from=$("$PY" -c "import sys, torch; print(torch.load(sys.argv[1], map_location='cpu', weights_only=False)['step'])" \
+        "$RUN/teacher/checkpoint.pt")
+    if [[ -f "$a/anneal.json" ]] && ! grep -qx "{\"from_step\": $from, \"steps\": $n}" "$a/anneal.json"; then
+        echo "$a was annealed from another checkpoint or over another number of steps: annealing afresh"
+        rm -rf "$a"
+    fi
+    if [[ ! -f "$a/anneal.json" ]]; then
+        mkdir -p "$a"
+        cp "$RUN/teacher/checkpoint.pt" "$RUN/teacher/history.jsonl" "$RUN/teacher/train_log.jsonl" "$a/"
+        echo "{\"from_step\": $from, \"steps\": $n}" > "$a/anneal.json"
+    fi
+    echo "annealing the teacher from step $from over $n steps in $a"
+    "${DH[@]}" train --recipe "$TEACHER_RECIPE" --val "$RUN/val" --out "$a" --resume --steps $((from + n)) \
+        --set "train.decay_steps=$n" --set "train.min_lr_ratio=${ANNEAL_MIN:-0.05}" --set train.target_f1=null \
+        "${SMOKE_SET[@]}"
+    [[ "$a/evaluation.json" -nt "$a/model/model.safetensors" ]] ||
+        "${DH[@]}" evaluate --model "$a/model" --data "$RUN/val" --max-new-tokens "$MAX_NEW" --batch-size 16 \
+            --out "$a/evaluation.json"
+}
+synth_val() {
+    [[ -f "$RUN/val/metadata.jsonl" ]] || "${DH[@]}" synth --kind all --n "$N_VAL" --seed 1000 \
+        --width 448 --height 448 --out "$RUN/val"
+}
 mkdir -p "$RUN"
+if [[ $ANNEAL != 0 ]]; then
+    synth_val
+    anneal "$ANNEAL"
+    exit 0
+fi
 # run.json: data seeds and sizes, the commands, the hardware; `donut-hole ship` puts them in the model cards
 record() {  # record started|finished
     "$PY" - "$RUN/run.json" "$1" "$N_TRAIN" "$N_VAL" "$INVOCATION" <<'PY'
@@ -79,8 +130,7 @@ path.write_text(json.dumps(run, indent=2))
 PY
 }
 record started
-[[ -f "$RUN/val/metadata.jsonl" ]] || "${DH[@]}" synth --kind all --n "$N_VAL" --seed 1000 \
-    --width 448 --height 448 --out "$RUN/val"
+synth_val
 synth_train() {
     [[ -f "$RUN/train/metadata.jsonl" ]] || "${DH[@]}" synth --kind all --n "$N_TRAIN" --seed 0 \
         --width 448 --height 448 --out "$RUN/train"
@@ -98,6 +148,12 @@ if [[ "${STUDENT_ONLY:-0}" != 1 ]]; then  # STUDENT_ONLY=1: the teacher in $RUN/
     fi
     "${DH[@]}" train --recipe "$TEACHER_RECIPE" "${TRAIN_DATA[@]}" --val "$RUN/val" \
         --out "$RUN/teacher" --resume "${TEACHER[@]}" "${EXTRA[@]}"
+    if [[ $ANNEAL_STEPS != 0 ]]; then  # the teacher that ships is the annealed copy
+        anneal "$ANNEAL_STEPS"
+        rm -rf "$RUN/teacher/model"
+        cp -r "$RUN/anneal/model" "$RUN/teacher/model"
+        cp "$RUN/anneal/evaluation.json" "$RUN/teacher/evaluation.json"
+    fi
 fi
 [[ "${TEACHER_ONLY:-0}" == 1 ]] && exit 0
 synth_train
@@ -106,7 +162,7 @@ synth_train
 for side in teacher student; do
     # a teacher evaluated since it was saved (scripts/device_default_model.sh teacher) is not read again
     [[ "$RUN/$side/evaluation.json" -nt "$RUN/$side/model/model.safetensors" ]] && continue
-    "${DH[@]}" evaluate --model "$RUN/$side/model" --data "$RUN/val" --max-new-tokens 512 \
+    "${DH[@]}" evaluate --model "$RUN/$side/model" --data "$RUN/val" --max-new-tokens "$MAX_NEW" \
         --out "$RUN/$side/evaluation.json"
 done
 record finished

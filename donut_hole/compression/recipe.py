@@ -34,6 +34,13 @@ class TrainConfig(_Strict):
     lr: float = Field(5e-4, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final lr as a fraction of lr (cosine floor).")
     warmup_steps: int = Field(100, ge=0)
+    decay_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Decay the lr only over the last N steps (warmup-stable-decay: constant lr before "
+        "them); unset: over all steps after the warm-up. To anneal an open-ended run from its checkpoint: "
+        "--resume with steps = its step + N and decay_steps = N, into a copy of its folder.",
+    )
     weight_decay: float = Field(0.01, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     eval_every: int = Field(200, ge=1)

@@ -60,19 +60,33 @@ def _stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def get_lr(step: int, *, lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
-    """Linear warmup, then cosine decay to ``lr * min_lr_ratio``.
+def get_lr(
+    step: int,
+    *,
+    lr: float,
+    warmup_steps: int,
+    total_steps: int,
+    min_lr_ratio: float,
+    decay_steps: int | None = None,
+) -> float:
+    """Linear warmup, then cosine decay to ``lr * min_lr_ratio``: over all the steps after the warm-up, or,
+    with ``decay_steps`` (warmup-stable-decay), only over the last ``decay_steps`` steps, ``lr`` before them.
 
     >>> get_lr(0, lr=1.0, warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
     0.1
     >>> get_lr(110, lr=1.0, warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
     0.1
+    >>> get_lr(50, lr=1.0, warmup_steps=10, total_steps=110, min_lr_ratio=0.1, decay_steps=20)
+    1.0
     """
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
     if step >= total_steps:
         return lr * min_lr_ratio
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    start = warmup_steps if decay_steps is None else max(warmup_steps, total_steps - decay_steps)
+    if step < start:
+        return lr
+    progress = (step - start) / max(1, total_steps - start)
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -572,6 +586,7 @@ def _run(
                     warmup_steps=config.warmup_steps,
                     total_steps=config.steps,
                     min_lr_ratio=config.min_lr_ratio,
+                    decay_steps=config.decay_steps,
                 )
                 for param_group in optimizer.param_groups:
                     param_group["lr"] = lr

@@ -25,6 +25,18 @@ def test_get_lr_warmup_then_cosine():
     assert all(a >= b for a, b in itertools.pairwise(lrs))
 
 
+def test_get_lr_warmup_stable_decay():
+    kw = {"lr": 1.0, "warmup_steps": 10, "total_steps": 1000, "min_lr_ratio": 0.1, "decay_steps": 100}
+    assert get_lr(5, **kw) == pytest.approx(0.6)  # the warm-up is as before
+    assert [get_lr(s, **kw) for s in (10, 500, 900)] == pytest.approx([1.0, 1.0, 1.0])  # stable
+    assert get_lr(950, **kw) == pytest.approx(0.55)  # half way down its own cosine
+    assert get_lr(1000, **kw) == pytest.approx(0.1)
+    lrs = [get_lr(s, **kw) for s in range(900, 1001)]
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
+    # a decay longer than the run after its warm-up is the plain cosine
+    assert get_lr(505, **(kw | {"decay_steps": 5000})) == get_lr(505, **(kw | {"decay_steps": None}))
+
+
 def test_step_sampler_depends_only_on_seed_and_step():
     full = list(StepSampler(10, batch_size=3, seed=1, start=0, stop=8))
     resumed = list(StepSampler(10, batch_size=3, seed=1, start=5, stop=8))
