@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from multipage import broken, coloured_pages, pdf_of, tiff_of
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
+from donut_hole.api import create_app
 from donut_hole.db import repository
 from donut_hole.settings import Settings
 from donut_hole.storage import make_s3_client, parse_s3_uri
@@ -85,6 +87,29 @@ def test_a_chunked_body_over_the_limit_is_413(
     response = client.post("/v1/documents", content=chunks(), headers=headers)
     assert response.status_code == 413
     assert "request body is larger than" in response.json()["detail"]
+
+
+def test_a_file_with_more_pages_than_the_limit_is_413_and_nothing_is_stored(
+    auth: dict[str, str], messages: Any, settings: Settings, s3_bucket: str
+) -> None:
+    s3 = make_s3_client(endpoint_url=settings.s3_endpoint_url)
+
+    def stored() -> int:
+        return s3.list_objects_v2(Bucket=s3_bucket, Prefix="api-store/uploads/")["KeyCount"]
+
+    with TestClient(create_app(settings.model_copy(update={"max_pages": 2}))) as client:
+        before_messages, before_objects = len(messages()), stored()
+        three = {"three.pdf": pdf_of(coloured_pages(3)), "three.tif": tiff_of(coloured_pages(3))}
+        for name, data in three.items():
+            response = _upload(client, auth, data, name=name)
+            assert response.status_code == 413, name
+            assert response.json()["detail"] == "the file has 3 pages, the limit is 2 (DONUT_HOLE_MAX_PAGES)"
+        assert (len(messages()), stored()) == (before_messages, before_objects)  # nothing queued or kept
+
+        assert _upload(client, auth, pdf_of(coloured_pages(2)), name="two.pdf").status_code == 202
+        # a PDF whose pages cannot be counted here is the worker's to fail, with its reason
+        assert _upload(client, auth, broken(pdf_of(coloured_pages(3))), name="cut.pdf").status_code == 202
+        assert (len(messages()), stored()) == (before_messages + 2, before_objects + 2)
 
 
 @pytest.mark.parametrize(

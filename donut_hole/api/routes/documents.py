@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile
 
 from donut_hole.api import metrics
 from donut_hole.api.deps import ApiKeyDep, ServicesDep, SessionDep, SettingsDep
-from donut_hole.api.images import SNIFF_BYTES, sniff_image_type
+from donut_hole.api.images import SNIFF_BYTES, count_pages, sniff_image_type
 from donut_hole.api.queries import documents_public
 from donut_hole.api.schemas import DocumentPublic, UploadAccepted
 from donut_hole.db import repository
@@ -25,7 +25,10 @@ router = APIRouter(prefix="/v1/documents", tags=["documents"], dependencies=[Api
     "",
     status_code=202,
     responses={
-        413: {"description": "The scan is larger than DONUT_HOLE_MAX_IMAGE_BYTES."},
+        413: {
+            "description": "The scan is larger than DONUT_HOLE_MAX_IMAGE_BYTES, or has more pages than "
+            "DONUT_HOLE_MAX_PAGES."
+        },
         415: {"description": "Not a JPEG, PNG, TIFF, WebP, BMP or GIF image, nor a PDF."},
         422: {"description": "No file, or an empty one; a callback_url that is not allowed."},
         503: {"description": "Object store, broker or database unreachable."},
@@ -68,6 +71,10 @@ def upload_document(
             detail="the file is not a JPEG, PNG, TIFF, WebP, BMP or GIF image nor a PDF "
             "(checked by its content)",
         )
+    pages = count_pages(data, media_type)
+    if pages is not None and pages > settings.max_pages:
+        detail = f"the file has {pages} pages, the limit is {settings.max_pages} (DONUT_HOLE_MAX_PAGES)"
+        raise HTTPException(413, detail=detail)
     batch_id, document_id = enqueue.submit_upload(
         services, data=data, filename=file.filename or "upload", session=session, callback_url=callback_url
     )
