@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/models.py --device cpu            # about 10 minutes on 2 cores
     .venv/bin/python benchmarks/models.py --device cuda           # about 4-5 minutes on one H200
     .venv/bin/python benchmarks/models.py --quick --preset tiny   # smoke run, seconds
+    .venv/bin/python benchmarks/models.py --teacher runs/default/anneal/model \
+        --recipe configs/donut-hole-cpu.yaml --variants teacher,layers,structured   # a trained teacher
 
 All variants come from one randomly initialised teacher in the published donut-base layout (random weights
 are fine for speed) and run on the same DONUT-preprocessed synthetic scans. A pass is one batch: the Swin
@@ -58,8 +60,9 @@ from benchmarks.students.variants import (  # noqa: E402
 )
 from donut_hole.compression.batches import target_texts  # noqa: E402
 from donut_hole.compression.recipe import CompressRecipe, load_recipe  # noqa: E402
+from donut_hole.compression.student import processor_size  # noqa: E402
 from donut_hole.documents.synth import sample_scan  # noqa: E402
-from donut_hole.model.build import PRESETS, make_processor, new_model  # noqa: E402
+from donut_hole.model.build import PRESETS, load_model, make_processor, new_model  # noqa: E402
 
 log = logging.getLogger("benchmarks.models")
 QUICK_RESOLUTIONS = {"tiny": "320x240,256x192", "donut-base": "640x480,448x384"}
@@ -88,6 +91,12 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--preset", choices=sorted(PRESETS), default="donut-base", help="teacher layout")
+    p.add_argument(
+        "--teacher",
+        type=Path,
+        help="a model folder to derive the variants from instead of --preset (its layout and input size; "
+        "e.g. the default teacher with --recipe configs/donut-hole-cpu.yaml)",
+    )
     p.add_argument("--recipe", type=Path, help="compression recipe (default configs/<preset>.yaml)")
     p.add_argument("--resolutions", help="HEIGHTxWIDTH list (default 2560x1920,1280x960)")
     p.add_argument("--batch-sizes", help="default 1,8 on cpu; 1,8,64 on cuda")
@@ -124,6 +133,11 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
             warmup_tokens=2,
             budget_s=0.0,
         )
+    if args.teacher is not None:
+        if args.recipe is None:
+            p.error("--teacher needs --recipe (the compression recipe its students follow)")
+        size = processor_size(load_model(args.teacher)[1])
+        defaults["resolutions"] = f"{size[0]}x{size[1]}"  # the size the model was trained at
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -152,7 +166,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     memory = PeakMemory(device)
 
     docs, images = scans(min(8, max(batch_sizes)))
-    teacher, processor = new_model(args.preset, documents=docs, image_size=sizes[0])
+    if args.teacher is not None:
+        teacher, processor = load_model(args.teacher)
+    else:
+        teacher, processor = new_model(args.preset, documents=docs, image_size=sizes[0])
     shared = check_resolutions(teacher, sizes)
     log.info("building %s on %s", names, device)
     vocabulary = None
@@ -194,7 +211,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": "python benchmarks/models.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "settings": {
             "device": args.device,
-            "preset": args.preset,
+            "preset": args.preset if args.teacher is None else None,
+            "teacher": str(args.teacher) if args.teacher is not None else None,
             "recipe": str(args.recipe),
             "resolutions": [f"{h}x{w}" for h, w in sizes],
             "batch_sizes": batch_sizes,
