@@ -2,8 +2,11 @@ import io
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image, ImageDraw
+from published import write_published
 
+from donut_hole.model import predict
 from donut_hole.model.predict import DocumentError, DonutReader, load_image
 
 REAL_SCANS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real_scans"
@@ -75,6 +78,65 @@ def test_predict_batched_equals_one_by_one(tiny_model_dir):
         assert 0.0 <= p.confidence <= 1.0
         assert 1 <= len(p.token_probs) <= 12
     assert reader.timings.encode_s > 0
+
+
+def _taught(reader: DonutReader, images: list[Image.Image], texts: list[str], steps: int = 80) -> None:
+    """Teach ``reader``'s model to read each image as its text (a few dozen steps: it memorises them)."""
+    tokenizer = reader.processor.tokenizer
+    start = tokenizer.convert_tokens_to_ids(reader.task_token)
+    rows = [[start, *tokenizer(t, add_special_tokens=False).input_ids, tokenizer.eos_token_id] for t in texts]
+    labels = torch.full((len(rows), max(map(len, rows))), -100)
+    for i, row in enumerate(rows):
+        labels[i, : len(row)] = torch.tensor(row)
+    inputs = labels[:, :-1].masked_fill(labels[:, :-1] == -100, tokenizer.pad_token_id)
+    pixels = reader.pixel_values(images)
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(reader.model.parameters(), lr=3e-3)
+    reader.model.train()
+    for _ in range(steps):
+        logits = reader.model(pixel_values=pixels, decoder_input_ids=inputs).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    reader.model.eval()
+
+
+def test_the_greedy_loop_reads_as_generate_does(tiny_model_dir, tmp_path, monkeypatch):
+    """The reader's own greedy loop gives the tokens and probabilities transformers' ``generate`` gives,
+    with documents of one batch ending at different steps, and at the token limit (a forced EOS)."""
+    reader = DonutReader.from_path(tiny_model_dir, max_new_tokens=24)
+    images = [Image.new("RGB", (160, 160), colour) for colour in ("black", "white")]
+    _taught(reader, images, ["1Z9", "2.5 kg 1Z999AA1012"])
+    published = DonutReader.from_path(
+        write_published(tmp_path / "cord", kind="cord-v2", weights="safetensors"),
+        max_new_tokens=6,
+        task_prompt="<s_cord-v2>",
+    )
+    assert published.model.generation_config.forced_eos_token_id is not None
+    for case, batch in ((reader, [*images, images[0]]), (published, images)):
+        pixels = case.pixel_values(batch)
+        assert predict._plain_greedy(case.model)
+        own = case.generate(pixels)
+        with monkeypatch.context() as patch:
+            patch.setattr(predict, "_plain_greedy", lambda model: False)
+            theirs = case.generate(pixels)
+        assert [p.sequence for p in own] == [p.sequence for p in theirs]
+        for a, b in zip(own, theirs, strict=True):
+            assert a.token_probs == pytest.approx(b.token_probs, abs=1e-6)
+    assert [len(p.token_probs) for p in own] == [6, 6]  # the published one ran to the limit
+    lengths = [len(p.token_probs) for p in reader.generate(reader.pixel_values(images))]
+    assert lengths[0] < lengths[1] < 24  # the taught one ended at its own EOS, each at its step
+
+
+def test_a_generation_config_with_its_own_processors_is_read_by_generate(tiny_model_dir):
+    reader = DonutReader.from_path(tiny_model_dir, max_new_tokens=4)
+    assert predict._plain_greedy(reader.model)
+    reader.model.generation_config.no_repeat_ngram_size = 2
+    assert not predict._plain_greedy(reader.model)
+    assert len(reader.predict([_jpeg(_label("X"))])) == 1
 
 
 def test_predict_on_real_phone_photos(tiny_model_dir):
