@@ -108,6 +108,8 @@ class Group:
             if process.is_alive():
                 process.kill()
                 process.join()
+            if not failed and process.exitcode != 0:  # the run is saved; say that a helper did not end well
+                log.warning("training helper %s ended with exit code %s", process.name, process.exitcode)
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -263,3 +265,8 @@ def _helper_main(
         sys.stderr.flush()
         os._exit(1)
     dist.destroy_process_group()
+    # Leave without the interpreter's teardown, as on failure: a helper has nothing left to save, and at a
+    # stop its C++ static destructors were seen to abort ("terminate called without an active exception").
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
