@@ -7,7 +7,9 @@ for data rendered on the fly. :func:`make_loader` picks one.
 
 from __future__ import annotations
 
+import atexit
 import functools
+import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -176,10 +178,18 @@ def make_loader(
         num_workers=config.num_workers,
         persistent_workers=False,
         worker_init_fn=_ignore_sigterm,
+        # a data-parallel rank's loader starts from a fresh interpreter: a fork would copy its gloo group
+        # and thread pools without their threads (a helper's forked loader aborted at the end of a run)
+        multiprocessing_context="spawn" if shard[1] > 1 and config.num_workers > 0 else None,
     )
 
 
 def _ignore_sigterm(_worker_id: int) -> None:
     """Loader processes leave SIGTERM to the trainer: a stop sent to the whole process group (CI, a
-    terminal's kill) must reach the trainer's checkpoint, not fail it first with a dead loader."""
+    terminal's kill) must reach the trainer's checkpoint, not fail it first with a dead loader; and they
+    end without the interpreter's teardown."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A spawned loader ends as a fresh interpreter does, and torch's C++ teardown has been seen to abort
+    # there ("terminate called without an active exception") once the trainer is gone: it has nothing to
+    # save, so it leaves at its first exit hook. (A forked loader already leaves with os._exit.)
+    atexit.register(os._exit, 0)
