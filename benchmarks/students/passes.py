@@ -81,7 +81,7 @@ class PeakMemory:
 def generate_kwargs(
     processor: Any, model: Donut, *, tokens: int, batch: int, device: torch.device
 ) -> dict[str, Any]:
-    """What ``DonutReader.generate`` passes to ``generate``, plus ``min_new_tokens = max_new_tokens``."""
+    """The reader's greedy settings for ``generate``, plus ``min_new_tokens = max_new_tokens``."""
     tokenizer = processor.tokenizer
     start = torch.full((batch, 1), model.config.decoder_start_token_id, dtype=torch.long, device=device)
     return {
