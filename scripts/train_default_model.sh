@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Train the embedded default models, resumably: teacher → DONUT-hole student → evaluation.
+# Train the embedded default models, resumably: teacher → anneal → DONUT-hole student → evaluation.
 #
 # Usage: scripts/train_default_model.sh [RUN_DIR] [N_TRAIN]     start, or go on where it stopped
 #   The teacher (configs/teacher-cpu.yaml) learns on pages rendered on the fly (reading pages, then the
-#   three document types) until its held-out field F1 reaches the recipe's target (train.target_f1); it
-#   starts from checkpoints/teacher-cpu when RUN_DIR has no checkpoint of its own. The student
+#   three document types) at a constant learning rate until its held-out field F1 reaches the recipe's
+#   target (train.target_f1), then an annealed copy of it becomes the teacher (below); it starts from
+#   checkpoints/teacher-cpu when RUN_DIR has no checkpoint of its own. The student
 #   (configs/donut-hole-cpu.yaml) is distilled on N_TRAIN synthetic scans (seed 0). Held-out: 500 scans,
 #   seed 1000. Stop it any time with SIGTERM or Ctrl-C: it checkpoints first; the same command goes on.
 # scripts/train_default_model.sh --save [RUN_DIR]   keep the teacher's newest checkpoint and its curves in
