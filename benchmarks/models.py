@@ -136,8 +136,7 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     if args.teacher is not None:
         if args.recipe is None:
             p.error("--teacher needs --recipe (the compression recipe its students follow)")
-        size = processor_size(load_model(args.teacher)[1])
-        defaults["resolutions"] = f"{size[0]}x{size[1]}"  # the size the model was trained at
+        del defaults["resolutions"]  # main takes the size the model was trained at, once it is loaded
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -157,6 +156,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    loaded = load_model(args.teacher) if args.teacher is not None else None
+    if args.resolutions is None and loaded is not None:
+        height, width = processor_size(loaded[1])
+        args.resolutions = f"{height}x{width}"
     sizes = parse_sizes(args.resolutions)
     batch_sizes = sorted({int(b) for b in args.batch_sizes.split(",")})
     names = [n.strip() for n in args.variants.split(",")]
@@ -166,10 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     memory = PeakMemory(device)
 
     docs, images = scans(min(8, max(batch_sizes)))
-    if args.teacher is not None:
-        teacher, processor = load_model(args.teacher)
-    else:
-        teacher, processor = new_model(args.preset, documents=docs, image_size=sizes[0])
+    teacher, processor = loaded or new_model(args.preset, documents=docs, image_size=sizes[0])
     shared = check_resolutions(teacher, sizes)
     log.info("building %s on %s", names, device)
     vocabulary = None
