@@ -96,6 +96,14 @@ class Stage(_Strict):
 
     until: int | None = Field(None, gt=0, description="Images seen when this stage ends; null: never.")
     mix: dict[str, float] = Field(description="Source → weight, e.g. {reading/easy: 1, shipping_label: 1}.")
+    page_shapes: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of the document scans drawn in their own page shape (the type's page size, e.g. "
+        "640x480, its short side 0.66-1.0 of the long one) and fitted to the input as a reader fits a scan "
+        "(resized, then padded); the rest are drawn at the input size.",
+    )
 
     @field_validator("mix")
     @classmethod

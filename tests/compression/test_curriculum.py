@@ -8,13 +8,17 @@ from pydantic import ValidationError
 
 from donut_hole.compression.curriculum import (
     READING_TASK_TOKEN,
+    SHORT_SIDE,
     CurriculumDataset,
     CurriculumSampler,
+    Draw,
     collate_located,
+    fitted,
     render,
 )
 from donut_hole.compression.recipe import CurriculumConfig
 from donut_hole.documents.synth import generate
+from donut_hole.model.build import make_processor
 from donut_hole.model.tokens import build_tokenizer, field_tokens, json2token
 
 
@@ -48,12 +52,48 @@ def test_sampler_follows_the_stages_and_resumes_exactly():
     c = config(seed=3)
     full = list(CurriculumSampler(c, batch_size=4, start=0, stop=12))
     assert full[3:] == list(CurriculumSampler(c, batch_size=4, start=3, stop=12))
-    assert all(source == "reading/easy" for batch in full[:5] for source, _ in batch)  # 5 x 4 = 20 images
-    later = [source for batch in full[5:] for source, _ in batch]
+    assert all(d.source == "reading/easy" for batch in full[:5] for d in batch)  # 5 x 4 = 20 images
+    later = [d.source for batch in full[5:] for d in batch]
     assert set(later) == {"shipping_label", "reading/medium"}
     assert later.count("reading/medium") > later.count("shipping_label")  # weights 3 : 1
-    indices = [i for batch in full for _, i in batch]
+    indices = [d.number for batch in full for d in batch]
     assert len(indices) == len(set(indices))  # no sample drawn twice
+    assert all(d.size is None for batch in full for d in batch)  # no page shapes asked for
+
+
+def test_page_shapes_draw_document_pages_in_their_own_shape():
+    stages = [{"mix": {"shipping_label": 1, "bill_of_lading": 1, "reading/document": 1}}]
+    plain = list(CurriculumSampler(config(stages=stages), batch_size=8, start=0, stop=20))
+    shaped_stages = [{**stages[0], "page_shapes": 1.0}]
+    shaped = list(CurriculumSampler(config(stages=shaped_stages), batch_size=8, start=0, stop=20))
+    # the same samples as without shapes: only their page size is drawn in addition
+    assert [[d[:2] for d in batch] for batch in shaped] == [[d[:2] for d in batch] for batch in plain]
+    draws = [d for batch in shaped for d in batch]
+    assert all(d.size is None for d in draws if d.source == "reading/document")
+    sizes = {d.source: [] for d in draws}
+    for d in draws:
+        if d.size is not None:
+            sizes[d.source].append(d.size)
+    assert all(w == 640 and SHORT_SIDE[0] * 640 - 1 <= h <= 640 for w, h in sizes["bill_of_lading"])
+    assert all(h == 640 and SHORT_SIDE[0] * 640 - 1 <= w <= 640 for w, h in sizes["shipping_label"])
+    assert len(set(sizes["shipping_label"])) > 3  # the short side varies
+    half = [{**stages[0], "page_shapes": 0.5}]
+    documents = [d for b in CurriculumSampler(config(stages=half), batch_size=8, start=0, stop=40) for d in b]
+    share = np.mean([d.size is not None for d in documents if d.source != "reading/document"])
+    assert 0.35 < share < 0.65
+
+
+@pytest.mark.parametrize("size", [(640, 480), (480, 640), (422, 640), (640, 640), (600, 423)])
+def test_fitted_is_where_the_processor_puts_the_page(size):
+    processor = make_processor(build_tokenizer(field_special_tokens=[]), (448, 448))
+    page = Image.new("RGB", size, (255, 255, 255))
+    pixels = processor.image_processor(page, return_tensors="pt")["pixel_values"][0]  # (3, H, W)
+    content = (pixels[0] > 0).nonzero()  # white page (1.0) on the pad (-1.0)
+    top, left = content.min(0).values.tolist()
+    bottom, right = content.max(0).values.tolist()
+    scale, dx, dy = fitted(size, (448, 448))
+    assert abs(left - dx) <= 1 and abs(top - dy) <= 1
+    assert abs((right + 1) - (dx + size[0] * scale)) <= 1 and abs((bottom + 1) - (dy + size[1] * scale)) <= 1
 
 
 def test_a_rendered_document_is_the_scan_synth_writes(tmp_path):
@@ -104,3 +144,35 @@ def test_dataset_items_carry_aligned_guidance():
     batch = collate_located([item, dataset[("reading/easy", 1)]], pad_token_id=tokenizer.pad_token_id)
     assert batch["cells"].shape == (2, batch["input_ids"].shape[1] - 1)
     assert batch["glyphs"].shape == (2, 784) and batch["pixel_values"].shape == (2, 3, 448, 448)
+
+
+def test_a_shaped_page_moves_its_guidance_with_the_fitting():
+    sample = render("shipping_label", seed=0, index=0, size=(448, 640))
+    tokenizer = build_tokenizer(field_special_tokens=[*field_tokens([sample.gt_parse]), "<s_logistics>"])
+    processor = make_processor(tokenizer, (448, 448))
+    dataset = CurriculumDataset(
+        config(),
+        tokenizer=tokenizer,
+        pixels=lambda image: processor.image_processor(image, return_tensors="pt")["pixel_values"][0],
+        image_size=(448, 448),
+        task_token="<s_logistics>",
+        max_length=512,
+        stride=16,
+    )
+    item = dataset[Draw("shipping_label", 0, (448, 640))]
+    assert item["pixel_values"].shape == (3, 448, 448)
+    scale, dx, dy = fitted((448, 640), (448, 448))  # 313 x 448 of content, padded left and right
+    assert scale == 0.7 and dx == 67 and dy == 0
+    text = "<s_logistics>" + sample.target + tokenizer.eos_token
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    checked = 0
+    for j, (start, end) in enumerate(offsets[1:], start=1):  # cells[j - 1]: where token j is printed
+        char = start - len("<s_logistics>")
+        if end - start == 1 and 0 <= char < len(sample.centres) and sample.centres[char] is not None:
+            x, y = sample.centres[char]
+            assert item["cells"][j - 1] == int((y * scale + dy) // 16) * 28 + int((x * scale + dx) // 16)
+            checked += 1
+    assert checked > 50
+    printed = item["glyphs"].view(28, 28) != tokenizer.pad_token_id
+    columns = printed.any(0).nonzero().flatten()
+    assert printed.sum() > 50 and columns.min() >= dx // 16 and columns.max() <= (dx + 313) // 16
