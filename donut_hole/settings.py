@@ -53,7 +53,13 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0, ge=0, description="torch.set_num_threads per worker process; 0 = torch default."
     )
-    max_new_tokens: int = Field(256, ge=1, le=4096)
+    max_new_tokens: int = Field(
+        512,
+        ge=1,
+        le=4096,
+        description="Longest answer in tokens (the model's positions cap it); the default model writes one "
+        "token per character, and a document's fields run to about 300.",
+    )
 
     batch_size: int = Field(4, ge=1, le=256, description="Documents per forward pass in a worker.")
     batch_wait_s: float = Field(0.5, ge=0.0, le=60.0, description="Longest wait to fill a batch.")

@@ -111,3 +111,19 @@ def test_enqueue_and_migrate_commands_on_the_embedded_defaults(
     recovered = runner.invoke(app, ["enqueue", "--recover", "--older-than", "0"])
     assert recovered.exit_code == 0 and "sent 0 stalled documents again" in recovered.output  # all queued
     assert runner.invoke(app, ["enqueue", "--older-than", "5", str(scan)]).exit_code == 2
+
+
+def test_the_demo_reads_with_the_teacher_in_training_while_nothing_is_shipped(
+    embedded_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from donut_hole import demo
+
+    assert (demo.IN_TRAINING / "config.json").is_file()  # committed with the repository
+    shipped = tmp_path / "models" / "donut-hole-small"
+    monkeypatch.setattr(demo, "DEFAULT_MODEL_PATH", shipped)
+    settings = get_settings().model_copy(update={"model_path": shipped})
+    assert demo.demo_model(settings, tmp_path, {}) == (demo.IN_TRAINING, True)
+    shipped.mkdir(parents=True)
+    (shipped / "config.json").write_text("{}")  # once a model is shipped, it is the one
+    assert demo.demo_model(settings, tmp_path, {}) == (shipped, True)
+    assert "held-out scans: field F1 0." in demo._scores_of(demo.IN_TRAINING)

@@ -30,7 +30,10 @@ Precision = Annotated[
 def evaluate(
     model: Annotated[Path, typer.Option(help="Model folder (save_pretrained layout).")],
     data: Annotated[Path, typer.Option(help="DONUT dataset folder with metadata.jsonl.")],
-    out: Annotated[Path | None, typer.Option(help="Where to write the JSON report.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write the JSON report (scores and every document's prediction) here."),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N samples.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
@@ -72,8 +75,8 @@ def evaluate(
         f"field F1 [bold]{result.f1:.4f}[/]  nTED accuracy [bold]{result.ted_accuracy:.4f}[/]  "
         f"unreadable {errors}  {evaluation.docs_per_s:.2f} docs/s"
     )
-    path = evaluation.write_json(out or Path(model) / "evaluation.json")
-    console.print(f"wrote {path}")
+    if out is not None:  # never into the model folder unasked: it may be a published or shipped model
+        console.print(f"wrote {evaluation.write_json(out)}")
 
 
 def predict(

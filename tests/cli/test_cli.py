@@ -74,6 +74,15 @@ def test_evaluate_prints_table_and_writes_json(tmp_path, dataset, model_dir):
     assert set(by_type) <= {"shipping_label", "delivery_note"}
 
 
+def test_evaluate_without_out_writes_nothing(tmp_path, dataset, model_dir):
+    before = sorted(p.name for p in model_dir.iterdir())
+    args = ["evaluate", "--model", str(model_dir), "--data", str(dataset), "--max-new-tokens", "4"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "field F1" in result.output and "wrote" not in result.output
+    assert sorted(p.name for p in model_dir.iterdir()) == before  # the model folder is left as it was
+
+
 def test_evaluate_missing_model_is_a_clear_error(tmp_path, dataset):
     result = runner.invoke(app, ["evaluate", "--model", str(tmp_path), "--data", str(dataset)])
     assert result.exit_code == 2
