@@ -10,9 +10,6 @@ True
 
 from __future__ import annotations
 
-import io
-import warnings
-
 _BMP_DIB_HEADER_SIZES = {12, 16, 40, 52, 56, 64, 108, 124}  # BITMAPCOREHEADER ... BITMAPV5HEADER
 
 SNIFF_BYTES = 32
@@ -44,29 +41,16 @@ def sniff_image_type(head: bytes) -> str | None:
     return None
 
 
-def count_pages(data: bytes, media_type: str) -> int | None:
-    """Pages of a scan read from its header: a PDF's pages, an image's frames (1 for a JPEG); ``None``
-    when this cannot be told without decoding (the worker opens the file and fails it with the reason).
+def count_pages(data: bytes) -> int | None:
+    """Pages of a scan read from its headers (:func:`donut_hole.scans.page_count`: a PDF's pages, an
+    image's frames); ``None`` for a PDF that cannot be opened (the worker fails it with the reason).
 
-    >>> count_pages(b"\\xff\\xd8\\xff", "image/jpeg"), count_pages(b"%PDF-1.7 broken", "application/pdf")
+    >>> count_pages(b"\\xff\\xd8\\xff"), count_pages(b"%PDF-1.7 broken")
     (1, None)
     """
-    if media_type == "image/jpeg":  # one picture (an MPO's further frames are views of it)
-        return 1
+    from donut_hole.scans import DocumentError, page_count
+
     try:
-        if media_type == "application/pdf":
-            import pypdfium2 as pdfium
-
-            pdf = pdfium.PdfDocument(data)
-            try:
-                return len(pdf)
-            finally:
-                pdf.close()
-        from PIL import Image
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as image:
-                return max(1, int(getattr(image, "n_frames", 1)))
-    except Exception:  # unreadable here: not this check's business
+        return page_count(data)
+    except DocumentError:
         return None

@@ -97,8 +97,8 @@ def predict(
     from PIL import Image
 
     from donut_hole.model.build import ModelLoadError
-    from donut_hole.model.pages import inspect_source
-    from donut_hole.model.predict import DocumentError, DonutReader, read_source
+    from donut_hole.model.predict import DonutReader
+    from donut_hole.scans import DocumentError, inspect_source, read_source
 
     try:
         reader = DonutReader.from_path(

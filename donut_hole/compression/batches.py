@@ -25,8 +25,8 @@ from donut_hole.compression.guided import encoder_grid
 from donut_hole.compression.recipe import CurriculumConfig, TrainConfig
 from donut_hole.evaluation.dataset import Sample
 from donut_hole.model.build import task_token_of
-from donut_hole.model.predict import load_image
 from donut_hole.model.tokens import json2token
+from donut_hole.scans import load_image
 
 
 def target_sequence(gt_parse: dict[str, Any], *, task_token: str, eos_token: str) -> str:

@@ -14,7 +14,8 @@ from rich.progress import Progress
 
 from donut_hole.evaluation.dataset import Sample
 from donut_hole.evaluation.metrics import EvalResult, evaluate
-from donut_hole.model.predict import DocumentError, DonutReader
+from donut_hole.model.predict import DonutReader
+from donut_hole.scans import DocumentError
 
 
 @dataclass

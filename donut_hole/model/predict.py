@@ -8,12 +8,9 @@ One entry point serves the worker and the evaluator alike::
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import io
 import math
 import re
-import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -22,128 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from transformers import DonutProcessor, VisionEncoderDecoderModel
 
 from donut_hole.model.build import ModelLoadError, load_model, task_token_of
 from donut_hole.model.tokens import token2json
-
-ImageInput = bytes | str | Path | Image.Image
+from donut_hole.scans import DEFAULT_MAX_PIXELS, ImageInput, load_image, load_page
 
 PRECISIONS = ("fp32", "bf16", "int8")
 """fp32: as trained; bf16: GPUs, CPUs with AVX512-BF16/AMX; int8: dynamic quantisation of Linears (CPU)."""
-
-DEFAULT_MAX_PIXELS = 64_000_000
-DEFAULT_MAX_BYTES = 50 * 1024 * 1024
-
-
-class DocumentError(ValueError):
-    """A scan that cannot be read; ``reason`` is meant for the person who sent it."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def load_image(
-    source: ImageInput,
-    *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    target_size: tuple[int, int] | None = None,
-) -> Image.Image:
-    """Decode a scan into an upright RGB image, or raise :class:`DocumentError`.
-
-    EXIF orientation is applied (phone photos are often stored sideways), transparency is flattened on
-    white, and images larger than ``max_pixels`` are refused before decoding (decompression bombs).
-    With ``target_size`` (height, width) a JPEG is decoded at a reduced scale that still covers it,
-    which makes 12-megapixel photos cheap.
-    """
-    if isinstance(source, Image.Image):
-        image = source
-    else:
-        data = _read_bytes(source, max_bytes=max_bytes)
-        if not data:
-            raise DocumentError("empty file: no image data")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = open_header(data)
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise DocumentError(
-                        f"image too large: {width}x{height} pixels exceeds the limit of {max_pixels:,}"
-                    )
-                if target_size is not None and image.format in ("JPEG", "MPO"):
-                    side = max(target_size)
-                    image.draft("RGB", (side, side))
-                image.load()
-        except DocumentError:
-            raise
-        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise DocumentError(f"not a readable image: {short_reason(exc)}") from exc
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise DocumentError(f"corrupt image: {short_reason(exc)}") from exc
-    # A broken EXIF block is no reason to refuse a readable image.
-    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-        image = ImageOps.exif_transpose(image) or image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
-
-
-_PILLOW_CAP_LOCK = threading.Lock()
-_OBJECT_REPR = re.compile(r"<[^<>]*? object at 0x[0-9a-fA-F]+>")
-
-
-def open_header(data: bytes) -> Image.Image:
-    """``Image.open`` (reads the header only) with Pillow's own pixel cap off: ``max_pixels`` governs.
-
-    Pillow refuses images over its ``MAX_IMAGE_PIXELS`` (89.5 M, an error at twice that) already in
-    ``open``, whatever the caller's limit; the project's limit, checked right after, must be the one rule
-    both ways. The cap is a module global, so it is lifted only around ``open`` and under a lock.
-    """
-    with _PILLOW_CAP_LOCK:
-        saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            return Image.open(io.BytesIO(data))
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
-
-
-def read_source(source: bytes | str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
-    """The bytes of a file (or the bytes given), refused with :class:`DocumentError` when empty, larger
-    than ``max_bytes`` or unreadable."""
-    data = _read_bytes(source, max_bytes=max_bytes)
-    if not data:
-        raise DocumentError("empty file: no image data")
-    return data
-
-
-def _read_bytes(source: bytes | str | Path, *, max_bytes: int) -> bytes:
-    if isinstance(source, bytes | bytearray | memoryview):
-        data = bytes(source)
-    else:
-        path = Path(source)
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise DocumentError(f"cannot read {path}: {exc.strerror or exc}") from exc
-        if size > max_bytes:
-            raise DocumentError(f"file too large: {size:,} bytes exceeds the limit of {max_bytes:,}")
-        data = path.read_bytes()
-    if len(data) > max_bytes:
-        raise DocumentError(f"file too large: {len(data):,} bytes exceeds the limit of {max_bytes:,}")
-    return data
-
-
-def short_reason(exc: BaseException) -> str:
-    """The error's message for a reader: no object reprs (``<_io.BytesIO object at 0x...>``), clipped."""
-    text = _OBJECT_REPR.sub("the data", str(exc)).strip() or type(exc).__name__
-    return text if len(text) < 200 else text[:197] + "..."
 
 
 @dataclass
@@ -217,9 +101,7 @@ class DonutReader:
 
     def load_page(self, data: bytes, *, page: int) -> Image.Image:
         """Page ``page`` of a PDF, a multi-frame image or a single image, sized for this model
-        (:func:`donut_hole.model.pages.load_page`)."""
-        from donut_hole.model.pages import load_page
-
+        (:func:`donut_hole.scans.load_page`)."""
         align = bool(getattr(self.processor.image_processor, "do_align_long_axis", False))
         return load_page(
             data, page=page, target_size=self.image_size, max_pixels=self.max_pixels, align_long_axis=align

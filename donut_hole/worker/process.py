@@ -53,7 +53,7 @@ from donut_hole.worker.fields import field_rows
 from donut_hole.worker.runtime import Runtime
 
 if TYPE_CHECKING:
-    from donut_hole.model.pages import SourceInfo
+    from donut_hole.scans import SourceInfo
 
 log = logging.getLogger("donut_hole.worker")
 
@@ -237,12 +237,11 @@ def _open(
     send: Callable[[list[str]], None] | None,
     cache: dict[str, SourceInfo],
 ) -> bool:
-    """Look at the source's pages (:func:`~donut_hole.model.pages.inspect_source`); False when the document
+    """Look at the source's pages (:func:`~donut_hole.scans.inspect_source`); False when the document
     failed. The first time a source with several pages is opened its further pages become documents of
     the batch (committed before this group's forward pass, so the batch is never seen finished early) and
     are sent in groups of their own."""
-    from donut_hole.model.pages import inspect_source
-    from donut_hole.model.predict import DocumentError
+    from donut_hole.scans import DocumentError, inspect_source
 
     try:
         if job.source_uri not in cache:
@@ -283,7 +282,7 @@ def _open(
 
 def _decode(rt: Runtime, job: _Job, outcome: GroupOutcome) -> bool:
     """Decode ``job.data`` into ``job.image``; False when the document failed (not an image, corrupt)."""
-    from donut_hole.model.predict import DocumentError
+    from donut_hole.scans import DocumentError
 
     try:
         job.image = rt.reader.load_page(job.data, page=job.page)

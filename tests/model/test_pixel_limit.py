@@ -12,7 +12,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from donut_hole.model.predict import DocumentError, load_image
+from donut_hole.scans import DocumentError, load_image
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

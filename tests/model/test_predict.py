@@ -7,7 +7,8 @@ from PIL import Image, ImageDraw
 from published import write_published
 
 from donut_hole.model import predict
-from donut_hole.model.predict import DocumentError, DonutReader, load_image
+from donut_hole.model.predict import DonutReader
+from donut_hole.scans import DocumentError, load_image
 
 REAL_SCANS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real_scans"
 

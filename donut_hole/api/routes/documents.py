@@ -71,7 +71,7 @@ def upload_document(
             detail="the file is not a JPEG, PNG, TIFF, WebP, BMP or GIF image nor a PDF "
             "(checked by its content)",
         )
-    pages = count_pages(data, media_type)
+    pages = count_pages(data)
     if pages is not None and pages > settings.max_pages:
         detail = f"the file has {pages} pages, the limit is {settings.max_pages} (DONUT_HOLE_MAX_PAGES)"
         raise HTTPException(413, detail=detail)

@@ -1,4 +1,5 @@
-"""Multi-page sources: PDF pages and image frames, opened one page at a time and sized for the model.
+"""Scans as the model gets them: images decoded upright, PDF pages and image frames opened one page at a
+time and sized for the model. Pillow and PDFium only, no torch: the API counts pages with it too.
 
 A *source* is the file a user sent; a *page* is what the model reads. A JPEG or PNG is one page; a PDF has
 one page per PDF page (rendered with PDFium, ``pypdfium2``: wheels, no system binaries); a multi-frame
@@ -10,32 +11,143 @@ previews or depth maps of the same picture)::
 
 PDF pages are rendered at the scale that just fits the model's input (:func:`fit_scale`): no detail the
 model could see is lost, and no pixel is rendered that it would throw away. Every failure is a
-:class:`~donut_hole.model.predict.DocumentError` with a reason for the person who sent the file.
+:class:`DocumentError` with a reason for the person who sent the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import re
+import threading
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from PIL import Image, UnidentifiedImageError
-
-from donut_hole.model.predict import (
-    DEFAULT_MAX_PIXELS,
-    DocumentError,
-    load_image,
-    open_header,
-    short_reason,
-)
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 if TYPE_CHECKING:
     from pypdfium2 import PdfDocument
 
+ImageInput = bytes | str | Path | Image.Image
+
 PDF_MAGIC = b"%PDF-"
 POINTS_PER_INCH = 72.0
 _SINGLE_FRAME_FORMATS = ("JPEG", "MPO")  # MPO: the extra frames are views of the same photo
+
+DEFAULT_MAX_PIXELS = 64_000_000
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+
+
+class DocumentError(ValueError):
+    """A scan that cannot be read; ``reason`` is meant for the person who sent it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def load_image(
+    source: ImageInput,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    target_size: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Decode a scan into an upright RGB image, or raise :class:`DocumentError`.
+
+    EXIF orientation is applied (phone photos are often stored sideways), transparency is flattened on
+    white, and images larger than ``max_pixels`` are refused before decoding (decompression bombs).
+    With ``target_size`` (height, width) a JPEG is decoded at a reduced scale that still covers it,
+    which makes 12-megapixel photos cheap.
+    """
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        data = _read_bytes(source, max_bytes=max_bytes)
+        if not data:
+            raise DocumentError("empty file: no image data")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = open_header(data)
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise DocumentError(
+                        f"image too large: {width}x{height} pixels exceeds the limit of {max_pixels:,}"
+                    )
+                if target_size is not None and image.format in ("JPEG", "MPO"):
+                    side = max(target_size)
+                    image.draft("RGB", (side, side))
+                image.load()
+        except DocumentError:
+            raise
+        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DocumentError(f"not a readable image: {short_reason(exc)}") from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DocumentError(f"corrupt image: {short_reason(exc)}") from exc
+    # A broken EXIF block is no reason to refuse a readable image.
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        image = ImageOps.exif_transpose(image) or image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+_PILLOW_CAP_LOCK = threading.Lock()
+_OBJECT_REPR = re.compile(r"<[^<>]*? object at 0x[0-9a-fA-F]+>")
+
+
+def open_header(data: bytes) -> Image.Image:
+    """``Image.open`` (reads the header only) with Pillow's own pixel cap off: ``max_pixels`` governs.
+
+    Pillow refuses images over its ``MAX_IMAGE_PIXELS`` (89.5 M, an error at twice that) already in
+    ``open``, whatever the caller's limit; the project's limit, checked right after, must be the one rule
+    both ways. The cap is a module global, so it is lifted only around ``open`` and under a lock.
+    """
+    with _PILLOW_CAP_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(io.BytesIO(data))
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def read_source(source: bytes | str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of a file (or the bytes given), refused with :class:`DocumentError` when empty, larger
+    than ``max_bytes`` or unreadable."""
+    data = _read_bytes(source, max_bytes=max_bytes)
+    if not data:
+        raise DocumentError("empty file: no image data")
+    return data
+
+
+def _read_bytes(source: bytes | str | Path, *, max_bytes: int) -> bytes:
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+    else:
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise DocumentError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        if size > max_bytes:
+            raise DocumentError(f"file too large: {size:,} bytes exceeds the limit of {max_bytes:,}")
+        data = path.read_bytes()
+    if len(data) > max_bytes:
+        raise DocumentError(f"file too large: {len(data):,} bytes exceeds the limit of {max_bytes:,}")
+    return data
+
+
+def short_reason(exc: BaseException) -> str:
+    """The error's message for a reader: no object reprs (``<_io.BytesIO object at 0x...>``), clipped."""
+    text = _OBJECT_REPR.sub("the data", str(exc)).strip() or type(exc).__name__
+    return text if len(text) < 200 else text[:197] + "..."
 
 
 @dataclass(frozen=True)
@@ -63,17 +175,23 @@ def inspect_source(data: bytes) -> SourceInfo:
     :class:`DocumentError`. An image whose header cannot be read counts as one page: decoding it later
     gives the same readable reason as a single image always did.
     """
-    sha256 = hashlib.sha256(data).hexdigest()
-    if is_pdf(data):
-        pdf = _open_pdf(data)
-        try:
-            count = len(pdf)
-        finally:
-            pdf.close()
-        if count < 1:
-            raise DocumentError("empty PDF: it has no pages")
-        return SourceInfo(kind="pdf", page_count=count, sha256=sha256)
-    return SourceInfo(kind="image", page_count=_frame_count(data), sha256=sha256)
+    kind: Literal["pdf", "image"] = "pdf" if is_pdf(data) else "image"
+    return SourceInfo(kind=kind, page_count=page_count(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+def page_count(data: bytes) -> int:
+    """Pages of a source from its headers: a PDF's pages, an image's frames (1 for a JPEG, and for an image
+    whose header cannot be read); :class:`DocumentError` for a PDF that cannot be opened or has no pages."""
+    if not is_pdf(data):
+        return _frame_count(data)
+    pdf = _open_pdf(data)
+    try:
+        count = len(pdf)
+    finally:
+        pdf.close()
+    if count < 1:
+        raise DocumentError("empty PDF: it has no pages")
+    return count
 
 
 def fit_scale(

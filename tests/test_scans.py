@@ -9,8 +9,15 @@ import pytest
 from multipage import broken, coloured_pages, encrypted, pdf_of, tiff_of
 from PIL import Image
 
-from donut_hole.model.pages import fit_scale, inspect_source, is_pdf, load_page, render_dpi
-from donut_hole.model.predict import DocumentError, load_image
+from donut_hole.scans import (
+    DocumentError,
+    fit_scale,
+    inspect_source,
+    is_pdf,
+    load_image,
+    load_page,
+    render_dpi,
+)
 
 TARGET = (160, 120)  # (height, width) of a small model input
 
