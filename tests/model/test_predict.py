@@ -81,8 +81,9 @@ def test_predict_batched_equals_one_by_one(tiny_model_dir):
     assert reader.timings.encode_s > 0
 
 
-def _taught(reader: DonutReader, images: list[Image.Image], texts: list[str], steps: int = 80) -> None:
-    """Teach ``reader``'s model to read each image as its text (a few dozen steps: it memorises them)."""
+def _taught(reader: DonutReader, images: list[Image.Image], texts: list[str], most: int = 800) -> None:
+    """Teach ``reader``'s model to read each image as its text: it memorises them, checked by reading
+    (the tiny model starts from random weights, so the steps this takes vary from one run to the next)."""
     tokenizer = reader.processor.tokenizer
     start = tokenizer.convert_tokens_to_ids(reader.task_token)
     rows = [[start, *tokenizer(t, add_special_tokens=False).input_ids, tokenizer.eos_token_id] for t in texts]
@@ -91,10 +92,11 @@ def _taught(reader: DonutReader, images: list[Image.Image], texts: list[str], st
         labels[i, : len(row)] = torch.tensor(row)
     inputs = labels[:, :-1].masked_fill(labels[:, :-1] == -100, tokenizer.pad_token_id)
     pixels = reader.pixel_values(images)
+    wanted = [len(row) - 1 for row in rows]  # its tokens and the EOS, after the task token
     torch.manual_seed(0)
     optimizer = torch.optim.AdamW(reader.model.parameters(), lr=3e-3)
-    reader.model.train()
-    for _ in range(steps):
+    for step in range(1, most + 1):
+        reader.model.train()
         logits = reader.model(pixel_values=pixels, decoder_input_ids=inputs).logits
         loss = torch.nn.functional.cross_entropy(
             logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100
@@ -102,7 +104,11 @@ def _taught(reader: DonutReader, images: list[Image.Image], texts: list[str], st
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    reader.model.eval()
+        if step % 20 == 0:
+            reader.model.eval()
+            if [len(p.token_probs) for p in reader.generate(pixels)] == wanted:
+                return
+    raise AssertionError(f"the tiny model did not learn to read {texts!r} in {most} steps")
 
 
 def test_the_greedy_loop_reads_as_generate_does(tiny_model_dir, tmp_path, monkeypatch):
