@@ -91,7 +91,11 @@ def compress(
     val_data: Annotated[Path, typer.Option("--val", help="Validation dataset folder.")],
     out: Annotated[Path, typer.Option(help="Run folder: model/, report.json, report.md, plots.")],
     train_data: Annotated[
-        Path | None, typer.Option("--train", help="Training dataset folder (needed when steps > 0).")
+        Path | None,
+        typer.Option(
+            "--train",
+            help="Training dataset folder (needed when steps > 0, unless the recipe renders it: 'data').",
+        ),
     ] = None,
     steps: Annotated[int | None, typer.Option(min=0, help="Override train.steps (0: no training).")] = None,
     device: Device = None,

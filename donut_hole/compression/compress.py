@@ -101,8 +101,14 @@ def compress(
     out_dir.mkdir(parents=True, exist_ok=True)
     save_recipe(recipe, out_dir / "recipe.yaml")
     steps = recipe.train.steps
-    if steps > 0 and train_dir is None:
-        raise ValueError("training data (--train) is needed when train.steps > 0")
+    if recipe.data is not None and train_dir is not None:
+        raise ValueError(
+            "the recipe renders its training scans ('data'): drop --train, or the recipe's 'data' section"
+        )
+    if steps > 0 and train_dir is None and recipe.data is None:
+        raise ValueError(
+            "training data is needed when train.steps > 0: --train FOLDER, or a 'data' curriculum"
+        )
     if recipe.prune.vocabulary and train_dir is None:
         raise ValueError("training data (--train) is needed for prune.vocabulary: it sets the tokens kept")
     needs_train = steps > 0 or recipe.prune.vocabulary
@@ -149,6 +155,7 @@ def compress(
             progress=progress,
             save=False,
             eval_processor=student_processor,
+            curriculum=recipe.data,
         )
     elif pruner is not None:
         pruner.step(pruner.end_step)  # one shot: no training, straight to the target density

@@ -268,6 +268,12 @@ class CompressRecipe(_Strict):
     )
     distill: DistillConfig = DistillConfig()
     prune: PruneConfig = PruneConfig()
+    data: CurriculumConfig | None = Field(
+        None,
+        description="Render the student's training scans on the fly by this curriculum, e.g. the document "
+        "types in their own page shapes (no --train folder); its document kinds must be ones the teacher "
+        "reads.",
+    )
     train: TrainConfig = TrainConfig()
     report: ReportConfig = ReportConfig()
 
@@ -277,6 +283,15 @@ class CompressRecipe(_Strict):
             raise ValueError(
                 "student.image_size gives the student smaller feature maps than the teacher's: "
                 "set distill.hidden_encoder to 0 (the logit and decoder terms still apply)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _vocabulary_from_a_folder(self) -> CompressRecipe:
+        if self.data is not None and self.prune.vocabulary:
+            raise ValueError(
+                "prune.vocabulary keeps the tokens a training folder's targets use: it needs --train, "
+                "not a 'data' curriculum"
             )
         return self
 

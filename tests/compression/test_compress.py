@@ -297,3 +297,56 @@ def test_a_resized_student_recipe_needs_no_encoder_mse():
             CompressRecipe,
             overrides={"student.image_size": [128], "distill.hidden_encoder": 0.0},
         )
+
+
+def test_a_student_learns_from_scans_rendered_by_its_recipe(tiny_setup, tmp_path):
+    """A 'data' curriculum renders the student's training scans (here in their own page shapes, fitted to
+    the tiny input as a reader fits them): no training folder, the same distillation, report and model."""
+    curriculum = {
+        "seed": 3,
+        "stages": [{"mix": {"shipping_label": 1, "delivery_note": 1}, "page_shapes": 1.0}],
+    }
+    overrides = {
+        "data": curriculum,
+        "train.steps": 4,
+        "train.eval_every": 4,
+        "train.eval_samples": 2,
+        "train.max_new_tokens": 8,
+        "train.log_every": 1,
+        "report.cka_samples": 4,
+        "report.latency_samples": 2,
+        "report.latency_repeats": 1,
+        "report.eval_samples": 2,
+    }
+    recipe = load_recipe(CONFIGS / "tiny.yaml", CompressRecipe, overrides=overrides)
+    with pytest.raises(ValueError, match="drop --train"):  # one source of training scans, not two
+        compress(
+            recipe,
+            teacher_path=tiny_setup["teacher"],
+            train_dir=tiny_setup["train"],
+            val_dir=tiny_setup["val"],
+            out_dir=tmp_path / "both",
+            progress=False,
+        )
+    report = compress(
+        recipe,
+        teacher_path=tiny_setup["teacher"],
+        train_dir=None,
+        val_dir=tiny_setup["val"],
+        out_dir=tmp_path / "run",
+        progress=False,
+    )
+    assert [h["step"] for h in report.history] == [4]
+    logged = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert len(logged) == 4 and all(e["kd"] >= 0 for e in logged)
+    assert load_recipe(tmp_path / "run" / "recipe.yaml", CompressRecipe).data == recipe.data
+    assert (
+        len(
+            DonutReader.from_path(tmp_path / "run" / "model", max_new_tokens=4).predict(
+                [s.image_path for s in read_dataset(tiny_setup["val"])[:1]]
+            )
+        )
+        == 1
+    )
+    with pytest.raises(RecipeError, match="prune.vocabulary"):
+        load_recipe(CONFIGS / "tiny.yaml", CompressRecipe, overrides={**overrides, "prune.vocabulary": True})
