@@ -31,7 +31,7 @@ status=0
 case "$PHASE" in
     teacher)  # then the teacher's held-out evaluation, the first answer to "does it read?"
         TEACHER_ONLY=1 TEACHER_S=${TEACHER_S:-300} scripts/train_default_model.sh "$RUN" "$N_TRAIN" &&
-            $DH evaluate --model "$RUN/teacher/model" --data "$RUN/val" --max-new-tokens 192 \
+            $DH evaluate --model "$RUN/teacher/model" --data "$RUN/val-pages" --max-new-tokens 192 \
                 --out "$RUN/teacher/evaluation.json" || status=$? ;;
     student)
         STUDENT_ONLY=1 STUDENT_S=${STUDENT_S:-150} scripts/train_default_model.sh "$RUN" "$N_TRAIN" ||
@@ -40,7 +40,7 @@ case "$PHASE" in
 esac
 mkdir -p "$OUT"
 # The run without the data (it regenerates from its seeds) and without optimizer checkpoints.
-(cd "$(dirname "$RUN")" && tar --exclude='*/train' --exclude='*/val' --exclude='checkpoint.pt' \
+(cd "$(dirname "$RUN")" && tar --exclude='*/train' --exclude='*/val' --exclude='*/val-pages' --exclude='checkpoint.pt' \
     -cf - "$(basename "$RUN")") | tar -xf - -C "$OUT"
 du -sh "$OUT"/*
 exit $status

@@ -6,14 +6,17 @@
 #   three document types) at a constant learning rate until its held-out field F1 reaches the recipe's
 #   target (train.target_f1), then an annealed copy of it becomes the teacher (below); it starts from
 #   checkpoints/teacher-cpu when RUN_DIR has no checkpoint of its own. The student
-#   (configs/donut-hole-cpu.yaml) is distilled on N_TRAIN synthetic scans (seed 0). Held-out: 500 scans,
-#   seed 1000. Stop it any time with SIGTERM or Ctrl-C: it checkpoints first; the same command goes on.
+#   (configs/donut-hole-cpu.yaml) is distilled on scans rendered on the fly by its recipe (a recipe
+#   without a 'data' curriculum: N_TRAIN synthetic scans, seed 0). Held-out: 500 scans, seed 1000, in their
+#   own page shapes (val-pages: the report and evaluation.json) and at 448x448 (val: the teacher's curve,
+#   evaluation-448.json). Stop it any time with SIGTERM or Ctrl-C: it checkpoints first; the same command
+#   goes on.
 # scripts/train_default_model.sh --save [RUN_DIR]   keep the teacher's newest checkpoint and its curves in
 #   checkpoints/teacher-cpu (to commit, so that the next machine goes on from there), plot the curve and
 #   rewrite the curve's table in its README (between <!-- curve:start --> and <!-- curve:end -->)
 # scripts/train_default_model.sh --anneal N [RUN_DIR]   anneal a copy of the teacher's newest checkpoint: N
 #   more steps with the learning rate decaying (cosine) to ANNEAL_MIN (0.05) of it, in RUN_DIR/anneal, then
-#   evaluate it on the held-out set. The open-ended run in RUN_DIR/teacher is left as it was (its constant
+#   evaluate it on both held-out sets. The open-ended run in RUN_DIR/teacher is left as it was (its constant
 #   rate goes on learning; an annealed copy shows what it reads now). Resumable like the rest.
 #   Once the teacher stops by itself (its target F1), the chain anneals it (ANNEAL_STEPS, default 1000 for a
 #   recipe with a 'data' curriculum, 0 for others) and the annealed copy is the teacher that is distilled.
@@ -93,13 +96,23 @@ anneal() {
     "${DH[@]}" train --recipe "$TEACHER_RECIPE" --val "$RUN/val" --out "$a" --resume --steps $((from + n)) \
         --set "train.decay_steps=$n" --set "train.min_lr_ratio=${ANNEAL_MIN:-0.05}" --set train.target_f1=null \
         "${SMOKE_SET[@]}"
-    [[ "$a/evaluation.json" -nt "$a/model/model.safetensors" ]] ||
-        "${DH[@]}" evaluate --model "$a/model" --data "$RUN/val" --max-new-tokens "$MAX_NEW" --batch-size 16 \
-            --out "$a/evaluation.json"
+    evaluate_both "$a"
+}
+# evaluate_both DIR: DIR/model on both held-out sets, unless read since it was saved
+evaluate_both() {
+    local set out
+    for set in val-pages:evaluation.json val:evaluation-448.json; do
+        out="$1/${set#*:}"
+        [[ "$out" -nt "$1/model/model.safetensors" ]] && continue
+        "${DH[@]}" evaluate --model "$1/model" --data "$RUN/${set%%:*}" --max-new-tokens "$MAX_NEW" \
+            --batch-size 16 --out "$out"
+    done
 }
 synth_val() {
     [[ -f "$RUN/val/metadata.jsonl" ]] || "${DH[@]}" synth --kind all --n "$N_VAL" --seed 1000 \
         --width 448 --height 448 --out "$RUN/val"
+    [[ -f "$RUN/val-pages/metadata.jsonl" ]] || "${DH[@]}" synth --kind all --n "$N_VAL" --seed 1000 \
+        --out "$RUN/val-pages"
 }
 mkdir -p "$RUN"
 if [[ $ANNEAL != 0 ]]; then
@@ -109,10 +122,10 @@ if [[ $ANNEAL != 0 ]]; then
 fi
 # run.json: data seeds and sizes, the commands, the hardware; `donut-hole ship` puts them in the model cards
 record() {  # record started|finished
-    "$PY" - "$RUN/run.json" "$1" "$N_TRAIN" "$N_VAL" "$INVOCATION" <<'PY'
+    "$PY" - "$RUN/run.json" "$1" "$N_TRAIN" "$N_VAL" "$INVOCATION" "$RENDERED" <<'PY'
 import json, os, sys, platform, datetime, pathlib
 import torch
-path, event, n_train, n_val, invocation = pathlib.Path(sys.argv[1]), sys.argv[2], *sys.argv[3:]
+path, event, n_train, n_val, invocation, rendered = pathlib.Path(sys.argv[1]), sys.argv[2], *sys.argv[3:]
 run = json.loads(path.read_text()) if path.is_file() else {}
 now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 if event == "started":
@@ -121,8 +134,9 @@ if event == "started":
     run.setdefault("started", now)
     run.setdefault("sessions", []).append({"started": now, "hardware": gpu or f"{cpu or platform.machine()}, {os.cpu_count()} cores (no GPU)"})
     run["hardware"] = "; ".join(dict.fromkeys(s["hardware"] for s in run["sessions"]))
-    run["train"] = {"n": int(n_train), "seed": 0, "width": 448, "height": 448}
-    run["val"] = {"n": int(n_val), "seed": 1000, "width": 448, "height": 448}
+    run["train"] = {"n": int(n_train), "seed": 0, "width": 448, "height": 448} if rendered == "0" else {"rendered": True}
+    run["val"] = {"n": int(n_val), "seed": 1000}  # in the document types' own page shapes
+    run["val_448"] = {"n": int(n_val), "seed": 1000, "width": 448, "height": 448}
     run["max_new_tokens"] = 512
     run["commands"] = [invocation.strip()]
 else:
@@ -130,6 +144,8 @@ else:
 path.write_text(json.dumps(run, indent=2))
 PY
 }
+# both recipes render their training scans ('data' curricula): no training folder is written
+RENDERED=$(grep -q '^data:' "$TEACHER_RECIPE" && grep -q '^data:' "$STUDENT_RECIPE" && echo 1 || echo 0)
 record started
 synth_val
 synth_train() {
@@ -153,19 +169,22 @@ if [[ "${STUDENT_ONLY:-0}" != 1 ]]; then  # STUDENT_ONLY=1: the teacher in $RUN/
         anneal "$ANNEAL_STEPS"
         rm -rf "$RUN/teacher/model"
         cp -r "$RUN/anneal/model" "$RUN/teacher/model"
-        cp "$RUN/anneal/evaluation.json" "$RUN/teacher/evaluation.json"
+        cp "$RUN/anneal/evaluation.json" "$RUN/anneal/evaluation-448.json" "$RUN/teacher/"
     fi
 fi
 [[ "${TEACHER_ONLY:-0}" == 1 ]] && exit 0
-synth_train
-"${DH[@]}" compress --teacher "$RUN/teacher/model" --recipe "$STUDENT_RECIPE" \
-    --train "$RUN/train" --val "$RUN/val" --out "$RUN/student" --resume "${STUDENT[@]}" "${EXTRA[@]}"
-for side in teacher student; do
-    # a teacher evaluated since it was saved (scripts/device_default_model.sh teacher) is not read again
-    [[ "$RUN/$side/evaluation.json" -nt "$RUN/$side/model/model.safetensors" ]] && continue
-    "${DH[@]}" evaluate --model "$RUN/$side/model" --data "$RUN/val" --max-new-tokens "$MAX_NEW" \
-        --out "$RUN/$side/evaluation.json"
-done
+STUDENT_DATA=()
+if ! grep -q '^data:' "$STUDENT_RECIPE"; then  # a recipe that renders its scans needs no folder
+    synth_train
+    STUDENT_DATA=(--train "$RUN/train")
+fi
+# a finished student (its report written after its model) is not distilled again
+[[ "$RUN/student/report.json" -nt "$RUN/student/model/model.safetensors" ]] ||
+    "${DH[@]}" compress --teacher "$RUN/teacher/model" --recipe "$STUDENT_RECIPE" "${STUDENT_DATA[@]}" \
+        --val "$RUN/val-pages" --out "$RUN/student" --resume "${STUDENT[@]}" "${EXTRA[@]}"
+# a teacher evaluated since it was saved (scripts/device_default_model.sh teacher) is not read again
+evaluate_both "$RUN/teacher"
+evaluate_both "$RUN/student"
 record finished
 echo "done: $RUN/teacher/model, $RUN/student/model (report: $RUN/student/report.md)"
 echo "ship them: ${DH[*]} ship --run $RUN --models models --readme README.md"

@@ -15,7 +15,16 @@ from donut_hole.documents.synth import generate
 from donut_hole.evaluation.dataset import read_dataset
 from donut_hole.evaluation.evaluate import evaluate_reader
 from donut_hole.model.build import load_model
-from donut_hole.model.card import END, START, STUDENT_NAME, TEACHER_NAME, ShipError, ship
+from donut_hole.model.card import (
+    END,
+    START,
+    STUDENT_NAME,
+    TEACHER_NAME,
+    ShipError,
+    _data_line,
+    _synth_command,
+    ship,
+)
 from donut_hole.model.predict import DonutReader
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -135,3 +144,12 @@ def test_incomplete_run_is_a_clear_error(run, tmp_path):
     (partial / "teacher" / "model").mkdir(parents=True)
     with pytest.raises(ShipError, match="holds no model"):
         ship(partial, tmp_path / "models")
+
+
+def test_the_card_names_sets_in_their_page_shapes_and_rendered_training_data():
+    assert _synth_command({"n": 500, "seed": 1000}) == "donut-hole synth --kind all --n 500 --seed 1000"
+    assert _data_line({"n": 500, "seed": 1000}).endswith("(each type's own page shape)")
+    square = {"n": 500, "seed": 1000, "width": 448, "height": 448}
+    assert _data_line(square) == "`donut-hole synth --kind all --n 500 --seed 1000 --width 448 --height 448`"
+    assert "rendered on the fly" in _data_line({"rendered": True})
+    assert _data_line({}) == "see run.json"
