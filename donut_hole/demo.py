@@ -87,7 +87,7 @@ def run_demo(
             f"(no model is shipped in {_shown_path(DEFAULT_MODEL_PATH)} yet){_scores_of(model_path)}"
         )
     elif trained:
-        console.print(f"2. model {model_path}")
+        console.print(f"2. model {_shown_path(model_path)}{_scores_of(model_path)}")
     else:
         console.print(
             f"2. [bold yellow]untrained model: accuracy will be ~0[/] ({settings.model_path} does not exist; "

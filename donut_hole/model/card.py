@@ -8,9 +8,10 @@ A run folder, as ``scripts/train_default_model.sh`` leaves it::
 
 :func:`ship` checks the default models' targets (:func:`targets`), copies the two model folders (safetensors,
 config, processor and tokenizer files only) to ``MODELS/<teacher name>`` and ``MODELS/<student name>``,
-writes a ``README.md`` card into each (commands, seeds, recipe, metrics, hardware) and, when given a README
-with the ``<!-- default-models:start -->`` / ``<!-- default-models:end -->`` markers, puts the teacher vs
-student table between them. The metrics are those of ``donut-hole evaluate`` on the held-out set, so
+writes into each a ``README.md`` card (commands, seeds, recipe, metrics, hardware) and its held-out scores
+(``evaluation.json`` without the per-document part: the demo quotes them) and, when given a README with
+the ``<!-- default-models:start -->`` / ``<!-- default-models:end -->`` markers, puts the teacher vs student
+table between them. The metrics are those of ``donut-hole evaluate`` on the held-out set, so
 running the command printed in the card reproduces them.
 """
 
@@ -280,6 +281,8 @@ def ship(run: Path, models: Path, *, readme: Path | None = None, force: bool = F
     shipped = {}
     for side, folder in (("teacher", TEACHER_NAME), ("student", STUDENT_NAME)):
         target = copy_model(Path(run) / side / "model", Path(models) / folder)
+        scores = {k: v for k, v in info[f"{side}_eval"].items() if k != "documents"}
+        (target / "evaluation.json").write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
         (target / "README.md").write_text(
             render_card(info, side=side, folder=folder, checks=checks), encoding="utf-8"
         )

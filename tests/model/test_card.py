@@ -135,6 +135,10 @@ def test_forced_ship_writes_lean_folders_cards_and_the_readme_table(run, tmp_pat
     assert again.f1 == pytest.approx(student_eval["f1"]) and again.ted_accuracy == pytest.approx(
         student_eval["ted_accuracy"]
     )
+    shipped_scores = json.loads((tmp_path / "models" / STUDENT_NAME / "evaluation.json").read_text())
+    assert (
+        shipped_scores["f1"] == student_eval["f1"] and "documents" not in shipped_scores
+    )  # what the demo quotes
     card = (tmp_path / "models" / STUDENT_NAME / "README.md").read_text(encoding="utf-8")
     assert f"| `{STUDENT_NAME}` | {student_eval['f1']:.4f} | {student_eval['ted_accuracy']:.4f} |" in card
 
