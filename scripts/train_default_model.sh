@@ -138,7 +138,7 @@ if event == "started":
     run["val"] = {"n": int(n_val), "seed": 1000}  # in the document types' own page shapes
     run["val_448"] = {"n": int(n_val), "seed": 1000, "width": 448, "height": 448}
     run["max_new_tokens"] = 512
-    run["commands"] = [invocation.strip()]
+    run["commands"] = list(dict.fromkeys([*run.get("commands", []), invocation.strip()]))  # each phase's
 else:
     run["finished"] = now
 path.write_text(json.dumps(run, indent=2))
@@ -169,7 +169,8 @@ if [[ "${STUDENT_ONLY:-0}" != 1 ]]; then  # STUDENT_ONLY=1: the teacher in $RUN/
         anneal "$ANNEAL_STEPS"
         rm -rf "$RUN/teacher/model"
         cp -r "$RUN/anneal/model" "$RUN/teacher/model"
-        cp "$RUN/anneal/evaluation.json" "$RUN/anneal/evaluation-448.json" "$RUN/teacher/"
+        cp "$RUN/anneal/evaluation.json" "$RUN/anneal/evaluation-448.json" "$RUN/anneal/anneal.json" \
+            "$RUN/teacher/"
     fi
 fi
 [[ "${TEACHER_ONLY:-0}" == 1 ]] && exit 0

@@ -22,7 +22,9 @@ from donut_hole.model.card import (
     TEACHER_NAME,
     ShipError,
     _data_line,
+    _student_training,
     _synth_command,
+    _teacher_training,
     ship,
 )
 from donut_hole.model.predict import DonutReader
@@ -152,8 +154,26 @@ def test_incomplete_run_is_a_clear_error(run, tmp_path):
 
 def test_the_card_names_sets_in_their_page_shapes_and_rendered_training_data():
     assert _synth_command({"n": 500, "seed": 1000}) == "donut-hole synth --kind all --n 500 --seed 1000"
-    assert _data_line({"n": 500, "seed": 1000}).endswith("(each type's own page shape)")
+    assert _data_line({"n": 500, "seed": 1000}).endswith(", in each type's own page shape")
     square = {"n": 500, "seed": 1000, "width": 448, "height": 448}
     assert _data_line(square) == "`donut-hole synth --kind all --n 500 --seed 1000 --width 448 --height 448`"
     assert "rendered on the fly" in _data_line({"rendered": True})
     assert _data_line({}) == "see run.json"
+
+
+def test_the_card_tells_how_each_model_was_trained():
+    history = [
+        {"step": 500, "images": 8000, "cpu_hours": 0.3, "f1": 0.5, "ted_accuracy": 0.7},
+        {"step": 1000, "images": 16000, "cpu_hours": 0.6, "f1": 0.8, "ted_accuracy": 0.9},
+        {"step": 1500, "images": 24000, "cpu_hours": 0.9, "f1": 0.7, "ted_accuracy": 0.85},  # went on after
+    ]
+    annealed = _teacher_training(history, {"from_step": 1200, "steps": 100})
+    assert "step 1,200, annealed over 100 more steps" in annealed
+    assert "at 16,000 images, 0.6 CPU-hours: held-out field F1 0.800, nTED 0.900" in annealed
+    assert _teacher_training(history, None).startswith(
+        "24,000 images, 0.9 CPU-hours in 1,500 optimizer steps"
+    )
+    assert _teacher_training([], None) == "no training history recorded."
+    student = _student_training([{**history[0], "density": 0.46}])
+    assert "500 steps, 8,000 images" in student and "to density 0.460" in student and "F1 0.500" in student
+    assert _student_training([]).startswith("no distillation steps")
