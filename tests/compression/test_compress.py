@@ -348,5 +348,5 @@ def test_a_student_learns_from_scans_rendered_by_its_recipe(tiny_setup, tmp_path
         )
         == 1
     )
-    with pytest.raises(RecipeError, match="prune.vocabulary"):
+    with pytest.raises(RecipeError, match=r"prune\.vocabulary"):
         load_recipe(CONFIGS / "tiny.yaml", CompressRecipe, overrides={**overrides, "prune.vocabulary": True})
