@@ -44,8 +44,9 @@ BIN=${BIN:-.venv/bin}
 PY=${PY:-$BIN/python}
 read -ra DH <<< "${DH:-$BIN/donut-hole}"  # DH="python3 -m donut_hole" where nothing is installed
 MAX_NEW=512
+renders() { grep -q '^data:' "$1"; }  # renders RECIPE: its training scans come from a 'data' curriculum
 # open-ended teachers (a 'data' curriculum, constant learning rate) end with an anneal; others decay themselves
-ANNEAL_STEPS=${ANNEAL_STEPS:-$(grep -q '^data:' "$TEACHER_RECIPE" && echo 1000 || echo 0)}
+ANNEAL_STEPS=${ANNEAL_STEPS:-$(renders "$TEACHER_RECIPE" && echo 1000 || echo 0)}
 EXTRA=()
 SMOKE_SET=()
 TEACHER=()
@@ -145,7 +146,7 @@ path.write_text(json.dumps(run, indent=2))
 PY
 }
 # both recipes render their training scans ('data' curricula): no training folder is written
-RENDERED=$(grep -q '^data:' "$TEACHER_RECIPE" && grep -q '^data:' "$STUDENT_RECIPE" && echo 1 || echo 0)
+RENDERED=$(renders "$TEACHER_RECIPE" && renders "$STUDENT_RECIPE" && echo 1 || echo 0)
 record started
 synth_val
 synth_train() {
@@ -154,7 +155,7 @@ synth_train() {
 }
 if [[ "${STUDENT_ONLY:-0}" != 1 ]]; then  # STUDENT_ONLY=1: the teacher in $RUN/teacher/model is final
     TRAIN_DATA=()
-    if grep -q '^data:' "$TEACHER_RECIPE"; then  # rendered on the fly: no training folder
+    if renders "$TEACHER_RECIPE"; then  # rendered on the fly: no training folder
         if [[ ! -f "$RUN/teacher/checkpoint.pt" && -f "$KEEP/checkpoint.pt" && -z "${SMOKE_RUN:-}" ]]; then
             mkdir -p "$RUN/teacher"  # go on from the committed checkpoint
             cp "$KEEP/checkpoint.pt" "$KEEP/history.jsonl" "$KEEP/train_log.jsonl" "$RUN/teacher/"
@@ -175,7 +176,7 @@ if [[ "${STUDENT_ONLY:-0}" != 1 ]]; then  # STUDENT_ONLY=1: the teacher in $RUN/
 fi
 [[ "${TEACHER_ONLY:-0}" == 1 ]] && exit 0
 STUDENT_DATA=()
-if ! grep -q '^data:' "$STUDENT_RECIPE"; then  # a recipe that renders its scans needs no folder
+if ! renders "$STUDENT_RECIPE"; then  # a recipe that renders its scans needs no folder
     synth_train
     STUDENT_DATA=(--train "$RUN/train")
 fi
