@@ -165,7 +165,11 @@ class GuideConfig(_Strict):
 
 class TeacherModel(_Strict):
     preset: Literal["tiny", "donut-base"] = "tiny"
-    image_size: tuple[int, int] | None = Field(None, description="(height, width); default: the preset's.")
+    image_size: tuple[int, int] | None = Field(
+        None,
+        description="(height, width); default: the preset's. With 'init: PATH' the folder's model is "
+        "fine-tuned at this input size (default: the folder's).",
+    )
     corpus_vocab_size: int = Field(
         0, ge=0, description="BPE vocabulary learned on the values; 0 = characters."
     )

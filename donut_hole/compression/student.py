@@ -42,7 +42,7 @@ from transformers import DonutProcessor, DonutSwinConfig, MBartConfig, VisionEnc
 
 from donut_hole.compression.prune import prunable_weights, prune_ffn_
 from donut_hole.compression.recipe import CompressRecipe, Selection, StudentConfig
-from donut_hole.model.build import count_parameters, encoder_stride
+from donut_hole.model.build import check_input_size, count_parameters
 
 _ENCODER_BLOCK = re.compile(r"^(encoder\.encoder\.layers\.(\d+)\.blocks\.)(\d+)(\..*)$")
 _DECODER_LAYER = re.compile(r"^(decoder\.model\.decoder\.layers\.)(\d+)(\..*)$")
@@ -171,13 +171,10 @@ def derive_student(
     cast(MBartConfig, config.decoder).decoder_layers = spec.decoder_layers
     if spec.image_size is not None:
         encoder = cast(DonutSwinConfig, config.encoder)
-        stride = encoder_stride(encoder)
-        last, window = min(spec.image_size) // stride, encoder.window_size
-        if last < window:
-            raise StudentError(
-                f"student.image_size {spec.image_size} is too small: Swin's last stage would be {last}"
-                f" patches wide, under the window ({window}); use sides of {stride * window} pixels or more"
-            )
+        try:
+            check_input_size(encoder, spec.image_size)
+        except ValueError as exc:
+            raise StudentError(f"student.image_size: {exc}") from exc
         encoder.image_size = list(spec.image_size)
     student = VisionEncoderDecoderModel(config=config)
     student.generation_config = copy.deepcopy(teacher.generation_config)

@@ -15,7 +15,7 @@ from donut_hole.compression.recipe import RecipeError, TeacherRecipe, save_recip
 from donut_hole.compression.train import train
 from donut_hole.documents.values import sample_document
 from donut_hole.evaluation.dataset import read_dataset
-from donut_hole.model.build import Preset, load_model, new_model, preset_with
+from donut_hole.model.build import Preset, load_model, new_model, preset_with, resize_input
 from donut_hole.model.tokens import field_tokens
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,13 @@ def train_teacher(
         # fp32 master weights whatever the folder stores (a checkpoint may be kept in bf16 to stay small)
         model, processor = load_model(recipe.init, dtype=torch.float32, task_prompt=recipe.task_prompt)
         add_field_tokens(model, processor.tokenizer, documents, extra=extra_tokens)
+        if recipe.model.image_size is not None:
+            try:
+                resized = resize_input(model, processor, recipe.model.image_size)
+            except ValueError as exc:
+                raise RecipeError(f"model.image_size: {exc}") from exc
+            if resized:
+                log.info("fine-tuning at %dx%d (height x width)", *recipe.model.image_size)
     objective = None
     if recipe.guide is not None:
         size = processor.image_processor.size

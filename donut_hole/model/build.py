@@ -111,15 +111,40 @@ def encoder_stride(encoder: Any) -> int:
     return int(encoder.patch_size) * 2 ** (len(encoder.depths) - 1)
 
 
+def check_input_size(encoder: Any, image_size: tuple[int, int] | list[int]) -> None:
+    """A ValueError unless Swin's last stage (of a DonutSwin config) still holds one attention window at
+    ``image_size`` (height, width)."""
+    _check_last_stage(list(image_size), stride=encoder_stride(encoder), window=int(encoder.window_size))
+
+
+def _check_last_stage(image_size: list[int], *, stride: int, window: int) -> None:
+    last = min(image_size) // stride
+    if last < window:
+        raise ValueError(
+            f"image size {image_size} is too small for window {window}: the last Swin stage would be {last}"
+            f" patches wide; use sides of at least {stride * window} pixels"
+        )
+
+
+def resize_input(model: Any, processor: Any, image_size: tuple[int, int] | list[int]) -> bool:
+    """Make a loaded DONUT take images of ``image_size`` (height, width), as DONUT is fine-tuned at another
+    resolution than its pre-training: Swin's weights do not depend on the input size (relative positions
+    within windows), only the config and the processor change. True when the size changed."""
+    height, width = (int(side) for side in image_size)
+    size = processor.image_processor.size
+    if (int(size["height"]), int(size["width"])) == (height, width):
+        return False
+    check_input_size(model.config.encoder, (height, width))
+    model.config.encoder.image_size = [height, width]
+    processor.image_processor.size = {"height": height, "width": width}
+    return True
+
+
 def check_image_size(preset: Preset) -> None:
     """Swin's last stage must still hold one attention window: min(H, W) / (4 * 2**(stages-1)) >= window."""
-    stride = 4 * 2 ** (len(preset.depths) - 1)
-    smallest = min(preset.image_size) // stride
-    if smallest < preset.window_size:
-        raise ValueError(
-            f"image size {preset.image_size} is too small for window {preset.window_size}: the last Swin "
-            f"stage is {smallest} patches wide; use a side of at least {stride * preset.window_size} pixels"
-        )
+    _check_last_stage(
+        list(preset.image_size), stride=4 * 2 ** (len(preset.depths) - 1), window=preset.window_size
+    )
 
 
 def model_config(

@@ -180,6 +180,22 @@ def test_train_fine_tunes_a_published_folder_with_init_path(base_safetensors, da
         config["decoder_start_token_id"]
         == json.loads((base_safetensors / "added_tokens.json").read_text())["<s_synthdog>"]
     )
+    # fine-tuned at another input size (as DONUT is after pre-training): the saved model reads that size
+    spec = yaml.safe_load(recipe.read_text())
+    recipe.write_text(yaml.safe_dump({**spec, "model": {"image_size": [192, 144]}}))
+    result = runner.invoke(app, [*args[:-1], str(tmp_path / "larger")])
+    assert result.exit_code == 0, result.output
+    larger = tmp_path / "larger" / "model"
+    assert json.loads((larger / "config.json").read_text())["encoder"]["image_size"] == [192, 144]
+    assert json.loads((larger / "preprocessor_config.json").read_text())["size"] == {
+        "height": 192,
+        "width": 144,
+    }
+    result = runner.invoke(app, ["predict", "--model", str(larger), str(next(data.glob("*.jpg")))])
+    assert result.exit_code == 0, result.output
+    recipe.write_text(yaml.safe_dump({**spec, "model": {"image_size": [64, 64]}}))
+    text = _one_line_error(runner.invoke(app, [*args[:-1], str(tmp_path / "small")]))
+    assert "model.image_size" in text and "too small" in text
     # without a task prompt a published donut-base (two task tokens) is refused with the option named
     recipe.write_text(yaml.safe_dump({"init": str(base_safetensors), "train": {"steps": 1}}))
     text = _one_line_error(runner.invoke(app, args))
