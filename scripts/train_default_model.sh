@@ -15,9 +15,12 @@
 #   checkpoints/teacher-cpu (to commit, so that the next machine goes on from there), plot the curve and
 #   rewrite the curve's table in its README (between <!-- curve:start --> and <!-- curve:end -->)
 # scripts/train_default_model.sh --anneal N [RUN_DIR]   anneal a copy of the teacher's newest checkpoint: N
-#   more steps with the learning rate decaying (cosine) to ANNEAL_MIN (0.05) of it, in RUN_DIR/anneal, then
-#   evaluate it on both held-out sets. The open-ended run in RUN_DIR/teacher is left as it was (its constant
-#   rate goes on learning; an annealed copy shows what it reads now). Resumable like the rest.
+#   more steps with the learning rate decaying (cosine) to ANNEAL_MIN (0.05) of it, in RUN_DIR/anneal, at
+#   the input size ANNEAL_SIZE (default 672 for a recipe with a 'data' curriculum: the annealed teacher reads
+#   672x672 inputs, sharper print than the 448x448 it trained at, for 1.6x the time per image; unset:
+#   the recipe's own size), then evaluate it on both held-out sets. The open-ended run in RUN_DIR/teacher is
+#   left as it was (its constant rate goes on learning; an annealed copy shows what it reads now).
+#   Resumable like the rest.
 #   Once the teacher stops by itself (its target F1), the chain anneals it (ANNEAL_STEPS, default 1000 for a
 #   recipe with a 'data' curriculum, 0 for others) and the annealed copy is the teacher that is distilled.
 # Quick smoke run of the whole chain: SMOKE=1 scripts/train_default_model.sh /tmp/smoke
@@ -47,6 +50,7 @@ MAX_NEW=512
 renders() { grep -q '^data:' "$1"; }  # renders RECIPE: its training scans come from a 'data' curriculum
 # open-ended teachers (a 'data' curriculum, constant learning rate) end with an anneal; others decay themselves
 ANNEAL_STEPS=${ANNEAL_STEPS:-$(renders "$TEACHER_RECIPE" && echo 1000 || echo 0)}
+ANNEAL_SIZE=${ANNEAL_SIZE-$(renders "$TEACHER_RECIPE" && echo 672 || true)}
 EXTRA=()
 SMOKE_SET=()
 TEACHER=()
@@ -80,23 +84,28 @@ fi
 # anneal N: a copy of the teacher's newest checkpoint trains N more steps while its learning rate decays,
 # in $RUN/anneal, and is evaluated on the held-out set; a teacher that moved on since is annealed afresh.
 anneal() {
-    local n=$1 a="$RUN/anneal" from
+    local n=$1 a="$RUN/anneal" from size=() mark
     [[ -f "$RUN/teacher/checkpoint.pt" ]] || { echo "no teacher checkpoint in $RUN/teacher" >&2; exit 1; }
     from=$("$PY" -c "import sys, torch; print(torch.load(sys.argv[1], map_location='cpu', weights_only=False)['step'])" \
         "$RUN/teacher/checkpoint.pt")
-    if [[ -f "$a/anneal.json" ]] && ! grep -qx "{\"from_step\": $from, \"steps\": $n}" "$a/anneal.json"; then
-        echo "$a was annealed from another checkpoint or over another number of steps: annealing afresh"
+    mark="{\"from_step\": $from, \"steps\": $n}"
+    if [[ -n "$ANNEAL_SIZE" ]]; then  # Swin's weights fit any input size: the copy goes on at this one
+        size=(--set "model.image_size=[$ANNEAL_SIZE, $ANNEAL_SIZE]")
+        mark="{\"from_step\": $from, \"steps\": $n, \"image_size\": [$ANNEAL_SIZE, $ANNEAL_SIZE]}"
+    fi
+    if [[ -f "$a/anneal.json" ]] && ! grep -qxF "$mark" "$a/anneal.json"; then
+        echo "$a was annealed from another checkpoint, over another number of steps or at another size: annealing afresh"
         rm -rf "$a"
     fi
     if [[ ! -f "$a/anneal.json" ]]; then
         mkdir -p "$a"
         cp "$RUN/teacher/checkpoint.pt" "$RUN/teacher/history.jsonl" "$RUN/teacher/train_log.jsonl" "$a/"
-        echo "{\"from_step\": $from, \"steps\": $n}" > "$a/anneal.json"
+        echo "$mark" > "$a/anneal.json"
     fi
     echo "annealing the teacher from step $from over $n steps in $a"
     "${DH[@]}" train --recipe "$TEACHER_RECIPE" --val "$RUN/val" --out "$a" --resume --steps $((from + n)) \
         --set "train.decay_steps=$n" --set "train.min_lr_ratio=${ANNEAL_MIN:-0.05}" --set train.target_f1=null \
-        "${SMOKE_SET[@]}"
+        "${size[@]}" "${SMOKE_SET[@]}"
     evaluate_both "$a"
 }
 # evaluate_both DIR: DIR/model on both held-out sets, unless read since it was saved

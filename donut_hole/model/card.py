@@ -175,10 +175,12 @@ def _teacher_training(history: list[dict[str, Any]], anneal: dict[str, Any] | No
     last = history[-1]
     seen = f"{last.get('images', 0):,} images, {last.get('cpu_hours', 0.0):.1f} CPU-hours"
     if anneal:
+        size = anneal.get("image_size")
+        at = f" at a {size[0]}x{size[1]} input" if size else ""
         return (
             f"a copy of the open-ended run's step {anneal['from_step']:,}, annealed over {anneal['steps']:,} "
-            f"more steps while the learning rate decayed; the run's last evaluation before it, at {seen}: "
-            f"{_checked(last)} (a few dozen scans, at its constant learning rate)."
+            f"more steps{at} while the learning rate decayed; the run's last evaluation before it, at "
+            f"{seen}: {_checked(last)} (a few dozen scans, at its constant learning rate)."
         )
     return f"{seen} in {last.get('step', 0):,} optimizer steps; its last evaluation: {_checked(last)}."
 

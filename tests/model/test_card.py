@@ -170,6 +170,8 @@ def test_the_card_tells_how_each_model_was_trained():
     annealed = _teacher_training(history, {"from_step": 1200, "steps": 100})
     assert "step 1,200, annealed over 100 more steps" in annealed
     assert "at 16,000 images, 0.6 CPU-hours: held-out field F1 0.800, nTED 0.900" in annealed
+    sharper = _teacher_training(history, {"from_step": 1200, "steps": 100, "image_size": [672, 672]})
+    assert "annealed over 100 more steps at a 672x672 input while" in sharper
     assert _teacher_training(history, None).startswith(
         "24,000 images, 0.9 CPU-hours in 1,500 optimizer steps"
     )
