@@ -3,8 +3,8 @@
 #
 # Usage: scripts/train_default_model.sh [RUN_DIR] [N_TRAIN]     start, or go on where it stopped
 #   The teacher (configs/teacher-cpu.yaml) learns on pages rendered on the fly (reading pages, then the
-#   three document types) at a constant learning rate until its held-out field F1 reaches the recipe's
-#   target (train.target_f1), then an annealed copy of it becomes the teacher (below); it starts from
+#   three document types) at a constant learning rate for the recipe's steps (or until its held-out field
+#   F1 reaches train.target_f1), then an annealed copy of it becomes the teacher (below); it starts from
 #   checkpoints/teacher-cpu when RUN_DIR has no checkpoint of its own. The student
 #   (configs/donut-hole-cpu.yaml) is distilled on scans rendered on the fly by its recipe (a recipe
 #   without a 'data' curriculum: N_TRAIN synthetic scans, seed 0). Held-out: 500 scans, seed 1000, in their
