@@ -17,11 +17,11 @@
 # scripts/train_default_model.sh --anneal N [RUN_DIR]   anneal a copy of the teacher's newest checkpoint: N
 #   more steps with the learning rate decaying (cosine) to ANNEAL_MIN (0.05) of it, in RUN_DIR/anneal, at
 #   the input size ANNEAL_SIZE (default 672 for a recipe with a 'data' curriculum: the annealed teacher reads
-#   672x672 inputs, sharper print than the 448x448 it trained at, for 1.6x the time per image; unset:
-#   the recipe's own size), then evaluate it on both held-out sets. The open-ended run in RUN_DIR/teacher is
+#   672x672 inputs, sharper print than the 448x448 it trained at, for 1.6x the time per image; empty,
+#   ANNEAL_SIZE=: the recipe's own size), then evaluate it on both held-out sets. The open-ended run in RUN_DIR/teacher is
 #   left as it was (its constant rate goes on learning; an annealed copy shows what it reads now).
 #   Resumable like the rest.
-#   Once the teacher stops by itself (its target F1), the chain anneals it (ANNEAL_STEPS, default 1000 for a
+#   Once the teacher stops by itself (its steps or its target F1), the chain anneals it (ANNEAL_STEPS, default 1000 for a
 #   recipe with a 'data' curriculum, 0 for others) and the annealed copy is the teacher that is distilled.
 # Quick smoke run of the whole chain: SMOKE=1 scripts/train_default_model.sh /tmp/smoke
 # Other recipes (a GPU machine): TEACHER_RECIPE=configs/teacher-small.yaml STUDENT_RECIPE=configs/donut-hole-small.yaml
