@@ -68,20 +68,42 @@ class DistillObjective:
         self.teacher = teacher.eval().requires_grad_(False)
         self.weights, self.layer_map, self.pad_token_id = weights, layer_map, pad_token_id
         self.hidden = weights.hidden_encoder > 0 or weights.hidden_decoder > 0
+        self.attention = weights.attention > 0
+        if self.attention:
+            teacher.decoder.set_attn_implementation("eager")  # attention maps are not returned by SDPA
         self.student_size = student_size  # (height, width) when the student reads smaller images
 
     def __call__(
         self, model: VisionEncoderDecoderModel, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, float]]:
         decoder_input_ids, labels = shift_for_decoder(batch["input_ids"], pad_token_id=self.pad_token_id)
-        inputs = {"pixel_values": batch["pixel_values"], "decoder_input_ids": decoder_input_ids}
+        pixels = batch["pixel_values"]
         with torch.no_grad():
-            teacher_out = self.teacher(**inputs, output_hidden_states=self.hidden)
+            teacher_out = self._forward(self.teacher, pixels, decoder_input_ids)
         if self.student_size is not None:
-            inputs["pixel_values"] = resize_pixels(batch["pixel_values"], self.student_size)
-        student_out = model(**inputs, output_hidden_states=self.hidden)
+            pixels = resize_pixels(pixels, self.student_size)
+        if self.attention and model.decoder.config._attn_implementation != "eager":
+            model.decoder.set_attn_implementation("eager")
+        student_out = self._forward(model, pixels, decoder_input_ids)
         return distillation_loss(
             student_out, teacher_out, labels, weights=self.weights, layer_map=self.layer_map
+        )
+
+    def _forward(
+        self, model: VisionEncoderDecoderModel, pixels: torch.Tensor, decoder_input_ids: torch.Tensor
+    ) -> Any:
+        """Teacher-forced outputs; attention maps of the decoder only (the encoder's, every Swin window of
+        every block, would take gigabytes at a page's size and are not used)."""
+        if not self.attention:
+            return model(
+                pixel_values=pixels, decoder_input_ids=decoder_input_ids, output_hidden_states=self.hidden
+            )
+        encoded = model.encoder(pixel_values=pixels, output_hidden_states=self.hidden)
+        return model(
+            encoder_outputs=encoded,
+            decoder_input_ids=decoder_input_ids,
+            output_hidden_states=self.hidden,
+            output_attentions=True,
         )
 
 

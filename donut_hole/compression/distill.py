@@ -9,7 +9,7 @@ autocast does not lose precision in the sums.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -128,6 +128,37 @@ def hidden_loss(
     return torch.stack(terms).mean()
 
 
+def attention_kd_loss(student_attention: Tensor, teacher_attention: Tensor, mask: Tensor) -> Tensor:
+    """Mean over counted positions of KL(teacher || student) between cross-attention maps.
+
+    Both maps are ``(B, T, S)`` (one decoder layer, heads averaged), each row a distribution over the
+    ``S`` encoder cells; ``mask (B, T)`` marks the positions that count. Equal maps give 0.
+
+    >>> student, teacher = torch.full((1, 1, 4), 0.25), torch.tensor([[[0.7, 0.1, 0.1, 0.1]]])
+    >>> round(float(attention_kd_loss(student, teacher, torch.ones(1, 1, dtype=torch.bool))), 4)
+    0.4458
+    """
+    if student_attention.shape != teacher_attention.shape:
+        raise ValueError(
+            f"cross-attention maps differ in shape: student {tuple(student_attention.shape)} vs teacher "
+            f"{tuple(teacher_attention.shape)}; the student must read at the teacher's input size"
+        )
+    t = teacher_attention.detach().float().clamp(min=1e-8)
+    s = student_attention.float().clamp(min=1e-8)
+    per_position = (t * (t.log() - s.log())).sum(dim=-1)  # (B, T)
+    return _masked_mean(per_position, mask.bool())
+
+
+def _cross_attention(out: Any, who: str) -> Tensor:
+    maps = getattr(out, "cross_attentions", None)
+    if not maps or maps[-1] is None:
+        raise ValueError(
+            f"the {who} output has no cross_attentions; run it with output_attentions=True "
+            "and eager attention"
+        )
+    return cast(Tensor, maps[-1]).mean(dim=1)  # (B, heads, T, S) -> (B, T, S): last layer, mean over heads
+
+
 def _states(out: Any, name: str, who: str) -> Sequence[Tensor]:
     states = getattr(out, name, None)
     if states is None:
@@ -175,5 +206,8 @@ def distillation_loss(
             s = _states(student_out, "decoder_hidden_states", "student")
             t = _states(teacher_out, "decoder_hidden_states", "teacher")
             add("hidden_decoder", weights.hidden_decoder, hidden_loss(s, t, pairs["decoder"], mask))
+    if weights.attention > 0:
+        s_map, t_map = _cross_attention(student_out, "student"), _cross_attention(teacher_out, "teacher")
+        add("attention", weights.attention, attention_kd_loss(s_map, t_map, mask))
     parts["total"] = float(total.detach())
     return total, parts

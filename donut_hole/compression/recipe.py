@@ -195,7 +195,7 @@ class TeacherRecipe(_Strict):
     train: TrainConfig = TrainConfig()
 
 
-Selection = Literal["uniform", "first"]
+Selection = Literal["uniform", "first", "last"]
 
 
 class StudentConfig(_Strict):
@@ -205,7 +205,9 @@ class StudentConfig(_Strict):
     decoder_layers: int = Field(ge=1, description="mBART decoder layers in the student.")
     selection: Selection = Field(
         "uniform",
-        description="uniform: evenly spaced teacher blocks, first and last included; first: the first n.",
+        description="uniform: evenly spaced teacher blocks, first and last included (one: the first); "
+        "first: the first n; last: the last n (a shallow student whose output layer starts as the "
+        "teacher's).",
     )
     image_size: list[int] | None = Field(
         None,
@@ -230,6 +232,12 @@ class DistillConfig(_Strict):
     hidden_encoder: float = Field(0.0, ge=0, description="MSE between matched Swin stage outputs.")
     hidden_decoder: float = Field(0.0, ge=0, description="MSE between matched decoder layer outputs.")
     temperature: float = Field(2.0, gt=0, description="Softmax temperature of the KL term.")
+    attention: float = Field(
+        0.0,
+        ge=0,
+        description="KL between the teacher's and the student's last-layer cross-attention maps (mean over "
+        "heads): where the teacher looks while it reads each token. Needs the teacher's encoder grid.",
+    )
 
 
 class PruneConfig(_Strict):
@@ -287,6 +295,11 @@ class CompressRecipe(_Strict):
             raise ValueError(
                 "student.image_size gives the student smaller feature maps than the teacher's: "
                 "set distill.hidden_encoder to 0 (the logit and decoder terms still apply)"
+            )
+        if self.student.image_size is not None and self.distill.attention > 0:
+            raise ValueError(
+                "student.image_size gives the student another encoder grid than the teacher's, so their "
+                "cross-attention maps do not compare: set distill.attention to 0"
             )
         return self
 

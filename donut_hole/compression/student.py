@@ -23,8 +23,8 @@ Hidden-state indexing used by :meth:`LayerMap.hidden_pairs` (with ``output_hidde
   the output of decoder layer ``j``; the last entry is taken after the decoder's final ``layer_norm``.
   Student layer ``j`` pairs with teacher layer ``decoder_layers[j]``, i.e. indices
   ``(decoder_layers[j] + 1, j + 1)``. With ``selection="uniform"`` the last layers pair with each other,
-  so both sides of the last pair are post-norm; with ``"first"`` the student's last entry is post-norm
-  while its teacher partner is not (a small mismatch that distillation absorbs).
+  so both sides of the last pair are post-norm (with ``"last"`` too); with ``"first"`` the student's last
+  entry is post-norm while its teacher partner is not (a small mismatch that distillation absorbs).
 """
 
 from __future__ import annotations
@@ -61,12 +61,12 @@ def select_layers(n_teacher: int, n_student: int, selection: Selection = "unifor
     """Teacher indices kept for a student of ``n_student`` layers.
 
     ``uniform`` spreads them evenly and always keeps the first and the last (one layer: the first);
-    ``first`` keeps the first ``n_student``.
+    ``first`` keeps the first ``n_student``, ``last`` the last ``n_student``.
 
     >>> select_layers(14, 6)
     [0, 3, 5, 8, 10, 13]
-    >>> select_layers(4, 2), select_layers(4, 2, "first")
-    ([0, 3], [0, 1])
+    >>> select_layers(4, 2), select_layers(4, 2, "first"), select_layers(4, 1, "last")
+    ([0, 3], [0, 1], [3])
 
     Swin alternates plain (even index) and shifted-window (odd index) blocks; a uniform pick may put a
     shifted teacher block in a plain student slot (14 → 6: teacher 5 → student 2). The weights have the same
@@ -74,10 +74,12 @@ def select_layers(n_teacher: int, n_student: int, selection: Selection = "unifor
     """
     if not 1 <= n_student <= n_teacher:
         raise StudentError(f"cannot keep {n_student} of {n_teacher} layers: need 1 <= kept <= {n_teacher}")
+    if selection == "last":
+        return list(range(n_teacher - n_student, n_teacher))
     if selection == "first" or n_student == 1:
         return list(range(n_student))
     if selection != "uniform":
-        raise StudentError(f"unknown selection {selection!r}; use 'uniform' or 'first'")
+        raise StudentError(f"unknown selection {selection!r}; use 'uniform', 'first' or 'last'")
     step = (n_teacher - 1) / (n_student - 1)
     return [math.floor(i * step + 0.5) for i in range(n_student)]
 

@@ -178,7 +178,7 @@ def _teacher_training(history: list[dict[str, Any]], anneal: dict[str, Any] | No
         size = anneal.get("image_size")
         at = f" at a {size[0]}x{size[1]} input" if size else ""
         return (
-            f"a copy of the open-ended run's step {anneal['from_step']:,}, annealed over {anneal['steps']:,} "
+            f"a copy of the teacher run's step {anneal['from_step']:,}, annealed over {anneal['steps']:,} "
             f"more steps{at} while the learning rate decayed; the run's last evaluation before it, at "
             f"{seen}: {_checked(last)} (a few dozen scans, at its constant learning rate)."
         )

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from donut_hole.compression.distill import (
+    attention_kd_loss,
     ce_loss,
     distillation_loss,
     hidden_loss,
@@ -236,3 +237,44 @@ def test_distillation_on_a_tiny_donut() -> None:
     total.backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert student.decoder.model.decoder.layers[0].fc1.weight.grad is not None
+
+
+def test_attention_kd_loss_values_mask_and_shapes() -> None:
+    """KL(teacher || student) per counted position over the encoder cells; equal maps give zero."""
+    teacher = torch.tensor([[[0.5, 0.5, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]]])  # (B=1, T=2, S=4)
+    student = torch.full((1, 2, 4), 0.25, requires_grad=True)
+    mask = torch.tensor([[True, False]])
+    loss = attention_kd_loss(student, teacher, mask)
+    assert loss.item() == pytest.approx(math.log(2), rel=1e-4)  # 2 x 0.5 log(0.5 / 0.25); masked row skipped
+    assert attention_kd_loss(teacher, teacher, torch.ones(1, 2, dtype=torch.bool)).item() == pytest.approx(0)
+    loss.backward()
+    assert student.grad is not None
+    with pytest.raises(ValueError, match="teacher's input size"):
+        attention_kd_loss(torch.full((1, 2, 8), 0.125), teacher, mask)
+
+
+def test_shallow_student_learns_where_the_teacher_looks() -> None:
+    """A one-layer student kept from the teacher's last layer: the attention term is computed from eager
+    cross-attention maps, needs them, and its gradient reaches the student's cross-attention."""
+    teacher, processor = new_model("tiny", documents=[{"a": "1"}], image_size=(160, 160))
+    student, layer_map = derive_student(
+        teacher, StudentConfig(encoder_depths=[2, 2, 2, 2], decoder_layers=1, selection="last")
+    )
+    assert layer_map.decoder_layers == [teacher.config.decoder.decoder_layers - 1]
+    for model in (teacher, student):
+        model.decoder.set_attn_implementation("eager")
+    pad = processor.tokenizer.pad_token_id
+    ids = torch.tensor([[teacher.config.decoder_start_token_id, 10, 11, 2]])
+    decoder_input_ids, labels = shift_for_decoder(ids, pad_token_id=pad)
+    pixels = torch.randn(1, 3, 160, 160, generator=torch.Generator().manual_seed(0))
+    inputs = {"pixel_values": pixels, "decoder_input_ids": decoder_input_ids}
+    with torch.no_grad():
+        t_out = teacher(**inputs, output_attentions=True)
+    s_out = student(**inputs, output_attentions=True)
+    weights = DistillConfig(ce=0.0, kd=0.0, attention=1.0)
+    total, parts = distillation_loss(s_out, t_out, labels, weights=weights, layer_map=layer_map)
+    assert parts["attention"] > 0
+    total.backward()
+    assert student.decoder.model.decoder.layers[0].encoder_attn.q_proj.weight.grad is not None
+    with pytest.raises(ValueError, match="cross_attentions"):
+        distillation_loss(student(**inputs), t_out, labels, weights=weights, layer_map=layer_map)

@@ -35,6 +35,12 @@ def test_errors_name_the_key(tmp_path):
     path.write_text("student: {encoder_depths: [1], decoder_layers: 0}\n")
     with pytest.raises(RecipeError, match=r"student\.decoder_layers"):
         load_recipe(path, CompressRecipe)
+    path.write_text(
+        "student: {encoder_depths: [1], decoder_layers: 1, image_size: [64, 64]}\n"
+        "distill: {hidden_encoder: 0, attention: 1.0}\n"
+    )
+    with pytest.raises(RecipeError, match=r"distill\.attention to 0"):
+        load_recipe(path, CompressRecipe)
 
 
 def test_default_model_recipes_fit_together():

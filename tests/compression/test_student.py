@@ -53,6 +53,8 @@ def test_select_layers() -> None:
     assert select_layers(2, 2) == [0, 1]
     assert select_layers(5, 1) == [0]
     assert select_layers(14, 6, "first") == [0, 1, 2, 3, 4, 5]
+    assert select_layers(4, 1, "last") == [3]
+    assert select_layers(14, 3, "last") == [11, 12, 13]
     assert select_layers(7, 7) == list(range(7))
     with pytest.raises(StudentError):
         select_layers(4, 5)
