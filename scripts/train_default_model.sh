@@ -13,7 +13,9 @@
 #   goes on.
 # scripts/train_default_model.sh --save [RUN_DIR]   keep the teacher's newest checkpoint and its curves in
 #   checkpoints/teacher-cpu (to commit, so that the next machine goes on from there), plot the curve and
-#   rewrite the curve's table in its README (between <!-- curve:start --> and <!-- curve:end -->)
+#   rewrite the curve's table in its README (between <!-- curve:start --> and <!-- curve:end -->); a
+#   student distillation under way is kept too, in checkpoints/<student recipe's name> (STUDENT_KEEP), and
+#   the next run's student goes on from it
 # scripts/train_default_model.sh --anneal N [RUN_DIR]   anneal a copy of the teacher's newest checkpoint: N
 #   more steps with the learning rate decaying (cosine) to ANNEAL_MIN (0.05) of it, in RUN_DIR/anneal, at
 #   the input size ANNEAL_SIZE (default 672 for a recipe with a 'data' curriculum: the annealed teacher reads
@@ -28,6 +30,7 @@
 #   (a teacher recipe without a 'data' curriculum trains on N_TRAIN synthetic scans instead)
 # In a fixed time: TEACHER_S=300 TEACHER_ONLY=1 ..., then STUDENT_ONLY=1 STUDENT_S=120 ...
 set -euo pipefail
+ARGS=$*  # as given, for the commands recorded in run.json (the model cards list them)
 SAVE=0
 ANNEAL=0
 [[ "${1:-}" == --save ]] && { SAVE=1; shift; }
@@ -36,12 +39,13 @@ if [[ "${1:-}" == --anneal ]]; then
     [[ "$ANNEAL" =~ ^[1-9][0-9]*$ ]] || { echo "--anneal needs a number of steps, e.g. --anneal 1000" >&2; exit 2; }
     shift 2
 fi
-INVOCATION="TEACHER_RECIPE=${TEACHER_RECIPE:-} SMOKE=${SMOKE:-0} TEACHER_ONLY=${TEACHER_ONLY:-0} STUDENT_ONLY=${STUDENT_ONLY:-0} INIT=${INIT:-} TEACHER_S=${TEACHER_S:-} STUDENT_S=${STUDENT_S:-} $0 $*"
+INVOCATION="TEACHER_RECIPE=${TEACHER_RECIPE:-} ${STUDENT_RECIPE:+STUDENT_RECIPE=$STUDENT_RECIPE }SMOKE=${SMOKE:-0} TEACHER_ONLY=${TEACHER_ONLY:-0} STUDENT_ONLY=${STUDENT_ONLY:-0} INIT=${INIT:-} TEACHER_S=${TEACHER_S:-} STUDENT_S=${STUDENT_S:-} ${ANNEAL_SIZE+ANNEAL_SIZE=$ANNEAL_SIZE }$0 $ARGS"
 RUN=${1:-runs/default}
 N_TRAIN=${2:-12000}
 TEACHER_RECIPE=${TEACHER_RECIPE:-configs/teacher-cpu.yaml}
 STUDENT_RECIPE=${STUDENT_RECIPE:-configs/donut-hole-cpu.yaml}
 KEEP=${KEEP:-checkpoints/teacher-cpu}
+STUDENT_KEEP=${STUDENT_KEEP:-checkpoints/$(basename "$STUDENT_RECIPE" .yaml)}  # a student that takes sessions
 N_VAL=${N_VAL:-500}
 BIN=${BIN:-.venv/bin}
 PY=${PY:-$BIN/python}
@@ -69,16 +73,28 @@ fi
 [[ -n "${TEACHER_S:-}" ]] && TEACHER+=(--set "train.time_limit_s=$TEACHER_S")
 [[ -n "${STUDENT_S:-}" ]] && STUDENT+=(--set "train.time_limit_s=$STUDENT_S")
 if [[ $SAVE == 1 ]]; then
-    mkdir -p "$KEEP"
-    cp "$RUN/teacher/checkpoint.pt" "$RUN/teacher/history.jsonl" "$RUN/teacher/train_log.jsonl" \
-        "$RUN/teacher/recipe.yaml" "$KEEP/"
-    "$PY" -c "import sys; from donut_hole.compression.curve import plot_curve; plot_curve(*sys.argv[1:3])" \
-        "$KEEP/history.jsonl" "$KEEP/curve.png"
-    if grep -q '<!-- curve:start -->' "$KEEP/README.md" 2>/dev/null; then  # its table of the curve, too
-        "$PY" -c "import sys; from donut_hole.compression.curve import write_curve_table as w; w(*sys.argv[1:3])" \
-            "$KEEP/history.jsonl" "$KEEP/README.md"
+    kept=0
+    if [[ -f "$RUN/teacher/checkpoint.pt" ]]; then
+        mkdir -p "$KEEP"
+        cp "$RUN/teacher/checkpoint.pt" "$RUN/teacher/history.jsonl" "$RUN/teacher/train_log.jsonl" \
+            "$RUN/teacher/recipe.yaml" "$KEEP/"
+        "$PY" -c "import sys; from donut_hole.compression.curve import plot_curve; plot_curve(*sys.argv[1:3])" \
+            "$KEEP/history.jsonl" "$KEEP/curve.png"
+        if grep -q '<!-- curve:start -->' "$KEEP/README.md" 2>/dev/null; then  # its table of the curve, too
+            "$PY" -c "import sys; from donut_hole.compression.curve import write_curve_table as w; w(*sys.argv[1:3])" \
+                "$KEEP/history.jsonl" "$KEEP/README.md"
+        fi
+        echo "kept $RUN/teacher in $KEEP (commit it; the next run goes on from it)"
+        kept=1
     fi
-    echo "kept $RUN/teacher in $KEEP (commit it; the next run goes on from it)"
+    if [[ -f "$RUN/student/checkpoint.pt" && ! "$RUN/student/report.json" -nt "$RUN/student/checkpoint.pt" ]]; then
+        mkdir -p "$STUDENT_KEEP"  # a distillation still under way: keep it too
+        cp "$RUN/student/checkpoint.pt" "$RUN/student/train_log.jsonl" "$RUN/student/recipe.yaml" "$STUDENT_KEEP/"
+        if [[ -f "$RUN/student/history.jsonl" ]]; then cp "$RUN/student/history.jsonl" "$STUDENT_KEEP/"; fi
+        echo "kept $RUN/student in $STUDENT_KEEP (commit it; the next run goes on from it)"
+        kept=1
+    fi
+    [[ $kept == 1 ]] || { echo "nothing to keep: no checkpoint in $RUN/teacher or $RUN/student" >&2; exit 1; }
     exit 0
 fi
 # anneal N: a copy of the teacher's newest checkpoint trains N more steps while its learning rate decays,
@@ -125,11 +141,6 @@ synth_val() {
         --out "$RUN/val-pages"
 }
 mkdir -p "$RUN"
-if [[ $ANNEAL != 0 ]]; then
-    synth_val
-    anneal "$ANNEAL"
-    exit 0
-fi
 # run.json: data seeds and sizes, the commands, the hardware; `donut-hole ship` puts them in the model cards
 record() {  # record started|finished
     "$PY" - "$RUN/run.json" "$1" "$N_TRAIN" "$N_VAL" "$INVOCATION" "$RENDERED" <<'PY'
@@ -157,6 +168,11 @@ PY
 # both recipes render their training scans ('data' curricula): no training folder is written
 RENDERED=$(renders "$TEACHER_RECIPE" && renders "$STUDENT_RECIPE" && echo 1 || echo 0)
 record started
+if [[ $ANNEAL != 0 ]]; then
+    synth_val
+    anneal "$ANNEAL"
+    exit 0
+fi
 synth_val
 synth_train() {
     [[ -f "$RUN/train/metadata.jsonl" ]] || "${DH[@]}" synth --kind all --n "$N_TRAIN" --seed 0 \
@@ -188,6 +204,11 @@ STUDENT_DATA=()
 if ! renders "$STUDENT_RECIPE"; then  # a recipe that renders its scans needs no folder
     synth_train
     STUDENT_DATA=(--train "$RUN/train")
+fi
+if [[ ! -f "$RUN/student/checkpoint.pt" && -f "$STUDENT_KEEP/checkpoint.pt" && -z "${SMOKE_RUN:-}" ]]; then
+    mkdir -p "$RUN/student"  # go on from the committed distillation
+    cp "$STUDENT_KEEP/checkpoint.pt" "$STUDENT_KEEP/train_log.jsonl" "$RUN/student/"
+    if [[ -f "$STUDENT_KEEP/history.jsonl" ]]; then cp "$STUDENT_KEEP/history.jsonl" "$RUN/student/"; fi
 fi
 # a finished student (its report written after its model) is not distilled again
 [[ "$RUN/student/report.json" -nt "$RUN/student/model/model.safetensors" ]] ||
