@@ -69,6 +69,7 @@ class DistillObjective:
         self.weights, self.layer_map, self.pad_token_id = weights, layer_map, pad_token_id
         self.hidden = weights.hidden_encoder > 0 or weights.hidden_decoder > 0
         self.attention = weights.attention > 0
+        self.attn_implementation = teacher.decoder.config._attn_implementation  # how both read, after
         if self.attention:
             teacher.decoder.set_attn_implementation("eager")  # attention maps are not returned by SDPA
         self.student_size = student_size  # (height, width) when the student reads smaller images
@@ -88,6 +89,13 @@ class DistillObjective:
         return distillation_loss(
             student_out, teacher_out, labels, weights=self.weights, layer_map=self.layer_map
         )
+
+    def restore(self, student: VisionEncoderDecoderModel) -> None:
+        """Both decoders back to the teacher's own attention implementation, as they are read (and timed)
+        after training."""
+        if self.attention:
+            for model in (self.teacher, student):
+                model.decoder.set_attn_implementation(self.attn_implementation)
 
     def _forward(
         self, model: VisionEncoderDecoderModel, pixels: torch.Tensor, decoder_input_ids: torch.Tensor
@@ -179,6 +187,7 @@ def compress(
             eval_processor=student_processor,
             curriculum=recipe.data,
         )
+        objective.restore(student)
     elif pruner is not None:
         pruner.step(pruner.end_step)  # one shot: no training, straight to the target density
     if pruner is not None:

@@ -8,9 +8,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from donut_hole.cli import app
-from donut_hole.compression.compress import compress
+from donut_hole.compression.compress import DistillObjective, compress
 from donut_hole.compression.recipe import CompressRecipe, RecipeError, load_recipe
 from donut_hole.compression.student import (
+    LayerMap,
     StudentError,
     processor_size,
     resize_pixels,
@@ -350,3 +351,47 @@ def test_a_student_learns_from_scans_rendered_by_its_recipe(tiny_setup, tmp_path
     )
     with pytest.raises(RecipeError, match=r"prune\.vocabulary"):
         load_recipe(CONFIGS / "tiny.yaml", CompressRecipe, overrides={**overrides, "prune.vocabulary": True})
+
+
+def test_a_one_layer_student_learns_where_its_teacher_looks(tiny_setup, tmp_path):
+    """distill.attention with a shallow student (its one layer: the teacher's last), in two processes: the
+    term is logged, the student keeps one layer, and both decoders read as before once training ends."""
+    overrides = {
+        "student.decoder_layers": 1,
+        "student.selection": "last",
+        "distill.attention": 1.0,
+        "train.steps": 3,
+        "train.eval_every": 3,
+        "train.eval_samples": 2,
+        "train.max_new_tokens": 8,
+        "train.log_every": 1,
+        "train.processes": 2,
+        "report.cka_samples": 4,
+        "report.latency_samples": 2,
+        "report.latency_repeats": 1,
+        "report.eval_samples": 2,
+    }
+    recipe = load_recipe(CONFIGS / "tiny.yaml", CompressRecipe, overrides=overrides)
+    report = compress(
+        recipe,
+        teacher_path=tiny_setup["teacher"],
+        train_dir=tiny_setup["train"],
+        val_dir=tiny_setup["val"],
+        out_dir=tmp_path / "run",
+        progress=False,
+    )
+    logged = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert logged and all(record["attention"] > 0 for record in logged)
+    assert json.loads((tmp_path / "run" / "layer_map.json").read_text())["decoder_layers"] == [1]
+    assert report.student_structure["decoder_layers"] == [1]  # the teacher layer kept
+    student, _ = load_model(tmp_path / "run" / "model")
+    assert student.config.decoder.decoder_layers == 1
+
+    teacher, _ = load_model(tiny_setup["teacher"])
+    own = teacher.decoder.config._attn_implementation
+    objective = DistillObjective(
+        teacher, weights=recipe.distill, layer_map=LayerMap([[0]], [1], [1], 2), pad_token_id=1
+    )
+    assert teacher.decoder.config._attn_implementation == "eager"
+    objective.restore(student)
+    assert teacher.decoder.config._attn_implementation == student.decoder.config._attn_implementation == own
