@@ -74,14 +74,21 @@ def plot_curve(history_path: Path, out: Path, *, title: str = "learning curve") 
     if not history:
         raise ValueError(f"{history_path} holds no evaluation yet")
     images = [h.get("images", 0) for h in history]
-    fig, (reading, fields) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
-    for key in sorted({k for h in history for k in h if k.startswith("cer_")}):
+    levels = sorted({k for h in history for k in h if k.startswith("cer_")})
+    if levels:  # a run that also read reading pages (a teacher's): their CER on the left
+        fig, (reading, fields) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+        axes = [reading, fields]
+    else:  # a student's distillation: the scans alone
+        fig, fields = plt.subplots(1, 1, figsize=(5.5, 3.8), constrained_layout=True)
+        axes = [fields]
+    for key in levels:
         # CER above 1 (more characters written than printed) is drawn at 1
         points = [(x, min(1.0, h[key])) for x, h in zip(images, history, strict=True) if key in h]
         reading.plot(*zip(*points, strict=True), marker=".", label=key.removeprefix("cer_"))
-    reading.set(xlabel="images seen", ylabel="CER, held-out reading pages (capped at 1)", ylim=(0, 1.05))
-    reading.axhline(0.1, color="grey", linestyle=":", linewidth=1)
-    reading.legend(title="level")
+    if levels:
+        reading.set(xlabel="images seen", ylabel="CER, held-out reading pages (capped at 1)", ylim=(0, 1.05))
+        reading.axhline(0.1, color="grey", linestyle=":", linewidth=1)
+        reading.legend(title="level")
     for key, label in (
         ("f1", "field F1"),
         ("ted_accuracy", "nTED accuracy"),
@@ -93,11 +100,11 @@ def plot_curve(history_path: Path, out: Path, *, title: str = "learning curve") 
     fields.set(xlabel="images seen", ylabel="held-out scans", ylim=(0, 1))
     fields.axhline(0.95, color="grey", linestyle=":", linewidth=1)
     fields.legend()
-    for axis in (reading, fields):  # 150k, not 150000: long tick labels run into each other
+    for axis in axes:  # 150k, not 150000: long tick labels run into each other
         axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x / 1000:g}k"))
     if all(h.get("cpu_hours") is not None for h in history) and images[-1] > images[0]:
         seen, hours = cpu_axis(images, [float(h["cpu_hours"]) for h in history])
-        for axis in (reading, fields):
+        for axis in axes:
             top = axis.secondary_xaxis(
                 "top",
                 functions=(

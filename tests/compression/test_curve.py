@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from PIL import Image
 
 from donut_hole.compression.curve import (
     _interpolate,
@@ -38,6 +39,12 @@ def test_plot_curve_writes_a_png(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ValueError, match="no evaluation"):
         plot_curve(tmp_path / "empty.jsonl", tmp_path / "x.png")
+    # a student's distillation reads no reading pages: one panel, the scans, not an empty one beside it
+    for row in rows:
+        del row["cer_easy"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with Image.open(out) as both, Image.open(plot_curve(path, tmp_path / "student.png")) as scans_only:
+        assert scans_only.width < 0.6 * both.width
 
 
 def test_the_cpu_hours_axis_starts_at_zero_images():
