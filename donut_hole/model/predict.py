@@ -176,30 +176,41 @@ class DonutReader:
         tokenizer = self.processor.tokenizer
         eos, pad, unk = tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id
         forced_eos = self.model.generation_config.forced_eos_token_id
+        # the decoder itself, as VisionEncoderDecoderModel.forward calls it, without that wrapper's work at
+        # every token; an encoder of another width is projected once, not at every token
+        decoder = self.model.decoder
+        hidden = encoder_outputs[0]  # (B, S, C)
+        if (
+            self.model.encoder.config.hidden_size != decoder.config.hidden_size
+            and getattr(decoder.config, "cross_attention_hidden_size", None) is None
+        ):
+            hidden = self.model.enc_to_dec_proj(hidden)
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        cache_arg = (
-            "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
-        )
+        cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
         ids = prompt
+        single = prompt.shape[0] == 1  # one document: no padding after its EOS to keep track of
         finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
         tokens, logps = [], []
         for step in range(self.max_new_tokens):
-            out = self.model(
-                encoder_outputs=encoder_outputs, decoder_input_ids=ids, use_cache=True, **{cache_arg: cache}
-            )
+            out = decoder(input_ids=ids, encoder_hidden_states=hidden, use_cache=True, **{cache_arg: cache})
             logits = out.logits[:, -1].float()  # (B, V)
             if unk is not None:
                 logits[:, unk] = -math.inf
             if forced_eos is not None and step == self.max_new_tokens - 1:
                 logits[:] = -math.inf
                 logits[:, forced_eos] = 0.0
-            chosen = logits.argmax(dim=-1)  # (B,)
-            logps.append(torch.log_softmax(logits, dim=-1).gather(-1, chosen[:, None])[:, 0])
-            chosen = chosen.masked_fill(finished, pad)
-            tokens.append(chosen)
-            finished |= chosen == eos
-            if bool(finished.all()):
-                break
+            best, chosen = logits.max(dim=-1)  # (B,): the first of equal maxima, as argmax
+            logps.append(best - torch.logsumexp(logits, dim=-1))  # log_softmax of the chosen token
+            if single:
+                tokens.append(chosen)
+                if int(chosen) == eos:
+                    break
+            else:
+                chosen = chosen.masked_fill(finished, pad)
+                tokens.append(chosen)
+                finished |= chosen == eos
+                if bool(finished.all()):
+                    break
             ids = chosen[:, None]
         return torch.stack(tokens, dim=1), torch.stack(logps, dim=1)
 

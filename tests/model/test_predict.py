@@ -123,7 +123,7 @@ def test_the_greedy_loop_reads_as_generate_does(tiny_model_dir, tmp_path, monkey
         task_prompt="<s_cord-v2>",
     )
     assert published.model.generation_config.forced_eos_token_id is not None
-    for case, batch in ((reader, [*images, images[0]]), (published, images)):
+    for case, batch in ((reader, [*images, images[0]]), (reader, images[1:]), (published, images)):
         pixels = case.pixel_values(batch)
         assert predict._plain_greedy(case.model)
         own = case.generate(pixels)
@@ -136,6 +136,31 @@ def test_the_greedy_loop_reads_as_generate_does(tiny_model_dir, tmp_path, monkey
     assert [len(p.token_probs) for p in own] == [6, 6]  # the published one ran to the limit
     lengths = [len(p.token_probs) for p in reader.generate(reader.pixel_values(images))]
     assert lengths[0] < lengths[1] < 24  # the taught one ended at its own EOS, each at its step
+
+
+def test_the_greedy_loop_projects_an_encoder_of_another_width(tiny_model_dir, monkeypatch):
+    """A decoder narrower than its encoder reads through the model's projection, in the greedy loop as in
+    ``generate``."""
+    from transformers import MBartForCausalLM, VisionEncoderDecoderModel
+
+    reader = DonutReader.from_path(tiny_model_dir, max_new_tokens=8)
+    narrow = reader.model.config.decoder.to_dict()
+    narrow.update(d_model=64, decoder_ffn_dim=128, is_decoder=True, add_cross_attention=True)
+    torch.manual_seed(0)
+    decoder = MBartForCausalLM(type(reader.model.config.decoder).from_dict(narrow))
+    model = VisionEncoderDecoderModel(encoder=reader.model.encoder, decoder=decoder).eval()
+    assert model.encoder.config.hidden_size != model.decoder.config.hidden_size
+    for key in ("decoder_start_token_id", "pad_token_id", "eos_token_id"):
+        setattr(model.config, key, getattr(reader.model.config, key))
+    reader = DonutReader(model, reader.processor, max_new_tokens=8)
+    pixels = reader.pixel_values([Image.new("RGB", (160, 160), "white")] * 2)
+    own = reader.generate(pixels)
+    with monkeypatch.context() as patch:
+        patch.setattr(predict, "_plain_greedy", lambda model: False)
+        theirs = reader.generate(pixels)
+    assert [p.sequence for p in own] == [p.sequence for p in theirs]
+    for a, b in zip(own, theirs, strict=True):
+        assert a.token_probs == pytest.approx(b.token_probs, abs=1e-6)
 
 
 def test_a_generation_config_with_its_own_processors_is_read_by_generate(tiny_model_dir):
