@@ -111,6 +111,19 @@ def _taught(reader: DonutReader, images: list[Image.Image], texts: list[str], mo
     raise AssertionError(f"the tiny model did not learn to read {texts!r} in {most} steps")
 
 
+def _reads_as_generate(reader: DonutReader, pixels: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> list:
+    """The reader's greedy loop on ``pixels``, checked against transformers' ``generate``: the same tokens
+    and probabilities."""
+    own = reader.generate(pixels)
+    with monkeypatch.context() as patch:
+        patch.setattr(predict, "_plain_greedy", lambda model: False)
+        theirs = reader.generate(pixels)
+    assert [p.sequence for p in own] == [p.sequence for p in theirs]
+    for a, b in zip(own, theirs, strict=True):
+        assert a.token_probs == pytest.approx(b.token_probs, abs=1e-6)
+    return own
+
+
 def test_the_greedy_loop_reads_as_generate_does(tiny_model_dir, tmp_path, monkeypatch):
     """The reader's own greedy loop gives the tokens and probabilities transformers' ``generate`` gives,
     with documents of one batch ending at different steps, and at the token limit (a forced EOS)."""
@@ -124,15 +137,8 @@ def test_the_greedy_loop_reads_as_generate_does(tiny_model_dir, tmp_path, monkey
     )
     assert published.model.generation_config.forced_eos_token_id is not None
     for case, batch in ((reader, [*images, images[0]]), (reader, images[1:]), (published, images)):
-        pixels = case.pixel_values(batch)
         assert predict._plain_greedy(case.model)
-        own = case.generate(pixels)
-        with monkeypatch.context() as patch:
-            patch.setattr(predict, "_plain_greedy", lambda model: False)
-            theirs = case.generate(pixels)
-        assert [p.sequence for p in own] == [p.sequence for p in theirs]
-        for a, b in zip(own, theirs, strict=True):
-            assert a.token_probs == pytest.approx(b.token_probs, abs=1e-6)
+        own = _reads_as_generate(case, case.pixel_values(batch), monkeypatch)
     assert [len(p.token_probs) for p in own] == [6, 6]  # the published one ran to the limit
     lengths = [len(p.token_probs) for p in reader.generate(reader.pixel_values(images))]
     assert lengths[0] < lengths[1] < 24  # the taught one ended at its own EOS, each at its step
@@ -153,14 +159,7 @@ def test_the_greedy_loop_projects_an_encoder_of_another_width(tiny_model_dir, mo
     for key in ("decoder_start_token_id", "pad_token_id", "eos_token_id"):
         setattr(model.config, key, getattr(reader.model.config, key))
     reader = DonutReader(model, reader.processor, max_new_tokens=8)
-    pixels = reader.pixel_values([Image.new("RGB", (160, 160), "white")] * 2)
-    own = reader.generate(pixels)
-    with monkeypatch.context() as patch:
-        patch.setattr(predict, "_plain_greedy", lambda model: False)
-        theirs = reader.generate(pixels)
-    assert [p.sequence for p in own] == [p.sequence for p in theirs]
-    for a, b in zip(own, theirs, strict=True):
-        assert a.token_probs == pytest.approx(b.token_probs, abs=1e-6)
+    _reads_as_generate(reader, reader.pixel_values([Image.new("RGB", (160, 160), "white")] * 2), monkeypatch)
 
 
 def test_a_generation_config_with_its_own_processors_is_read_by_generate(tiny_model_dir):
