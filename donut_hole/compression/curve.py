@@ -128,6 +128,12 @@ def cpu_axis(images: list[int], cpu_hours: list[float]) -> tuple[list[int], list
 
 
 def _interpolate(x: Any, xs: list[float], ys: list[float]) -> Any:
+    """``ys`` at ``x`` between the points, on the last segment's slope past the last one (so that a tick
+    beyond the data falls off the axis, rather than onto its end)."""
     import numpy as np
 
-    return np.interp(x, xs, ys)
+    inside = np.interp(x, xs, ys)
+    if len(xs) < 2 or xs[-1] == xs[-2]:
+        return inside
+    slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+    return np.where(np.asarray(x) > xs[-1], ys[-1] + (np.asarray(x) - xs[-1]) * slope, inside)

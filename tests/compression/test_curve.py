@@ -52,6 +52,7 @@ def test_the_cpu_hours_axis_starts_at_zero_images():
     assert (seen[0], hours[0]) == (0, 0.0)
     # a tick at 0.25 CPU-hours lands halfway to the first evaluation, not on it
     assert _interpolate(0.25, hours, seen) == 4000
+    assert _interpolate(1.5, hours, seen) == 24000  # past the last point: on the last segment's slope
 
 
 def test_the_curve_table_is_kept_between_its_markers(tmp_path):
