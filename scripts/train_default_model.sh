@@ -29,6 +29,10 @@
 # Other recipes (a GPU machine): TEACHER_RECIPE=configs/teacher-small.yaml STUDENT_RECIPE=configs/donut-hole-small.yaml
 #   (a teacher recipe without a 'data' curriculum trains on N_TRAIN synthetic scans instead)
 # In a fixed time: TEACHER_S=300 TEACHER_ONLY=1 ..., then STUDENT_ONLY=1 STUDENT_S=120 ...
+# The fast student alone, from the committed annealed teacher (checkpoints/teacher-cpu/annealed) and the
+#   committed distillation (checkpoints/donut-hole-cpu-fast), resumable:
+#   STUDENT_ONLY=1 STUDENT_RECIPE=configs/donut-hole-cpu-fast.yaml scripts/train_default_model.sh runs/fast
+#   (stop it with SIGTERM; keep it with the same variables and --save)
 set -euo pipefail
 ARGS=$*  # as given, for the commands recorded in run.json (the model cards list them)
 SAVE=0
@@ -72,18 +76,23 @@ fi
 # and saves as after its last step (recipe key train.time_limit_s).
 [[ -n "${TEACHER_S:-}" ]] && TEACHER+=(--set "train.time_limit_s=$TEACHER_S")
 [[ -n "${STUDENT_S:-}" ]] && STUDENT+=(--set "train.time_limit_s=$STUDENT_S")
+# keep_curve DIR: plot DIR/history.jsonl (DIR/curve.png) and rewrite the curve's table in DIR/README.md
+keep_curve() {
+    [[ -f "$1/history.jsonl" ]] || return 0  # no held-out evaluation yet
+    "$PY" -c "import sys; from donut_hole.compression.curve import plot_curve; plot_curve(*sys.argv[1:3])" \
+        "$1/history.jsonl" "$1/curve.png"
+    if grep -q '<!-- curve:start -->' "$1/README.md" 2>/dev/null; then  # its table of the curve, too
+        "$PY" -c "import sys; from donut_hole.compression.curve import write_curve_table as w; w(*sys.argv[1:3])" \
+            "$1/history.jsonl" "$1/README.md"
+    fi
+}
 if [[ $SAVE == 1 ]]; then
     kept=0
     if [[ -f "$RUN/teacher/checkpoint.pt" ]]; then
         mkdir -p "$KEEP"
         cp "$RUN/teacher/checkpoint.pt" "$RUN/teacher/history.jsonl" "$RUN/teacher/train_log.jsonl" \
             "$RUN/teacher/recipe.yaml" "$KEEP/"
-        "$PY" -c "import sys; from donut_hole.compression.curve import plot_curve; plot_curve(*sys.argv[1:3])" \
-            "$KEEP/history.jsonl" "$KEEP/curve.png"
-        if grep -q '<!-- curve:start -->' "$KEEP/README.md" 2>/dev/null; then  # its table of the curve, too
-            "$PY" -c "import sys; from donut_hole.compression.curve import write_curve_table as w; w(*sys.argv[1:3])" \
-                "$KEEP/history.jsonl" "$KEEP/README.md"
-        fi
+        keep_curve "$KEEP"
         echo "kept $RUN/teacher in $KEEP (commit it; the next run goes on from it)"
         kept=1
     fi
@@ -91,6 +100,7 @@ if [[ $SAVE == 1 ]]; then
         mkdir -p "$STUDENT_KEEP"  # a distillation still under way: keep it too
         cp "$RUN/student/checkpoint.pt" "$RUN/student/train_log.jsonl" "$RUN/student/recipe.yaml" "$STUDENT_KEEP/"
         if [[ -f "$RUN/student/history.jsonl" ]]; then cp "$RUN/student/history.jsonl" "$STUDENT_KEEP/"; fi
+        keep_curve "$STUDENT_KEEP"
         echo "kept $RUN/student in $STUDENT_KEEP (commit it; the next run goes on from it)"
         kept=1
     fi
@@ -178,6 +188,13 @@ synth_train() {
     [[ -f "$RUN/train/metadata.jsonl" ]] || "${DH[@]}" synth --kind all --n "$N_TRAIN" --seed 0 \
         --width 448 --height 448 --out "$RUN/train"
 }
+if [[ "${STUDENT_ONLY:-0}" == 1 && ! -d "$RUN/teacher/model" && -d "$KEEP/annealed" && -z "${SMOKE_RUN:-}" ]]; then
+    mkdir -p "$RUN/teacher"  # no teacher in this run: the committed annealed one (the shipped teacher)
+    cp -r "$KEEP/annealed" "$RUN/teacher/model"
+    for f in evaluation.json evaluation-448.json anneal.json; do  # its scores: newer than its weights
+        if [[ -f "$RUN/teacher/model/$f" ]]; then mv "$RUN/teacher/model/$f" "$RUN/teacher/"; touch "$RUN/teacher/$f"; fi
+    done
+fi
 if [[ "${STUDENT_ONLY:-0}" != 1 ]]; then  # STUDENT_ONLY=1: the teacher in $RUN/teacher/model is final
     TRAIN_DATA=()
     if renders "$TEACHER_RECIPE"; then  # rendered on the fly: no training folder
