@@ -24,7 +24,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from transformers import VisionEncoderDecoderModel
 
 from donut_hole.compression.batches import target_texts
-from donut_hole.compression.distill import distillation_loss, shift_for_decoder
+from donut_hole.compression.distill import (
+    distillation_loss,
+    forward_with_cross_attention,
+    shift_for_decoder,
+)
 from donut_hole.compression.prune import MagnitudePruner, apply_semi_structured_, density_report
 from donut_hole.compression.recipe import CompressRecipe, DistillConfig, save_recipe
 from donut_hole.compression.report import (
@@ -100,18 +104,13 @@ class DistillObjective:
     def _forward(
         self, model: VisionEncoderDecoderModel, pixels: torch.Tensor, decoder_input_ids: torch.Tensor
     ) -> Any:
-        """Teacher-forced outputs; attention maps of the decoder only (the encoder's, every Swin window of
-        every block, would take gigabytes at a page's size and are not used)."""
-        if not self.attention:
-            return model(
-                pixel_values=pixels, decoder_input_ids=decoder_input_ids, output_hidden_states=self.hidden
+        """Teacher-forced outputs, with the decoder's attention maps when the attention term needs them."""
+        if self.attention:
+            return forward_with_cross_attention(
+                model, pixels, decoder_input_ids, output_hidden_states=self.hidden
             )
-        encoded = model.encoder(pixel_values=pixels, output_hidden_states=self.hidden)
         return model(
-            encoder_outputs=encoded,
-            decoder_input_ids=decoder_input_ids,
-            output_hidden_states=self.hidden,
-            output_attentions=True,
+            pixel_values=pixels, decoder_input_ids=decoder_input_ids, output_hidden_states=self.hidden
         )
 
 

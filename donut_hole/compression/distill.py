@@ -149,7 +149,23 @@ def attention_kd_loss(student_attention: Tensor, teacher_attention: Tensor, mask
     return _masked_mean(per_position, mask.bool())
 
 
-def _cross_attention(out: Any, who: str) -> Tensor:
+def forward_with_cross_attention(
+    model: Any, pixels: Tensor, decoder_input_ids: Tensor, *, output_hidden_states: bool = False
+) -> Any:
+    """Teacher-forced outputs of ``model`` with the decoder's attention maps (eager attention needed) but
+    not the encoder's: those, every Swin window of every block, take gigabytes at a page's size and no
+    loss reads them."""
+    encoded = model.encoder(pixel_values=pixels, output_hidden_states=output_hidden_states)
+    return model(
+        encoder_outputs=encoded,
+        decoder_input_ids=decoder_input_ids,
+        output_hidden_states=output_hidden_states,
+        output_attentions=True,
+    )
+
+
+def last_cross_attention(out: Any, who: str = "model") -> Tensor:
+    """The last decoder layer's cross-attention maps of ``out``, heads averaged: (B, T, S)."""
     maps = getattr(out, "cross_attentions", None)
     if not maps or maps[-1] is None:
         raise ValueError(
@@ -207,7 +223,10 @@ def distillation_loss(
             t = _states(teacher_out, "decoder_hidden_states", "teacher")
             add("hidden_decoder", weights.hidden_decoder, hidden_loss(s, t, pairs["decoder"], mask))
     if weights.attention > 0:
-        s_map, t_map = _cross_attention(student_out, "student"), _cross_attention(teacher_out, "teacher")
+        s_map, t_map = (
+            last_cross_attention(student_out, "student"),
+            last_cross_attention(teacher_out, "teacher"),
+        )
         add("attention", weights.attention, attention_kd_loss(s_map, t_map, mask))
     parts["total"] = float(total.detach())
     return total, parts

@@ -19,7 +19,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from donut_hole.compression.distill import ce_loss, shift_for_decoder
+from donut_hole.compression.distill import (
+    ce_loss,
+    forward_with_cross_attention,
+    last_cross_attention,
+    shift_for_decoder,
+)
 from donut_hole.compression.recipe import GuideConfig
 from donut_hole.documents.locations import cell_grid
 from donut_hole.model.build import encoder_stride
@@ -82,16 +87,14 @@ class GuidedObjective:
         decoder_input_ids, labels = shift_for_decoder(batch["input_ids"], pad_token_id=self.pad_token_id)
         guided = "cells" in batch
         want_attention = guided and self.config.attention > 0
-        out = model(
-            pixel_values=batch["pixel_values"],
-            decoder_input_ids=decoder_input_ids,
-            output_attentions=want_attention,
-        )
+        if want_attention:
+            out = forward_with_cross_attention(model, batch["pixel_values"], decoder_input_ids)
+        else:
+            out = model(pixel_values=batch["pixel_values"], decoder_input_ids=decoder_input_ids)
         ce = ce_loss(out.logits, labels)
         loss, parts = ce, {"ce": float(ce.detach())}
         if want_attention:
-            attention = out.cross_attentions[-1].mean(1)  # (B, T, S): last layer, mean over heads
-            guide = attention_loss(attention, batch["cells"], grid=self.grid)
+            guide = attention_loss(last_cross_attention(out), batch["cells"], grid=self.grid)
             loss = loss + self.config.attention * guide
             parts["guide"] = float(guide.detach())
         if guided and self.config.glyph > 0:
