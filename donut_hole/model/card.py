@@ -62,11 +62,16 @@ class Target:
         return f"| {self.name} | {value} | {sign} {self.limit:g} | {'met' if self.met else '**not met**'} |"
 
 
-def _read_json(path: Path) -> Any:
+def _read_text(path: Path) -> str:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ShipError(f"{path} is missing: run the step that writes it first") from exc
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(_read_text(path))
     except json.JSONDecodeError as exc:
         raise ShipError(f"{path} is not valid JSON: {exc}") from exc
 
@@ -92,8 +97,8 @@ def collect(run: Path) -> dict[str, Any]:
         "teacher_anneal": _read_json(run / "teacher" / "anneal.json")
         if (run / "teacher" / "anneal.json").is_file()
         else None,
-        "teacher_recipe": (run / "teacher" / "recipe.yaml").read_text(encoding="utf-8"),
-        "student_recipe": (run / "student" / "recipe.yaml").read_text(encoding="utf-8"),
+        "teacher_recipe": _read_text(run / "teacher" / "recipe.yaml"),
+        "student_recipe": _read_text(run / "student" / "recipe.yaml"),
     }
 
 

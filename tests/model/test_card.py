@@ -2,6 +2,7 @@
 `donut-hole evaluate` reproduces; missed targets stop it unless forced."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,15 @@ def test_incomplete_run_is_a_clear_error(run, tmp_path):
     (partial / "teacher" / "model").mkdir(parents=True)
     with pytest.raises(ShipError, match="holds no model"):
         ship(partial, tmp_path / "models")
+
+
+def test_a_run_without_the_teachers_recipe_is_a_clear_error(run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / "teacher" / "recipe.yaml").unlink()
+    with pytest.raises(ShipError, match=r"recipe\.yaml is missing"):
+        ship(copy, tmp_path / "models", force=True)
+    assert not (tmp_path / "models").exists()  # nothing half-shipped
 
 
 def test_the_card_names_sets_in_their_page_shapes_and_rendered_training_data():
