@@ -67,6 +67,9 @@ class Group:
     rank: int
     world: int
     helpers: list[BaseProcess] = field(default_factory=list)
+    threads: int = 0
+    """Rank 0: its torch threads before the group took a share of them, given back by :meth:`close` (what
+    runs after training, such as the compression report's latency, runs as it would without a group)."""
 
     @property
     def main(self) -> bool:
@@ -112,6 +115,8 @@ class Group:
                 log.warning("training helper %s ended with exit code %s", process.name, process.exitcode)
         if dist.is_initialized():
             dist.destroy_process_group()
+        if self.threads:
+            torch.set_num_threads(self.threads)
 
 
 def _free_port() -> int:
@@ -135,7 +140,7 @@ def start(world: int, payload: dict[str, Any]) -> Group:
     port = _free_port()
     ctx = mp.get_context("spawn")  # a fresh interpreter: no fork of torch's thread pools
     ready: Any = ctx.Queue()
-    group = Group(rank=0, world=world)
+    group = Group(rank=0, world=world, threads=torch.get_num_threads())
     for rank in range(1, world):
         process = ctx.Process(
             target=_helper_main,

@@ -153,6 +153,7 @@ def test_two_processes_train_the_run_one_process_trains(tmp_path, val):
 
     train_teacher(recipe(4, eval_every=2), train_dir=None, val_dir=val, out_dir=tmp_path / "init")
     start = weights(tmp_path / "init")  # after 4 steps; both runs go on from here for 4 more
+    threads = torch.get_num_threads()
     for name, processes in (("lone", 1), ("pair", 2)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "checkpoint.pt").write_bytes((tmp_path / "init" / "checkpoint.pt").read_bytes())
@@ -164,6 +165,7 @@ def test_two_processes_train_the_run_one_process_trains(tmp_path, val):
             resume=True,
         )
         assert [h["step"] for h in history] == [2, 4, 6, 8]
+        assert torch.get_num_threads() == threads  # the group's share given back: what follows runs as before
     lone, pair = weights(tmp_path / "lone"), weights(tmp_path / "pair")
     moved = sum(float((lone[k].float() - start[k].float()).pow(2).sum()) for k in lone) ** 0.5
     apart = sum(float((lone[k].float() - pair[k].float()).pow(2).sum()) for k in lone) ** 0.5
