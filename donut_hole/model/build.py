@@ -372,6 +372,11 @@ def save_model(model: VisionEncoderDecoderModel, processor: DonutProcessor, path
     model.save_pretrained(folder, safe_serialization=True)
     processor.save_pretrained(folder)
     write_legacy_preprocessor(processor, folder)
+    # transformers writes the weights through a private temporary file (mode 0600): give them the mode
+    # the umask gives the folder's other files, so that a worker running as another user can read them
+    mode = (folder / "config.json").stat().st_mode & 0o777
+    for weights in folder.glob("*.safetensors"):
+        weights.chmod(mode)
     return folder
 
 

@@ -46,7 +46,10 @@ def test_save_and_reload_gives_the_same_model(tiny_model_dir):
         b = again(pixel_values=pixels, decoder_input_ids=ids).logits
     assert torch.equal(a, b)
     assert processor.image_processor.size == {"height": 160, "width": 160}
-    assert list(tiny_model_dir.glob("*.safetensors"))
+    weights = list(tiny_model_dir.glob("*.safetensors"))
+    assert weights
+    config_mode = (tiny_model_dir / "config.json").stat().st_mode & 0o777
+    assert all(w.stat().st_mode & 0o777 == config_mode for w in weights)  # readable as the other files are
 
 
 def test_load_errors_are_clear(tmp_path):
