@@ -190,17 +190,21 @@ def _teacher_training(history: list[dict[str, Any]], anneal: dict[str, Any] | No
     return f"{seen} in {last.get('step', 0):,} optimizer steps; its last evaluation: {_checked(last)}."
 
 
-def _student_training(history: list[dict[str, Any]]) -> str:
-    """How the student was distilled, in words, from its report's history."""
+def _student_training(history: list[dict[str, Any]], structure: dict[str, Any] | None = None) -> str:
+    """How the student was distilled, in words, from its report's history and the structure it kept
+    (a student whose layers alone are under the target density had no weights pruned by magnitude)."""
     if not history:
         return "no distillation steps (pruned in one shot)."
     last = history[-1]
     density = last.get("density")
+    at = f" to density {density:.3f}" if density is not None else ""
+    how = f"while pruned{at}"
+    if (structure or {}).get("unstructured_density_over_student", 0.0) >= 1.0:
+        how = f"at density {density:.3f} by the layers it kept alone" if density is not None else "unpruned"
     return (
         f"distilled for {last.get('step', 0):,} steps, {last.get('images', 0):,} images, "
-        f"{last.get('cpu_hours', 0.0):.2f} CPU-hours, while pruned"
-        + (f" to density {density:.3f}" if density is not None else "")
-        + f"; at the end, {_checked(last)} (a few dozen scans)."
+        f"{last.get('cpu_hours', 0.0):.2f} CPU-hours, {how}; "
+        f"at the end, {_checked(last)} (a few dozen scans)."
     )
 
 
@@ -232,7 +236,7 @@ def render_card(info: dict[str, Any], *, side: str, folder: str, checks: list[Ta
             "of the teacher's. This is the project's default model (`DONUT_HOLE_MODEL_PATH`)."
         )
         recipe = info["student_recipe"]
-        training = _student_training(report.get("history", []))
+        training = _student_training(report.get("history", []), structure)
     commands = "\n".join(run.get("commands", []))
     evaluate = (
         f"donut-hole evaluate --model models/{folder} --data <held-out set> "

@@ -189,3 +189,5 @@ def test_the_card_tells_how_each_model_was_trained():
     student = _student_training([{**history[0], "density": 0.46}])
     assert "500 steps, 8,000 images" in student and "to density 0.460" in student and "F1 0.500" in student
     assert _student_training([]).startswith("no distillation steps")
+    kept = _student_training([{**history[0], "density": 0.378}], {"unstructured_density_over_student": 1.0})
+    assert "500 steps, 8,000 images, 0.30 CPU-hours, at density 0.378 by the layers it kept alone;" in kept
