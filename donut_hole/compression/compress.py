@@ -265,7 +265,7 @@ def build_report(
 ) -> CompressReport:
     """Measure both models on the same documents, in this run (``processor`` is the teacher's).
 
-    With ``progress`` a bar shows the phase (evaluation, latency per side, then CKA) and the documents done.
+    With ``progress`` a bar shows the phase (evaluation per side, latency, then CKA) and the documents done.
     """
     cfg = recipe.report
     evaluated = val_samples[: cfg.eval_samples] if cfg.eval_samples else val_samples
@@ -281,26 +281,30 @@ def build_report(
         TimeElapsedColumn(),
     )
     with Progress(*columns, disable=not progress, transient=True) as bar:
-        for side, model, side_processor, path in sides_models:
+        readers: dict[str, DonutReader] = {}
+        evaluations: dict[str, dict[str, Any]] = {}
+        for side, model, side_processor, _path in sides_models:
             reader = DonutReader(model, side_processor, max_new_tokens=recipe.train.max_new_tokens)
             task = bar.add_task(f"{side}: field F1 and nTED", total=len(evaluated))
             evaluation = _evaluate_with_bar(reader, evaluated, batch_size=cfg.batch_size, bar=bar, task=task)
-            latency_task = bar.add_task(f"{side}: latency", total=1)
-            latency = measure_latency(
-                reader,
-                val_samples[: cfg.latency_samples],
-                repeats=cfg.latency_repeats,
-                batch_size=cfg.batch_size,
-            )
-            bar.advance(latency_task)
+            readers[side], evaluations[side] = reader, evaluation.result.to_dict()
+            log.info("%s: %s", side, evaluations[side])
+        latency_task = bar.add_task("latency, both models in turn", total=1)
+        latency = measure_latency(
+            readers,
+            val_samples[: cfg.latency_samples],
+            repeats=cfg.latency_repeats,
+            batch_size=cfg.batch_size,
+        )
+        bar.advance(latency_task)
+        for side, model, _processor, path in sides_models:
             sides[side] = ModelSide(
                 parameters=count_parameters(model),
                 density=density_report(model, teacher=teacher),
                 file_bytes=folder_size(path),
-                eval=evaluation.result.to_dict(),
-                latency=latency,
+                eval=evaluations[side],
+                latency=latency[side],
             )
-            log.info("%s: %s", side, sides[side].eval)
         cka_task = bar.add_task("CKA per layer", total=1)
         own = processor_size(student_processor or processor)
         cka = cka_analysis(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,28 +207,40 @@ def cka_analysis(
 
 
 def measure_latency(
-    reader: DonutReader, samples: Sequence[Sample], *, repeats: int, batch_size: int
-) -> dict[str, float]:
-    """Median seconds per document at batch 1 and at ``batch_size`` (images decoded once, beforehand)."""
-    images = [reader.load(s.image_path) for s in samples]
-    reader.predict_detailed(images[:1], batch_size=1)  # warm-up
-    single, batched = [], []
-    for _ in range(repeats):
-        for image in images:
+    readers: Mapping[str, DonutReader], samples: Sequence[Sample], *, repeats: int, batch_size: int
+) -> dict[str, dict[str, float]]:
+    """Milliseconds per document of each reader (by name) at batch 1 (p50, p95) and at ``batch_size``
+    (p50), side by side: every image is read by each reader in turn, the order reversed on every other
+    repeat, so a change in the machine's load while it runs falls on all of them alike. Images are decoded
+    once, beforehand, by each reader for its own input size.
+    """
+    images = {name: [reader.load(s.image_path) for s in samples] for name, reader in readers.items()}
+    for name, reader in readers.items():
+        reader.predict_detailed(images[name][:1], batch_size=1)  # warm-up
+    single: dict[str, list[float]] = {name: [] for name in readers}
+    batched: dict[str, list[float]] = {name: [] for name in readers}
+    names = list(readers)
+    for repeat in range(repeats):
+        order = names if repeat % 2 == 0 else names[::-1]
+        for index in range(len(samples)):
+            for name in order:
+                t0 = time.perf_counter()
+                readers[name].predict_detailed([images[name][index]], batch_size=1)
+                single[name].append(time.perf_counter() - t0)
+        for name in order:
             t0 = time.perf_counter()
-            reader.predict_detailed([image], batch_size=1)
-            single.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        reader.predict_detailed(images, batch_size=batch_size)
-        batched.append((time.perf_counter() - t0) / len(images))
+            readers[name].predict_detailed(images[name], batch_size=batch_size)
+            batched[name].append((time.perf_counter() - t0) / len(samples))
     # p50 and p95 of the same batch-1 samples, by the same method; the batched figure only when it is
     # another batch size (at batch 1 its key used to overwrite the p50 with a mean of whole passes).
-    latency = {
-        "ms_per_doc_batch1_p50": 1000 * float(np.percentile(single, 50)),
-        "ms_per_doc_batch1_p95": 1000 * float(np.percentile(single, 95)),
-    }
-    if batch_size > 1:
-        latency[f"ms_per_doc_batch{batch_size}_p50"] = 1000 * statistics.median(batched)
+    latency: dict[str, dict[str, float]] = {}
+    for name in names:
+        latency[name] = {
+            "ms_per_doc_batch1_p50": 1000 * float(np.percentile(single[name], 50)),
+            "ms_per_doc_batch1_p95": 1000 * float(np.percentile(single[name], 95)),
+        }
+        if batch_size > 1:
+            latency[name][f"ms_per_doc_batch{batch_size}_p50"] = 1000 * statistics.median(batched[name])
     return latency
 
 
