@@ -227,7 +227,7 @@ def measure_latency(
                 t0 = time.perf_counter()
                 readers[name].predict_detailed([images[name][index]], batch_size=1)
                 single[name].append(time.perf_counter() - t0)
-        for name in order:
+        for name in order if batch_size > 1 else ():
             t0 = time.perf_counter()
             readers[name].predict_detailed(images[name], batch_size=batch_size)
             batched[name].append((time.perf_counter() - t0) / len(samples))
