@@ -92,6 +92,7 @@ if [[ $SAVE == 1 ]]; then
         mkdir -p "$KEEP"
         cp "$RUN/teacher/checkpoint.pt" "$RUN/teacher/history.jsonl" "$RUN/teacher/train_log.jsonl" \
             "$RUN/teacher/recipe.yaml" "$KEEP/"
+        if [[ -f "$RUN/run.json" ]]; then cp "$RUN/run.json" "$KEEP/"; fi  # its sessions and commands
         keep_curve "$KEEP"
         echo "kept $RUN/teacher in $KEEP (commit it; the next run goes on from it)"
         kept=1
@@ -100,6 +101,7 @@ if [[ $SAVE == 1 ]]; then
         mkdir -p "$STUDENT_KEEP"  # a distillation still under way: keep it too
         cp "$RUN/student/checkpoint.pt" "$RUN/student/train_log.jsonl" "$RUN/student/recipe.yaml" "$STUDENT_KEEP/"
         if [[ -f "$RUN/student/history.jsonl" ]]; then cp "$RUN/student/history.jsonl" "$STUDENT_KEEP/"; fi
+        if [[ -f "$RUN/run.json" ]]; then cp "$RUN/run.json" "$STUDENT_KEEP/"; fi
         keep_curve "$STUDENT_KEEP"
         echo "kept $RUN/student in $STUDENT_KEEP (commit it; the next run goes on from it)"
         kept=1
@@ -151,6 +153,15 @@ synth_val() {
         --out "$RUN/val-pages"
 }
 mkdir -p "$RUN"
+# A run that goes on from a committed checkpoint goes on with its record (sessions, hardware, commands),
+# kept next to it by --save: the student's when this run distils one, else the teacher's.
+if [[ ! -f "$RUN/run.json" && -z "${SMOKE_RUN:-}" ]]; then
+    if [[ "${STUDENT_ONLY:-0}" == 1 && -f "$STUDENT_KEEP/run.json" ]]; then
+        cp "$STUDENT_KEEP/run.json" "$RUN/"
+    elif [[ -f "$KEEP/run.json" ]]; then
+        cp "$KEEP/run.json" "$RUN/"
+    fi
+fi
 # run.json: data seeds and sizes, the commands, the hardware; `donut-hole ship` puts them in the model cards
 record() {  # record started|finished
     "$PY" - "$RUN/run.json" "$1" "$N_TRAIN" "$N_VAL" "$INVOCATION" "$RENDERED" <<'PY'
@@ -191,6 +202,9 @@ synth_train() {
 if [[ "${STUDENT_ONLY:-0}" == 1 && ! -d "$RUN/teacher/model" && -d "$KEEP/annealed" && -z "${SMOKE_RUN:-}" ]]; then
     mkdir -p "$RUN/teacher"  # no teacher in this run: the committed annealed one (the shipped teacher)
     cp -r "$KEEP/annealed" "$RUN/teacher/model"
+    for f in history.jsonl recipe.yaml; do  # how it was trained, for its model card
+        if [[ -f "$KEEP/$f" ]]; then cp "$KEEP/$f" "$RUN/teacher/"; fi
+    done
     for f in evaluation.json evaluation-448.json anneal.json; do  # its scores: newer than its weights
         if [[ -f "$RUN/teacher/model/$f" ]]; then mv "$RUN/teacher/model/$f" "$RUN/teacher/"; touch "$RUN/teacher/$f"; fi
     done
