@@ -11,8 +11,9 @@
 #   own page shapes (val-pages: the report and evaluation.json) and at 448x448 (val: the teacher's curve,
 #   evaluation-448.json). Stop it any time with SIGTERM or Ctrl-C: it checkpoints first; the same command
 #   goes on.
-# scripts/train_default_model.sh --save [RUN_DIR]   keep the teacher's newest checkpoint and its curves in
-#   checkpoints/teacher-cpu (to commit, so that the next machine goes on from there), plot the curve and
+# scripts/train_default_model.sh --save [RUN_DIR]   keep the teacher's newest checkpoint, its curves and the
+#   run's record (run.json: sessions, hardware, commands, for the model cards) in checkpoints/teacher-cpu
+#   (to commit, so that the next machine goes on from there), plot the curve and
 #   rewrite the curve's table in its README (between <!-- curve:start --> and <!-- curve:end -->); a
 #   student distillation under way is kept too, in checkpoints/<student recipe's name> (STUDENT_KEEP), and
 #   the next run's student goes on from it
