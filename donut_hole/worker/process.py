@@ -37,6 +37,8 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from donut_hole.db import DocumentStatus, repository, session_scope
 from donut_hole.db.models import BatchStatus, source_uri
 from donut_hole.documents.schemas import SchemaError, detect_kind, validate_document
@@ -275,6 +277,8 @@ def _open(
         try:
             for group in chunked(page_ids, rt.settings.batch_size):
                 send(group)
+        except SoftTimeLimitExceeded:  # the group's time is up, not the broker down
+            raise
         except Exception as exc:  # the broker is down: the pages stay unsent and a watchdog sends them
             log_event(log, "document.pages_unsent", level=logging.WARNING, error=str(exc), **_ids(job))
     return True

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
 
 from donut_hole.db import repository, session_scope
 from donut_hole.logs import log_event
@@ -59,12 +60,21 @@ class Runtime(Services):
         """The model, loaded once per process, on the configured device and thread count."""
         import torch
 
+        from donut_hole.model.build import ModelLoadError
+
         s = self.settings
         threads = s.torch_threads or default_threads
         if threads > 0:
             torch.set_num_threads(threads)
         start = time.perf_counter()
-        reader = load_reader(s)
+        try:
+            reader = load_reader(s)
+        except ModelLoadError as exc:
+            # the first group's time limit ran out while the model loaded (a slow disk or CPU): that group
+            # timed out, the model is not broken, and the next group loads it again
+            if isinstance(exc.__cause__, SoftTimeLimitExceeded):
+                raise exc.__cause__ from None
+            raise
         device = str(reader.device)
         log_event(
             log,

@@ -145,3 +145,34 @@ def test_expanding_a_prefix_adds_images_once_and_sends_groups(runtime: Runtime, 
     with session_scope(runtime.sessions) as session:
         batch = repository.get_batch(session, batch_id=empty)
         assert batch.status.value == "failed" and "no images under nothing/" in batch.error
+
+
+def test_a_time_limit_while_the_model_loads_is_a_time_out_not_a_broken_model(tiny_model: Path) -> None:
+    # Celery stops a task at its soft time limit by raising SoftTimeLimitExceeded from a signal handler,
+    # wherever the task is; when that is inside the model's loading (a worker's first group on a slow
+    # machine), the group timed out: the model is fine and the next group loads it. A timer raises it here
+    # at a few delays into the load of a real model folder.
+    import signal
+
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    def time_is_up(*_: object) -> None:
+        raise SoftTimeLimitExceeded()
+
+    previous = signal.signal(signal.SIGALRM, time_is_up)
+    raised: list[type[BaseException]] = []
+    try:
+        for delay_s in (0.002, 0.005, 0.01, 0.02, 0.05):
+            rt = Runtime(Settings(model_path=tiny_model, max_new_tokens=8))
+            signal.setitimer(signal.ITIMER_REAL, delay_s)
+            try:
+                rt.reader  # noqa: B018  # the load is the property's first use
+            except Exception as exc:
+                raised.append(type(exc))
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert raised, "no timer fired during a load"
+    assert set(raised) == {SoftTimeLimitExceeded}
+    assert Runtime(Settings(model_path=tiny_model, max_new_tokens=8)).reader.max_new_tokens == 8
