@@ -26,6 +26,7 @@ from transformers import VisionEncoderDecoderModel
 from donut_hole.compression.recipe import TeacherRecipe, load_recipe
 from donut_hole.compression.teacher import teacher_preset
 from donut_hole.model.build import model_config, preset_with
+from donut_hole.model.predict import cpu_has_bf16
 
 
 def timed(step: Callable[[], None], repeats: int) -> tuple[float, float]:
@@ -70,7 +71,7 @@ def main() -> None:
     model = VisionEncoderDecoderModel(config=config).train()
     pixels = torch.randn(args.batch, 3, *preset.image_size)
     ids = torch.randint(4, args.vocab, (args.batch, args.tokens))
-    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    bf16 = cpu_has_bf16()
 
     def step_of(
         forward: Any, precision: Callable[[], AbstractContextManager[Any]], maps: bool

@@ -176,7 +176,8 @@ if event == "started":
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     # the vector unit and bf16 arithmetic set a CPU's pace: e.g. 0.65 distilled images/s in fp32 on AVX2
     # against about 5 with bf16 autocast on AVX512-BF16, same recipe
-    simd = torch.backends.cpu.get_cpu_capability() + (" + bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "")
+    from donut_hole.model.predict import cpu_has_bf16
+    simd = torch.backends.cpu.get_cpu_capability() + (" + bf16" if cpu_has_bf16() else "")
     run.setdefault("started", now)
     run.setdefault("sessions", []).append({"started": now, "hardware": gpu or f"{cpu or platform.machine()} ({simd}), {os.cpu_count()} cores (no GPU)"})
     run["hardware"] = "; ".join(dict.fromkeys(s["hardware"] for s in run["sessions"]))

@@ -35,7 +35,7 @@ from donut_hole.evaluation.dataset import Sample
 from donut_hole.evaluation.evaluate import evaluate_reader
 from donut_hole.evaluation.metrics import levenshtein
 from donut_hole.model.build import save_model
-from donut_hole.model.predict import DonutReader
+from donut_hole.model.predict import DonutReader, cpu_has_bf16
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def autocast_for(device: torch.device, config: TrainConfig) -> Any:
     """bf16 autocast where the config asks for it and the device has bf16 arithmetic, else a no-op."""
     if device.type == "cuda" and config.bf16:
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cpu" and config.bf16_cpu and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if device.type == "cpu" and config.bf16_cpu and cpu_has_bf16():
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext()
 
