@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import platform
 import statistics
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +12,7 @@ from benchmarks.students.passes import percentile
 from benchmarks.students.schedule import Config
 from benchmarks.students.variants import VARIANTS, Variant
 from donut_hole.compression.recipe import CompressRecipe
+from donut_hole.model.predict import describe_cpu
 
 NOTES = [
     "Unstructured zeros (`unstructured`, and the magnitude-pruned part of `structured`) give no speed-up on "
@@ -186,9 +183,5 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 
 def machine_description(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        names = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")]
-        cpu = names[0].split(":", 1)[1].strip() if names else cpu
-    text = f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    text = f"{describe_cpu()}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
     return text + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,7 @@ from donut_hole.evaluation.dataset import Sample, read_dataset
 from donut_hole.evaluation.evaluate import Evaluation, evaluate_reader
 from donut_hole.evaluation.metrics import evaluate
 from donut_hole.model.build import count_parameters, load_model, save_model, write_compression_record
-from donut_hole.model.predict import DonutReader
+from donut_hole.model.predict import DonutReader, describe_cpu
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +321,7 @@ def build_report(
     return CompressReport(
         name=name,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        machine=f"{platform.machine()} {torch.get_num_threads()} threads"
+        machine=f"{describe_cpu()}, {torch.get_num_threads()} threads"
         + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
         latency_device=device.type,
         teacher_path=str(teacher_path),

@@ -8,8 +8,11 @@ One entry point serves the worker and the evaluator alike::
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
+import os
+import platform
 import re
 import time
 import warnings
@@ -272,6 +275,24 @@ def resolve_device(device: str) -> str:
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX), as oneDNN reports it."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def describe_cpu() -> str:
+    """This CPU as speed figures should name it: model, vector unit (and bf16 arithmetic), cores.
+
+    The vector unit sets a small model's pace as much as the clock: the same teacher read a page in 540 ms
+    on an AVX512-BF16 EPYC and in 2,700 ms on an AVX2 one, so a latency without it cannot be compared.
+
+    >>> describe_cpu()  # doctest: +SKIP
+    'AMD EPYC 9B14 (AVX512 + bf16), 2 cores'
+    """
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            models = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+        name = models[0] if models else name
+    unit = torch.backends.cpu.get_cpu_capability() + (" + bf16" if cpu_has_bf16() else "")
+    return f"{name} ({unit}), {os.cpu_count()} cores"
 
 
 def apply_precision(
