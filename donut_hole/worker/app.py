@@ -1,6 +1,7 @@
 """The Celery application, configured from :class:`~donut_hole.settings.Settings`.
 
 Run a worker with ``donut-hole worker`` or ``celery -A donut_hole.worker.app:celery_app worker -Q cpu``.
+Either also consumes ``cpu.callbacks``, the queue of webhook deliveries (:func:`callback_queue`).
 
 Delivery guarantees come from the configuration, not from the tasks:
 
@@ -32,6 +33,15 @@ TASK_EXPAND = "donut_hole.expand_prefix"
 TASK_CALLBACK = "donut_hole.deliver_callback"
 HARD_LIMIT_GRACE_S = 30  # the hard time limit kills the pool process this long after the soft one
 STALL_GRACE_S = 60  # a document still processing this long after the hard time limit has lost its worker
+
+
+def callback_queue(settings: Settings) -> str:
+    """The queue of webhook deliveries, beside the documents' queue (``cpu`` → ``cpu.callbacks``).
+
+    Every worker consumes it as well as its own queues (:func:`_consume_callbacks`), so a finished batch's
+    callback goes out after the group in flight, not after the whole backlog of other batches' groups.
+    """
+    return f"{settings.queue}.callbacks"
 
 
 def time_limits(settings: Settings) -> tuple[int, int]:
@@ -78,7 +88,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_default_queue": settings.queue,
-        "task_routes": {"donut_hole.*": {"queue": settings.queue}},
+        "task_routes": {
+            TASK_CALLBACK: {"queue": callback_queue(settings)},
+            "donut_hole.*": {"queue": settings.queue},
+        },
         "task_soft_time_limit": soft,
         "task_time_limit": hard,
         "worker_hijack_root_logger": False,
@@ -133,6 +146,14 @@ def _share_cores(sender: Any = None, **_: Any) -> None:
 
     concurrency = int(getattr(sender, "concurrency", 0) or 1)
     runtime.default_threads = max(1, runtime.cpu_count() // concurrency)
+
+
+@signals.celeryd_after_setup.connect
+def _consume_callbacks(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """Every worker takes webhook deliveries too, whatever ``--queues`` it was given: they are short, and
+    the documents' queue may hold hours of work (a callback there would wait behind all of it)."""
+    if instance is not None:
+        instance.app.amqp.queues.select_add(callback_queue(settings_of(instance.app)))
 
 
 @signals.setup_logging.connect

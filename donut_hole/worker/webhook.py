@@ -3,7 +3,8 @@
 A batch may carry a ``callback_url`` (API and CLI), checked against ``DONUT_HOLE_CALLBACK_ALLOWED_URLS``
 when it is submitted (:func:`check_callback_url`). The flow, outside any forward pass::
 
-    a group is stored     notify_finished: finished batches waiting → due, one delivery message each
+    a group is stored     notify_finished: finished batches waiting → due, one delivery message each, on
+                          the callbacks queue (``cpu.callbacks``), which every worker also consumes
     delivery task         deliver: claim a try (a lease), POST, record it: delivered, a later try, failed
     every worker's        recover: finished batches no group saw (all files refused at enqueue, an empty
     watchdog              prefix), and due ones whose message was lost (a worker died, the broker was down)
@@ -40,7 +41,7 @@ from donut_hole.db.models import Batch, CallbackStatus, utcnow
 from donut_hole.logs import log_event
 from donut_hole.services import Services
 from donut_hole.settings import Settings
-from donut_hole.worker.app import TASK_CALLBACK
+from donut_hole.worker.app import TASK_CALLBACK, callback_queue
 
 log = logging.getLogger("donut_hole.webhook")
 
@@ -260,7 +261,10 @@ def send(services: Services, batch_ids: list[str], *, countdown_s: float | None 
     for batch_id in batch_ids:
         try:
             services.celery.send_task(
-                TASK_CALLBACK, args=[batch_id], queue=services.settings.queue, countdown=countdown_s
+                TASK_CALLBACK,
+                args=[batch_id],
+                queue=callback_queue(services.settings),
+                countdown=countdown_s,
             )
         except Exception as exc:  # kombu raises several connection error types
             log_event(log, "callback.unsent", level=logging.WARNING, batch_id=batch_id, error=str(exc))

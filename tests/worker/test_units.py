@@ -8,7 +8,7 @@ import pytest
 
 from donut_hole.model.tokens import build_tokenizer, field_tokens, json2token
 from donut_hole.settings import Settings
-from donut_hole.worker.app import celery_config, time_limits
+from donut_hole.worker.app import TASK_CALLBACK, celery_config, time_limits
 from donut_hole.worker.batching import Grouper, chunked
 from donut_hole.worker.enqueue import safe_filename
 from donut_hole.worker.fields import field_rows, flatten_parse
@@ -48,6 +48,8 @@ def test_celery_config_gives_the_delivery_guarantees() -> None:
     assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
     assert config["worker_prefetch_multiplier"] == 1
     assert config["task_default_queue"] == "gpu" and config["task_routes"]["donut_hole.*"] == {"queue": "gpu"}
+    # webhook deliveries have their own queue, which every worker also consumes
+    assert config["task_routes"][TASK_CALLBACK] == {"queue": "gpu.callbacks"}
     assert (
         (config["task_soft_time_limit"], config["task_time_limit"]) == time_limits(Settings()) == (600, 660)
     )

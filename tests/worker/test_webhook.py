@@ -17,7 +17,7 @@ from multipage import broken, pdf_of
 from receiver import Receiver, signature_ok
 from sqlalchemy import update
 from typer.testing import CliRunner
-from worker_helpers import Worker, database, settings_env, wait_for_batch
+from worker_helpers import Worker, database, purge, settings_env, wait_for_batch
 
 from donut_hole.api import create_app
 from donut_hole.cli import app
@@ -298,3 +298,33 @@ def test_batches_that_end_without_a_group_or_while_listing_post_too(
     assert (bodies["none"]["batch_id"], bodies["none"]["status"]) == (nothing, "failed")
     assert bodies["none"]["counts"]["total"] == 0
     assert (bodies["refused"]["batch_id"], bodies["refused"]["counts"]["failed"]) == (refused, 1)
+
+
+@pytest_services
+def test_a_finished_batch_is_posted_before_the_backlog_of_other_batches_is_read(
+    pipeline_settings: Settings,
+    start_worker,
+    scan_dir: Path,
+    receiver: Receiver,
+) -> None:
+    # One pool process, one document per group, and 16 groups of another batch queued behind the first
+    # batch's: its callback goes on the callbacks queue, which the worker takes next, not after the 16.
+    settings = pipeline_settings.model_copy(
+        update={"queue": f"test-{uuid.uuid4().hex[:10]}", "batch_size": 1}
+    )
+    scans = sorted(scan_dir.glob("*.jpg"))
+    from donut_hole.worker.enqueue import submit_files
+
+    try:
+        with Services(settings) as services:
+            first = submit_files(services, paths=scans[:1], callback_url=f"{receiver.url}/hooks/first")
+            backlog = submit_files(services, paths=scans[1:17])
+        worker = start_worker(settings)
+        (post,) = receiver.wait_for("/hooks/first", timeout_s=120)
+        with database(settings) as sessions, session_scope(sessions) as session:
+            behind = repository.batch_progress(session, batch_id=backlog)
+        assert json.loads(post.body)["batch_id"] == first
+        assert behind["total"] == 16 and behind["queued"] >= 8, behind
+        assert wait_for_batch(settings, backlog, worker=worker)["done"] == 16
+    finally:
+        purge(settings)
