@@ -189,6 +189,21 @@ class Batch(Base):
     )
 
 
+class IdempotencyKey(Base):
+    """A client's ``Idempotency-Key`` and the batch its first request made: the same request sent again (a
+    retry after a lost answer) gets that batch back, not a second one (``donut_hole.api.idempotency``).
+
+    Written in the batch's own transaction, so of two requests racing with one key only one batch commits.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    key_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)  # of the client's API key + the key
+    request_sha256: Mapped[str] = mapped_column(String(64))  # of what the request asked for
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
+
+
 class Document(Base):
     __tablename__ = "documents"
     __table_args__ = (

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, TypedDict, TypeVar
+from typing import Any, NamedTuple, TypedDict, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -37,6 +37,7 @@ from donut_hole.db.models import (
     DocumentStatus,
     Extraction,
     Field,
+    IdempotencyKey,
     Model,
     new_id,
     page_uri,
@@ -82,6 +83,13 @@ FieldConfidences = dict[str, float | list[float | None] | None]
 _V = TypeVar("_V")
 
 
+class Idempotency(NamedTuple):
+    """A request's ``Idempotency-Key`` as stored: digests of (client, key) and of what it asked for."""
+
+    key_sha256: str
+    request_sha256: str
+
+
 class ResultRow(TypedDict):
     """One document of a batch, flat enough for a table, JSON or CSV.
 
@@ -115,6 +123,7 @@ def create_batch(
     errors: Sequence[str | None] | None = None,
     expanding: bool = False,
     callback_url: str | None = None,
+    idempotency: Idempotency | None = None,
 ) -> Batch:
     """A batch and one ``queued`` document per URI, in the caller's transaction.
 
@@ -123,6 +132,8 @@ def create_batch(
     the rest. ``expanding=True`` makes a batch whose documents a task will list later
     (:func:`add_documents`); it may start with no URIs. The returned batch's ``documents`` are in the
     order of ``uris``. ``callback_url`` (checked by the caller) is posted to once the batch is finished.
+    ``idempotency`` records the request's key with the batch: a second batch under the same key fails the
+    commit (IntegrityError), so of two racing requests only one batch is kept (:func:`find_idempotent`).
     """
     if not uris and not expanding:
         raise InvalidInput("a batch needs at least one document URI")
@@ -152,8 +163,28 @@ def create_batch(
         ],
     )
     session.add(batch)
+    if idempotency is not None:
+        session.add(IdempotencyKey(batch_id=batch.id, **idempotency._asdict()))
     session.flush()
     return batch
+
+
+def first_page_id(session: Session, *, batch_id: str) -> str:
+    """The document an upload's answer names: the first page of the batch's (single) source file."""
+    document_id = session.scalars(
+        select(Document.id)
+        .where(Document.batch_id == batch_id)
+        .order_by(Document.page, Document.created_at, Document.id)
+        .limit(1)
+    ).first()
+    if document_id is None:
+        raise BatchNotFound(batch_id)
+    return document_id
+
+
+def find_idempotent(session: Session, *, key_sha256: str) -> IdempotencyKey | None:
+    """The batch recorded under a request's ``Idempotency-Key`` digest, if a request already used it."""
+    return session.get(IdempotencyKey, key_sha256)
 
 
 def add_documents(

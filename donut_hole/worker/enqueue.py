@@ -93,21 +93,34 @@ def submit_uris(
     source: str,
     session: Session | None = None,
     callback_url: str | None = None,
+    idempotency: repository.Idempotency | None = None,
 ) -> str:
     """Queue the scans at ``uris`` (``s3://bucket/key`` or keys of the configured store) as one batch.
 
     ``callback_url`` (every ``submit_*`` takes one): posted to once the batch is finished
     (:mod:`.webhook`); refused with :class:`EnqueueError` outside ``DONUT_HOLE_CALLBACK_ALLOWED_URLS``.
+    ``idempotency`` (the API's ``Idempotency-Key``) is stored with the batch: a batch already recorded
+    under it makes the commit fail with IntegrityError, and nothing is sent.
     """
     _check_callback(services.settings, callback_url)
     batch_id, _ = _submit(
-        services, _resolve_all(services, uris), source=source, session=session, callback_url=callback_url
+        services,
+        _resolve_all(services, uris),
+        source=source,
+        session=session,
+        callback_url=callback_url,
+        idempotency=idempotency,
     )
     return batch_id
 
 
 def submit_prefix(
-    services: Services, *, prefix_uri: str, session: Session | None = None, callback_url: str | None = None
+    services: Services,
+    *,
+    prefix_uri: str,
+    session: Session | None = None,
+    callback_url: str | None = None,
+    idempotency: repository.Idempotency | None = None,
 ) -> str:
     """Queue every image under ``prefix_uri``; a task lists it, so this returns at once.
 
@@ -118,7 +131,12 @@ def submit_prefix(
     prefix = _resolve_prefix(services, prefix_uri)
     with _transaction(services, session) as writing:
         batch = repository.create_batch(
-            writing, source=f"prefix {prefix}", uris=[], expanding=True, callback_url=callback_url
+            writing,
+            source=f"prefix {prefix}",
+            uris=[],
+            expanding=True,
+            callback_url=callback_url,
+            idempotency=idempotency,
         )
         batch_id = batch.id
     try:
@@ -142,6 +160,7 @@ def submit_upload(
     filename: str,
     session: Session | None = None,
     callback_url: str | None = None,
+    idempotency: repository.Idempotency | None = None,
 ) -> tuple[str, str]:
     """Store one uploaded scan under ``uploads/<uuid>/<safe filename>``, then queue it: (batch, document).
 
@@ -160,6 +179,7 @@ def submit_upload(
             uris=[_resolve(store, key)],
             sha256s=[_sha256(data)],
             callback_url=callback_url,
+            idempotency=idempotency,
         )
         batch_id, document_id = batch.id, batch.documents[0].id
     try:
@@ -412,10 +432,16 @@ def _submit(
     sha256s: Sequence[str | None] | None = None,
     session: Session | None = None,
     callback_url: str | None = None,
+    idempotency: repository.Idempotency | None = None,
 ) -> tuple[str, list[str]]:
     with _transaction(services, session) as writing:
         batch = repository.create_batch(
-            writing, source=source, uris=uris, sha256s=sha256s, callback_url=callback_url
+            writing,
+            source=source,
+            uris=uris,
+            sha256s=sha256s,
+            callback_url=callback_url,
+            idempotency=idempotency,
         )
         batch_id, document_ids = batch.id, [document.id for document in batch.documents]
     # Committed: a worker that takes a message is sure to find its rows.

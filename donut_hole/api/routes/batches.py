@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response
@@ -9,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from donut_hole.api import metrics
 from donut_hole.api.deps import ApiKeyDep, ServicesDep, SessionDep
+from donut_hole.api.idempotency import ClientKeyDep, claim, submit_once
 from donut_hole.api.schemas import (
     MAX_PAGE,
     BatchCreate,
@@ -56,7 +58,10 @@ def batch_public(session: Session, batch_id: str) -> BatchPublic:
     status_code=202,
     responses={
         403: {"description": "A bucket is not in DONUT_HOLE_ALLOWED_BUCKETS (nor the store's own)."},
-        422: {"description": "Malformed body or URI, or a callback_url that is not allowed."},
+        422: {
+            "description": "Malformed body or URI, a callback_url that is not allowed, or an "
+            "Idempotency-Key already sent with another request."
+        },
         503: {"description": "Broker or database unreachable."},
     },
 )
@@ -65,25 +70,42 @@ def create_batch(
     services: ServicesDep,
     session: SessionDep,
     response: Response,
+    idempotency_key: ClientKeyDep,
 ) -> BatchPublic:
     """Queue the scans at ``uris``, or every object under ``prefix`` (listed by a task).
 
     The batch and its documents are written through the request's session and committed before the
     messages are sent. A prefix batch starts with status ``expanding`` and no documents; poll
-    ``GET /v1/batches/{id}``. With ``callback_url`` the batch posts once to it when it is finished.
+    ``GET /v1/batches/{id}``. With ``callback_url`` the batch posts once to it when it is finished. With an
+    ``Idempotency-Key`` header, a retry of the same request returns the batch the first try made.
     """
-    if body.uris is not None:
-        batch_id = enqueue.submit_uris(
-            services, uris=body.uris, source="api", session=session, callback_url=body.callback_url
-        )
-        metrics.BATCHES_QUEUED.labels("uris").inc()
-        metrics.DOCUMENTS_QUEUED.labels("uris").inc(len(body.uris))
-    else:
+    request = claim(idempotency_key, json.dumps(body.model_dump(mode="json"), sort_keys=True))
+
+    def submit() -> str:
+        if body.uris is not None:
+            batch_id = enqueue.submit_uris(
+                services,
+                uris=body.uris,
+                source="api",
+                session=session,
+                callback_url=body.callback_url,
+                idempotency=request,
+            )
+            metrics.BATCHES_QUEUED.labels("uris").inc()
+            metrics.DOCUMENTS_QUEUED.labels("uris").inc(len(body.uris))
+            return batch_id
         assert body.prefix is not None  # BatchCreate holds exactly one of the two
         batch_id = enqueue.submit_prefix(
-            services, prefix_uri=body.prefix, session=session, callback_url=body.callback_url
+            services,
+            prefix_uri=body.prefix,
+            session=session,
+            callback_url=body.callback_url,
+            idempotency=request,
         )
         metrics.BATCHES_QUEUED.labels("prefix").inc()
+        return batch_id
+
+    batch_id = submit_once(session, request, response, submit=submit, replay=lambda earlier: earlier)
     response.headers["Location"] = f"/v1/batches/{batch_id}"
     return batch_public(session, batch_id)
 

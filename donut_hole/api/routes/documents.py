@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Annotated
 
@@ -9,6 +10,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile
 
 from donut_hole.api import metrics
 from donut_hole.api.deps import ApiKeyDep, ServicesDep, SessionDep, SettingsDep
+from donut_hole.api.idempotency import ClientKeyDep, claim, submit_once
 from donut_hole.api.images import SNIFF_BYTES, count_pages, sniff_image_type
 from donut_hole.api.queries import documents_public
 from donut_hole.api.schemas import DocumentPublic, UploadAccepted
@@ -30,7 +32,10 @@ router = APIRouter(prefix="/v1/documents", tags=["documents"], dependencies=[Api
             "DONUT_HOLE_MAX_PAGES."
         },
         415: {"description": "Not a JPEG, PNG, TIFF, WebP, BMP or GIF image, nor a PDF."},
-        422: {"description": "No file, or an empty one; a callback_url that is not allowed."},
+        422: {
+            "description": "No file, or an empty one; a callback_url that is not allowed; an "
+            "Idempotency-Key already sent with another request."
+        },
         503: {"description": "Object store, broker or database unreachable."},
     },
 )
@@ -43,6 +48,7 @@ def upload_document(
     services: ServicesDep,
     session: SessionDep,
     response: Response,
+    idempotency_key: ClientKeyDep,
     callback_url: Annotated[
         str | None,
         Form(
@@ -56,7 +62,8 @@ def upload_document(
 
     The type is read from the file's first bytes, not from its name or declared content type. A PDF or
     multi-page TIFF becomes one document per page once a worker opens it: the returned document is page 1,
-    and ``GET /v1/documents/{id}`` lists the others under ``pages``.
+    and ``GET /v1/documents/{id}`` lists the others under ``pages``. With an ``Idempotency-Key`` header, a
+    retry of the same upload returns the batch and document the first try made, and stores nothing twice.
     """
     limit = settings.max_image_bytes
     data = file.file.read(limit + 1)
@@ -75,14 +82,34 @@ def upload_document(
     if pages is not None and pages > settings.max_pages:
         detail = f"the file has {pages} pages, the limit is {settings.max_pages} (DONUT_HOLE_MAX_PAGES)"
         raise HTTPException(413, detail=detail)
-    batch_id, document_id = enqueue.submit_upload(
-        services, data=data, filename=file.filename or "upload", session=session, callback_url=callback_url
-    )
-    metrics.BATCHES_QUEUED.labels("upload").inc()
-    metrics.DOCUMENTS_QUEUED.labels("upload").inc()
-    log_event(
-        log, "api.upload", batch_id=batch_id, document_id=document_id, bytes=len(data), media_type=media_type
-    )
+    filename = file.filename or "upload"
+    request = claim(idempotency_key, filename, callback_url, hashlib.sha256(data).digest())
+
+    def submit() -> tuple[str, str]:
+        batch_id, document_id = enqueue.submit_upload(
+            services,
+            data=data,
+            filename=filename,
+            session=session,
+            callback_url=callback_url,
+            idempotency=request,
+        )
+        metrics.BATCHES_QUEUED.labels("upload").inc()
+        metrics.DOCUMENTS_QUEUED.labels("upload").inc()
+        log_event(
+            log,
+            "api.upload",
+            batch_id=batch_id,
+            document_id=document_id,
+            bytes=len(data),
+            media_type=media_type,
+        )
+        return batch_id, document_id
+
+    def replay(batch_id: str) -> tuple[str, str]:
+        return batch_id, repository.first_page_id(session, batch_id=batch_id)
+
+    batch_id, document_id = submit_once(session, request, response, submit=submit, replay=replay)
     response.headers["Location"] = f"/v1/documents/{document_id}"
     return UploadAccepted(batch_id=batch_id, document_id=document_id)
 
