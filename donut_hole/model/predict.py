@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from transformers import DonutProcessor, VisionEncoderDecoderModel
 
+from donut_hole.model import decoding
 from donut_hole.model.build import ModelLoadError, load_model, task_token_of
 from donut_hole.model.tokens import token2json
 from donut_hole.scans import DEFAULT_MAX_PIXELS, ImageInput, load_image, load_page
@@ -188,15 +189,24 @@ class DonutReader:
             and getattr(decoder.config, "cross_attention_hidden_size", None) is None
         ):
             hidden = self.model.enc_to_dec_proj(hidden)
-        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+        if decoding.supports(decoder):  # the same modules without transformers' per-token machinery
+            next_logits = decoding.MBartSteps(decoder, hidden).step
+        else:
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            params = inspect.signature(decoder.forward).parameters
+            cache_arg = "cache" if "cache" in params else "past_key_values"
+
+            def next_logits(ids: torch.Tensor) -> torch.Tensor:
+                kwargs = {cache_arg: cache}
+                out = decoder(input_ids=ids, encoder_hidden_states=hidden, use_cache=True, **kwargs)
+                return out.logits[:, -1]
+
         ids = prompt
         single = prompt.shape[0] == 1  # one document: no padding after its EOS to keep track of
         finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
         tokens, logps = [], []
         for step in range(self.max_new_tokens):
-            out = decoder(input_ids=ids, encoder_hidden_states=hidden, use_cache=True, **{cache_arg: cache})
-            logits = out.logits[:, -1].float()  # (B, V)
+            logits = next_logits(ids).float()  # (B, V)
             if unk is not None:
                 logits[:, unk] = -math.inf
             if forced_eos is not None and step == self.max_new_tokens - 1:

@@ -6,7 +6,7 @@ import torch
 from PIL import Image, ImageDraw
 from published import write_published
 
-from donut_hole.model import predict
+from donut_hole.model import decoding, predict
 from donut_hole.model.predict import DonutReader
 from donut_hole.scans import DocumentError, load_image
 
@@ -113,14 +113,18 @@ def _taught(reader: DonutReader, images: list[Image.Image], texts: list[str], mo
 
 def _reads_as_generate(reader: DonutReader, pixels: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> list:
     """The reader's greedy loop on ``pixels``, checked against transformers' ``generate``: the same tokens
-    and probabilities."""
+    and probabilities, by its own decoding step and by the decoder's forward (other decoders' way)."""
+    assert decoding.supports(reader.model.decoder)
     own = reader.generate(pixels)
     with monkeypatch.context() as patch:
+        patch.setattr(decoding, "supports", lambda decoder: False)
+        forward = reader.generate(pixels)
         patch.setattr(predict, "_plain_greedy", lambda model: False)
         theirs = reader.generate(pixels)
-    assert [p.sequence for p in own] == [p.sequence for p in theirs]
-    for a, b in zip(own, theirs, strict=True):
-        assert a.token_probs == pytest.approx(b.token_probs, abs=1e-6)
+    for other in (forward, theirs):
+        assert [p.sequence for p in own] == [p.sequence for p in other]
+        for a, b in zip(own, other, strict=True):
+            assert a.token_probs == pytest.approx(b.token_probs, abs=1e-6)
     return own
 
 
@@ -142,6 +146,19 @@ def test_the_greedy_loop_reads_as_generate_does(tiny_model_dir, tmp_path, monkey
     assert [len(p.token_probs) for p in own] == [6, 6]  # the published one ran to the limit
     lengths = [len(p.token_probs) for p in reader.generate(reader.pixel_values(images))]
     assert lengths[0] < lengths[1] < 24  # the taught one ended at its own EOS, each at its step
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_decoding_step_reads_long_sequences_as_generate_does(tiny_model_dir, monkeypatch, precision):
+    """Past the decoding step's first buffer (64 tokens) and with int8 Linears, the same tokens."""
+    reader = DonutReader.from_path(tiny_model_dir, max_new_tokens=150, precision=precision)
+    torch.manual_seed(1)
+    with torch.no_grad():  # an untrained decoder that seldom ends: it runs to the limit
+        for parameter in reader.model.decoder.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    pixels = reader.pixel_values([Image.new("RGB", (160, 160), c) for c in ("white", "gray", "black")])
+    own = _reads_as_generate(reader, pixels, monkeypatch)
+    assert max(len(p.token_probs) for p in own) > 128
 
 
 def test_the_greedy_loop_projects_an_encoder_of_another_width(tiny_model_dir, monkeypatch):
