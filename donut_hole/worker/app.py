@@ -156,6 +156,17 @@ def _consume_callbacks(sender: Any = None, instance: Any = None, **_: Any) -> No
         instance.app.amqp.queues.select_add(callback_queue(settings_of(instance.app)))
 
 
+@signals.worker_process_init.connect
+def _preload_model(**_: Any) -> None:
+    """Each pool process starts loading its model at once, in the background: a worker that waited idle
+    reads its first group without the load (seconds for a large model) in that group's time."""
+    from celery import current_app
+
+    from donut_hole.worker.runtime import get_runtime
+
+    get_runtime(current_app._get_current_object()).preload()
+
+
 @signals.setup_logging.connect
 def _json_logging(loglevel: Any = None, **_: Any) -> None:
     """Replace Celery's log setup: every line of the worker is a JSON object (see :mod:`donut_hole.logs`)."""

@@ -54,10 +54,36 @@ class Runtime(Services):
     def __init__(self, settings: Settings, *, celery: Celery | None = None) -> None:
         super().__init__(settings, celery=celery)
         self.pid = os.getpid()
+        self._reader: DonutReader | None = None
+        self._reader_lock = threading.Lock()  # one load, whether a task or :meth:`preload` asks first
 
-    @cached_property
+    @property
     def reader(self) -> DonutReader:
-        """The model, loaded once per process, on the configured device and thread count."""
+        """The model, loaded once per process, on the configured device and thread count.
+
+        A task that asks while :meth:`preload` is loading waits for that load (its time limit still
+        applies: the wait ends with the soft limit's exception); a load that failed is tried again."""
+        if self._reader is None:
+            with self._reader_lock:
+                if self._reader is None:
+                    self._reader = self._load_reader()
+        return self._reader
+
+    def preload(self) -> threading.Thread:
+        """Load the model in a background thread, so that the first group does not wait for it; a failure
+        is logged and left to that group, which loads again and fails with the reason."""
+
+        def load() -> None:
+            try:
+                self.reader  # noqa: B018  # the load is the property's first use
+            except Exception as exc:  # the first task loads again and fails its group with the reason
+                log_event(log, "model.preload_failed", level=logging.WARNING, error=type(exc).__name__)
+
+        thread = threading.Thread(target=load, name="donut-hole-preload", daemon=True)
+        thread.start()
+        return thread
+
+    def _load_reader(self) -> DonutReader:
         import torch
 
         from donut_hole.model.build import ModelLoadError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -180,3 +181,22 @@ def test_a_group_over_the_time_limit_fails_with_the_reason(
     assert reasons == {
         "timed out: reading a group of 4 documents took longer than 1 s (DONUT_HOLE_TASK_TIME_LIMIT_S)"
     }
+
+
+def test_a_worker_loads_its_model_before_the_first_group_comes(
+    pipeline_settings: Settings, start_worker, scan_dir: Path
+) -> None:
+    # Its own queue, empty: the pool process loads the model at start, and the group that comes later
+    # uses that model (one load in all).
+    settings = pipeline_settings.model_copy(update={"queue": f"{pipeline_settings.queue}-preload"})
+    worker = start_worker(settings)
+    deadline = time.monotonic() + 60
+    while '"model.loaded"' not in worker.log_path.read_text(errors="replace"):
+        assert worker.process.poll() is None, worker.log_tail()
+        assert time.monotonic() < deadline, f"no model loaded without a task:\n{worker.log_tail()}"
+        time.sleep(0.2)
+    uris = _upload(settings, scan_dir, f"preload-{uuid.uuid4().hex[:6]}")[:2]
+    counts = wait_for_batch(settings, _submit(settings, uris), worker=worker)
+
+    assert counts["done"] == 2
+    assert worker.log_path.read_text(errors="replace").count('"model.loaded"') == 1, worker.log_tail()
