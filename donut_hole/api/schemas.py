@@ -198,6 +198,13 @@ class ResultPublic(BaseModel):
     field_confidence: FieldConfidences = Field(description=FIELD_CONFIDENCE_HELP)
 
 
+class BatchList(BaseModel):
+    total: int = Field(description="Batches in all.")
+    limit: int
+    offset: int
+    items: list[BatchPublic] = Field(description="This page of them, newest first.")
+
+
 class BatchResults(BaseModel):
     batch_id: str
     total: int = Field(description="Documents in the batch.")

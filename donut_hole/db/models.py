@@ -169,7 +169,10 @@ class Model(Base):
 
 class Batch(Base):
     __tablename__ = "batches"
-    __table_args__ = (Index("ix_batches_callback_status", "callback_status"),)
+    __table_args__ = (
+        Index("ix_batches_callback_status", "callback_status"),
+        Index("ix_batches_created_at", "created_at"),  # GET /v1/batches: newest first
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     source: Mapped[str] = mapped_column(Text)

@@ -257,14 +257,32 @@ def batch_progress(session: Session, *, batch_id: str) -> dict[str, int]:
     ``{"queued": 1, "processing": 0, "done": 2, "failed": 1, "total": 4}``
     """
     _batch_or_raise(session, batch_id)
-    counts = {status.value: 0 for status in DocumentStatus}
-    rows = session.execute(
-        select(Document.status, func.count()).where(Document.batch_id == batch_id).group_by(Document.status)
+    return batches_progress(session, batch_ids=[batch_id])[batch_id]
+
+
+def batches_progress(session: Session, *, batch_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+    """:func:`batch_progress` of several batches, in one query per chunk of ids (zeros for an empty one)."""
+    progress = {batch_id: {status.value: 0 for status in DocumentStatus} for batch_id in batch_ids}
+    for chunk in _chunks(list(progress)):
+        rows = session.execute(
+            select(Document.batch_id, Document.status, func.count())
+            .where(Document.batch_id.in_(chunk))
+            .group_by(Document.batch_id, Document.status)
+        )
+        for batch_id, status, count in rows:
+            progress[batch_id][DocumentStatus(status).value] = count
+    for counts in progress.values():
+        counts["total"] = sum(counts.values())
+    return progress
+
+
+def list_batches(session: Session, *, limit: int, offset: int = 0) -> tuple[int, list[Batch]]:
+    """How many batches there are, and one page of them, newest first."""
+    total = session.scalar(select(func.count()).select_from(Batch)) or 0
+    page = session.scalars(
+        select(Batch).order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit).offset(offset)
     )
-    for status, count in rows:
-        counts[DocumentStatus(status).value] = count
-    counts["total"] = sum(counts.values())
-    return counts
+    return total, list(page)
 
 
 def results_for_batch(

@@ -46,6 +46,21 @@ def test_a_batch_of_uris_is_stored_then_queued(
     assert sent[0][1] == [document_ids]
 
 
+def test_batches_are_listed_newest_first_with_their_progress(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    made = [client.post("/v1/batches", json={"uris": _uris(n)}, headers=auth).json() for n in (1, 2, 3)]
+    listed = client.get("/v1/batches?limit=3", headers=auth).json()
+    assert listed["total"] >= 3 and (listed["limit"], listed["offset"]) == (3, 0)
+    assert listed["items"] == made[::-1]  # as GET /v1/batches/{id} shows each, newest first
+    assert [item["total"] for item in listed["items"]] == [3, 2, 1]
+    after = client.get("/v1/batches?limit=1&offset=1", headers=auth).json()["items"]
+    assert [item["id"] for item in after] == [made[1]["id"]]
+    for bad in ("limit=0", "limit=1001", "offset=-1", "limit=x"):
+        assert client.get(f"/v1/batches?{bad}", headers=auth).status_code == 422
+    assert client.get("/v1/batches").status_code == 401
+
+
 def test_results_are_paginated(client: TestClient, auth: dict[str, str]) -> None:
     uris = _uris(5)
     batch_id = client.post("/v1/batches", json={"uris": uris}, headers=auth).json()["id"]

@@ -14,13 +14,14 @@ from donut_hole.api.idempotency import ClientKeyDep, claim, submit_once
 from donut_hole.api.schemas import (
     MAX_PAGE,
     BatchCreate,
+    BatchList,
     BatchPublic,
     BatchResults,
     CallbackPublic,
     DocumentCounts,
     ResultPublic,
 )
-from donut_hole.db import repository
+from donut_hole.db import Batch, repository
 from donut_hole.worker import enqueue
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], dependencies=[ApiKeyDep])
@@ -32,7 +33,11 @@ def batch_public(session: Session, batch_id: str) -> BatchPublic:
     batch = repository.get_batch(session, batch_id=batch_id)
     if batch is None:
         raise HTTPException(404, detail="this batch does not exist")
-    counts = repository.batch_progress(session, batch_id=batch_id)
+    return _public(batch, repository.batch_progress(session, batch_id=batch_id))
+
+
+def _public(batch: Batch, progress: dict[str, int]) -> BatchPublic:
+    counts = dict(progress)
     total = counts.pop("total")
     return BatchPublic(
         id=batch.id,
@@ -108,6 +113,19 @@ def create_batch(
     batch_id = submit_once(session, request, response, submit=submit, replay=lambda earlier: earlier)
     response.headers["Location"] = f"/v1/batches/{batch_id}"
     return batch_public(session, batch_id)
+
+
+@router.get("")
+def list_batches(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> BatchList:
+    """Every batch, newest first, one page at a time, each with its progress (as ``GET /v1/batches/{id}``)."""
+    total, batches = repository.list_batches(session, limit=limit, offset=offset)
+    progress = repository.batches_progress(session, batch_ids=[batch.id for batch in batches])
+    items = [_public(batch, progress[batch.id]) for batch in batches]
+    return BatchList(total=total, limit=limit, offset=offset, items=items)
 
 
 @router.get("/{batch_id}", responses=NOT_FOUND)

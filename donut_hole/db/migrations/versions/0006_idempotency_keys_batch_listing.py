@@ -1,8 +1,8 @@
-"""idempotency_keys: a client's ``Idempotency-Key`` header and the batch its first request made.
+"""idempotency_keys: a client's ``Idempotency-Key`` and the batch its first request made; batches by age.
 
 A request sent again with the same key (a client retrying after a lost answer) gets that batch back and
 queues nothing; the same key with another request is refused. The key is stored as the sha256 of the
-client's API key and the header, never in clear.
+client's API key and the header, never in clear. ``ix_batches_created_at``: batches listed newest first.
 
 Revision ID: 0006
 Revises: 0005
@@ -38,8 +38,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("key_sha256", name=op.f("pk_idempotency_keys")),
     )
     op.create_index(op.f("ix_idempotency_keys_batch_id"), "idempotency_keys", ["batch_id"])
+    op.create_index("ix_batches_created_at", "batches", ["created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_batches_created_at", table_name="batches")
     op.drop_index(op.f("ix_idempotency_keys_batch_id"), table_name="idempotency_keys")
     op.drop_table("idempotency_keys")
