@@ -9,6 +9,9 @@ ASCII characters, e.g. a UUID the client makes once per request and sends again 
 - Two requests racing with one key: one batch commits, the other request gets it back.
 - The same key with another request (other URIs, another file, another callback) is a 422: a client bug,
   answered without showing what the first request was.
+- An upload the object store refused (502/503) frees its key: nothing usable came of it, and its retry
+  has to store the scan (the batches route has no such case: a broker outage leaves rows the watchdog
+  sends, so its retry rightly gets that batch back).
 
 A key belongs to the API key that sent it (two clients may use the same string) and is stored only as a
 digest of both. It lasts as long as its batch.

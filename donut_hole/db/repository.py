@@ -169,22 +169,27 @@ def create_batch(
     return batch
 
 
-def first_page_id(session: Session, *, batch_id: str) -> str:
+def first_page(session: Session, *, batch_id: str) -> Document:
     """The document an upload's answer names: the first page of the batch's (single) source file."""
-    document_id = session.scalars(
-        select(Document.id)
+    document = session.scalars(
+        select(Document)
         .where(Document.batch_id == batch_id)
         .order_by(Document.page, Document.created_at, Document.id)
         .limit(1)
     ).first()
-    if document_id is None:
+    if document is None:
         raise BatchNotFound(batch_id)
-    return document_id
+    return document
 
 
 def find_idempotent(session: Session, *, key_sha256: str) -> IdempotencyKey | None:
     """The batch recorded under a request's ``Idempotency-Key`` digest, if a request already used it."""
     return session.get(IdempotencyKey, key_sha256)
+
+
+def forget_idempotent(session: Session, *, batch_id: str) -> None:
+    """Free the key a batch was made under (its upload never reached the store: a retry must try again)."""
+    session.execute(delete(IdempotencyKey).where(IdempotencyKey.batch_id == batch_id))
 
 
 def add_documents(

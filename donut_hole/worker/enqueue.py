@@ -186,6 +186,9 @@ def submit_upload(
         store.put(key, data)
     except StorageError as exc:
         _fail_unstored(services, {document_id: exc})
+        if idempotency is not None:  # nothing usable came of this try: a retry with its key starts afresh
+            with session_scope(services.sessions) as writing:
+                repository.forget_idempotent(writing, batch_id=batch_id)
         raise
     _send(services, [document_id], batch_id=batch_id)
     log_event(log, "batch.submitted", batch_id=batch_id, documents=1, source="upload")

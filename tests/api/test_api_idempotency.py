@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import socket
 import uuid
 from typing import Any
 
@@ -13,8 +14,10 @@ from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from donut_hole.api import idempotency
-from donut_hole.db import Batch, Document
+from donut_hole.api import create_app, idempotency
+from donut_hole.db import Batch, Document, make_engine, session_factory
+from donut_hole.db.migrate import upgrade
+from donut_hole.db.models import IdempotencyKey
 from donut_hole.settings import Settings
 from donut_hole.storage import make_s3_client, parse_s3_uri
 
@@ -165,3 +168,30 @@ def test_a_retried_upload_returns_the_first_document_and_stores_one_object(
         if item["ETag"] == etag
     ]
     assert len(stored) == 1, stored
+
+
+def test_an_upload_the_store_refused_can_be_retried_with_its_key(
+    settings_factory: Any, auth: dict[str, str], s3_server: str
+) -> None:
+    # The store's endpoint refuses connections: the upload fails (503) with its document failed, and the
+    # key is freed, so the retry (once the store is back) is stored, not answered with the failed batch.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, never listening
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        settings = settings_factory(storage_url="s3://uploads/api", s3_endpoint_url=closed)
+        upgrade(settings.database_url)
+        key = {"Idempotency-Key": str(uuid.uuid4())}
+        files = {"file": ("label.png", _png(), "application/octet-stream")}
+        with TestClient(create_app(settings)) as down:
+            first = down.post("/v1/documents", files=files, headers={**auth, **key})
+            again = down.post("/v1/documents", files=files, headers={**auth, **key})
+    assert first.status_code == again.status_code == 503, again.text
+    assert "idempotent-replayed" not in again.headers
+    engine = make_engine(settings.database_url)
+    try:
+        with session_factory(engine)() as session:
+            statuses = session.scalars(select(Document.status)).all()
+            assert [status.value for status in statuses] == ["failed", "failed"]  # two tries, two batches
+            assert session.scalar(select(func.count()).select_from(IdempotencyKey)) == 0
+    finally:
+        engine.dispose()

@@ -85,7 +85,7 @@ def upload_document(
     filename = file.filename or "upload"
     request = claim(idempotency_key, filename, callback_url, hashlib.sha256(data).digest())
 
-    def submit() -> tuple[str, str]:
+    def submit() -> UploadAccepted:
         batch_id, document_id = enqueue.submit_upload(
             services,
             data=data,
@@ -104,14 +104,15 @@ def upload_document(
             bytes=len(data),
             media_type=media_type,
         )
-        return batch_id, document_id
+        return UploadAccepted(batch_id=batch_id, document_id=document_id)
 
-    def replay(batch_id: str) -> tuple[str, str]:
-        return batch_id, repository.first_page_id(session, batch_id=batch_id)
+    def replay(batch_id: str) -> UploadAccepted:  # where the first try's document stands now
+        document = repository.first_page(session, batch_id=batch_id)
+        return UploadAccepted(batch_id=batch_id, document_id=document.id, status=document.status)
 
-    batch_id, document_id = submit_once(session, request, response, submit=submit, replay=replay)
-    response.headers["Location"] = f"/v1/documents/{document_id}"
-    return UploadAccepted(batch_id=batch_id, document_id=document_id)
+    accepted = submit_once(session, request, response, submit=submit, replay=replay)
+    response.headers["Location"] = f"/v1/documents/{accepted.document_id}"
+    return accepted
 
 
 @router.get("/{document_id}", responses={404: {"description": "No document has this id."}})
