@@ -166,20 +166,18 @@ fi
 # run.json: data seeds and sizes, the commands, the hardware; `donut-hole ship` puts them in the model cards
 record() {  # record started|finished
     "$PY" - "$RUN/run.json" "$1" "$N_TRAIN" "$N_VAL" "$INVOCATION" "$RENDERED" <<'PY'
-import json, os, sys, platform, datetime, pathlib
+import json, sys, datetime, pathlib
 import torch
 path, event, n_train, n_val, invocation, rendered = pathlib.Path(sys.argv[1]), sys.argv[2], *sys.argv[3:]
 run = json.loads(path.read_text()) if path.is_file() else {}
 now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 if event == "started":
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     # the vector unit and bf16 arithmetic set a CPU's pace: e.g. 0.65 distilled images/s in fp32 on AVX2
     # against about 5 with bf16 autocast on AVX512-BF16, same recipe
-    from donut_hole.model.predict import cpu_has_bf16
-    simd = torch.backends.cpu.get_cpu_capability() + (" + bf16" if cpu_has_bf16() else "")
+    from donut_hole.model.predict import describe_cpu
     run.setdefault("started", now)
-    run.setdefault("sessions", []).append({"started": now, "hardware": gpu or f"{cpu or platform.machine()} ({simd}), {os.cpu_count()} cores (no GPU)"})
+    run.setdefault("sessions", []).append({"started": now, "hardware": gpu or f"{describe_cpu()} (no GPU)"})
     run["hardware"] = "; ".join(dict.fromkeys(s["hardware"] for s in run["sessions"]))
     run["train"] = {"n": int(n_train), "seed": 0, "width": 448, "height": 448} if rendered == "0" else {"rendered": True}
     run["val"] = {"n": int(n_val), "seed": 1000}  # in the document types' own page shapes
