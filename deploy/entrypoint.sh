@@ -5,7 +5,7 @@
 #   worker               donut-hole worker --concurrency $DONUT_HOLE_WORKER_CONCURRENCY --queues $DONUT_HOLE_QUEUE
 #                        [--metrics-port $DONUT_HOLE_METRICS_PORT]   (Prometheus /metrics, when set)
 #   migrate              donut-hole migrate             (Alembic upgrade head on DONUT_HOLE_DATABASE_URL)
-#   enqueue|results|...  donut-hole <that command> ARGS...
+#   enqueue|results|purge|...  donut-hole <that command> ARGS...
 #   anything else        run as given (sh, celery, python, ...)
 #
 # Extra arguments are appended to the donut-hole command. The last step is `exec`, so the process gets
@@ -32,7 +32,7 @@ case "$role" in
             --concurrency "${DONUT_HOLE_WORKER_CONCURRENCY:-1}" \
             --queues "${DONUT_HOLE_QUEUE:-cpu}" "${metrics[@]}" "$@"
         ;;
-    migrate | enqueue | results | demo | synth | predict | evaluate | train | compress)
+    migrate | enqueue | results | delete | purge | demo | synth | predict | evaluate | train | compress)
         set -- donut-hole "$role" "$@"
         ;;
     donut-hole)

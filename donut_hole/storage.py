@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from botocore.exceptions import (
 )
 
 S3_PAGE_SIZE = 1000
+S3_DELETE_PAGE = 1000  # keys per DeleteObjects call (the most S3 takes)
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling"}
@@ -133,6 +134,15 @@ class ObjectStore(ABC):
     def exists(self, uri_or_key: str) -> bool: ...
 
     @abstractmethod
+    def uri(self, key: str) -> str:
+        """The URI that ``key`` (relative to the store) has: what :meth:`put` returns for it."""
+
+    @abstractmethod
+    def delete(self, uris_or_keys: Sequence[str]) -> None:
+        """Remove these objects; one already gone is not an error. Raises on the first object it could not
+        remove (``StorageError``), so a caller can try again: what was removed stays removed."""
+
+    @abstractmethod
     def presigned_get(self, uri_or_key: str, expires: int = 3600) -> str:
         """A URL that reads the object without credentials for ``expires`` seconds (local: a file:// URL)."""
 
@@ -220,6 +230,24 @@ class LocalStore(ObjectStore):
     def presigned_get(self, uri_or_key: str, expires: int = 3600) -> str:
         return self.path_for(uri_or_key).as_uri()
 
+    def uri(self, key: str) -> str:
+        return self.path_for(check_key(key)).as_uri()
+
+    def delete(self, uris_or_keys: Sequence[str]) -> None:
+        for uri_or_key in uris_or_keys:
+            path = self.path_for(uri_or_key)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise _os_error(exc, path.as_uri()) from exc
+            folder = path.parent  # an upload's own folder, left empty
+            while folder != self.root and folder.is_relative_to(self.root):
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty (or not ours to remove): leave it
+                    break
+                folder = folder.parent
+
 
 class S3Store(ObjectStore):
     """Objects in ``bucket`` under ``prefix``; full ``s3://`` URIs may name any bucket the client can read."""
@@ -291,6 +319,28 @@ class S3Store(ObjectStore):
         except ObjectNotFound:
             return False
         return True
+
+    def uri(self, key: str) -> str:
+        bucket, full_key = self.locate(check_key(key))
+        return f"s3://{bucket}/{full_key}"
+
+    def delete(self, uris_or_keys: Sequence[str]) -> None:
+        by_bucket: dict[str, list[str]] = {}
+        for uri_or_key in uris_or_keys:
+            bucket, key = self.locate(uri_or_key)
+            by_bucket.setdefault(bucket, []).append(key)
+        for bucket, keys in by_bucket.items():
+            for start in range(0, len(keys), S3_DELETE_PAGE):
+                chunk = keys[start : start + S3_DELETE_PAGE]
+                with _s3_errors(f"s3://{bucket}/{chunk[0]}"):
+                    answer = self.client.delete_objects(
+                        Bucket=bucket, Delete={"Objects": [{"Key": key} for key in chunk], "Quiet": True}
+                    )
+                for error in answer.get("Errors", []):
+                    if error.get("Code") not in _NOT_FOUND_CODES:
+                        uri = f"s3://{bucket}/{error.get('Key', '')}"
+                        reason = f"{error.get('Code')} ({error.get('Message')})"
+                        raise StorageError(f"S3 refused to delete {uri}: {reason}")
 
     def presigned_get(self, uri_or_key: str, expires: int = 3600) -> str:
         bucket, key = self.locate(uri_or_key)

@@ -62,6 +62,32 @@ def test_missing_object(store: ObjectStore) -> None:
         store.get("nope.png", max_bytes=100)
 
 
+def test_delete_removes_objects_by_uri_or_key_and_ignores_missing_ones(store: ObjectStore) -> None:
+    kept = store.put("uploads/b/keep.png", b"keep")
+    first = store.put("uploads/a/one.png", b"1")
+    store.put("uploads/a/two.png", b"2")
+    assert store.uri("uploads/a/one.png") == first
+    store.delete([first, "uploads/a/two.png", "uploads/a/never-written.png"])
+    assert not store.exists(first) and not store.exists("uploads/a/two.png")
+    assert list(store.list("uploads/")) == [kept]
+    store.delete([first])  # again: already gone is not an error
+    store.delete([])
+    assert store.get(kept, max_bytes=10) == b"keep"
+
+
+def test_local_delete_removes_the_emptied_folders_only(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    one = store.put("uploads/x/one.png", b"1")
+    two = store.put("uploads/y/two.png", b"2")
+    store.delete([one])
+    assert not (tmp_path / "store" / "uploads" / "x").exists()
+    assert (tmp_path / "store" / "uploads" / "y").is_dir()
+    store.delete([two])
+    assert (tmp_path / "store").is_dir() and not (tmp_path / "store" / "uploads").exists()
+    with pytest.raises(InvalidLocation):
+        store.delete([(tmp_path / "elsewhere.png").as_uri()])
+
+
 def test_list_is_a_string_prefix_in_key_order(store: ObjectStore) -> None:
     for key in ["b/2.png", "a/1.png", "a-x/3.png", "a/sub/4.png", "c.png"]:
         store.put(key, b"1")
@@ -142,6 +168,8 @@ def test_unreachable_s3_is_transient() -> None:
         client_store = S3Store("bucket", "", client)
         with pytest.raises(TransientStorageError, match="unreachable"):
             client_store.get("a.png", max_bytes=10)
+        with pytest.raises(TransientStorageError, match="unreachable"):
+            client_store.delete(["a.png"])
 
 
 @pytest.mark.services

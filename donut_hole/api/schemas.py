@@ -205,6 +205,12 @@ class BatchList(BaseModel):
     items: list[BatchPublic] = Field(description="This page of them, newest first.")
 
 
+class BatchDeleted(BaseModel):
+    id: str
+    documents: int = Field(description="Document rows deleted (one per page), with their extractions.")
+    uploads: int = Field(description="Uploaded scans deleted from the object store.")
+
+
 class BatchResults(BaseModel):
     batch_id: str
     total: int = Field(description="Documents in the batch.")

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from donut_hole.cli import compression, demo, documents, models, pipeline
+from donut_hole.cli import compression, demo, documents, models, pipeline, retention
 
 COMMANDS: tuple[Callable[..., Any], ...] = (
     documents.synth,
@@ -27,6 +27,8 @@ COMMANDS: tuple[Callable[..., Any], ...] = (
     pipeline.worker,
     pipeline.enqueue,
     pipeline.results,
+    retention.delete,
+    retention.purge,
     pipeline.migrate,
     pipeline.api,
 )

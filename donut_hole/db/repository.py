@@ -41,6 +41,7 @@ from donut_hole.db.models import (
     Model,
     new_id,
     page_uri,
+    source_uri,
     utcnow,
 )
 
@@ -69,6 +70,20 @@ class DocumentNotFound(NotFound):
         self.document_id = document_id
 
 
+class BatchBusy(RepositoryError):
+    """A batch with work under way: its documents still being listed, or some queued or being read."""
+
+    def __init__(self, batch_id: str, *, pending: int) -> None:
+        reason = (
+            "its documents are still being listed"
+            if pending < 0
+            else f"{pending} of its documents are still queued or being read"
+        )
+        super().__init__(f"batch {batch_id!r} is not finished: {reason}")
+        self.batch_id = batch_id
+        self.reason = reason
+
+
 class InvalidInput(RepositoryError, ValueError):
     """Arguments that cannot be stored (duplicate URIs, mismatched lengths, an over-long field name)."""
 
@@ -81,6 +96,15 @@ FieldConfidences = dict[str, float | list[float | None] | None]
 [0.91, 0.88]}`` (``None`` where the extraction stored none)."""
 
 _V = TypeVar("_V")
+
+
+class DeletedBatch(NamedTuple):
+    """What :func:`delete_batch` removed: the batch, ``documents`` rows with their extractions, and the
+    source URIs of those documents that no other batch reads (``sources``: the caller's to delete)."""
+
+    batch_id: str
+    documents: int
+    sources: list[str]
 
 
 class Idempotency(NamedTuple):
@@ -288,6 +312,63 @@ def list_batches(session: Session, *, limit: int, offset: int = 0) -> tuple[int,
         select(Batch).order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit).offset(offset)
     )
     return total, list(page)
+
+
+def finished_batches(session: Session, *, created_before: datetime, limit: int | None = 1000) -> list[str]:
+    """Ids of batches created before ``created_before`` with nothing queued or being read, oldest first."""
+    pending = select(Document.id).where(
+        Document.batch_id == Batch.id,
+        Document.status.in_([DocumentStatus.queued, DocumentStatus.processing]),
+    )
+    return list(
+        session.scalars(
+            select(Batch.id)
+            .where(
+                Batch.created_at < created_before,
+                Batch.status != BatchStatus.expanding,
+                ~pending.exists(),
+            )
+            .order_by(Batch.created_at, Batch.id)
+            .limit(limit)
+        )
+    )
+
+
+def delete_batch(session: Session, *, batch_id: str) -> DeletedBatch:
+    """Delete a finished batch: its row, its documents, their extractions and fields, its idempotency keys.
+
+    Raises :class:`BatchNotFound`, or :class:`BatchBusy` while its listing or any of its documents is under
+    way (so no worker's result is thrown away). The batch row is locked (``FOR UPDATE`` on PostgreSQL) until
+    the transaction ends; a document queued again meanwhile (``retry-failed``) finds no row and is dropped
+    by the worker. Nothing is deleted from the object store here: the caller does that with ``sources``
+    before it commits.
+    """
+    batch = (
+        session.scalars(select(Batch).where(Batch.id == batch_id).with_for_update()).one_or_none()
+        if is_id(batch_id)
+        else None
+    )
+    if batch is None:
+        raise BatchNotFound(batch_id)
+    if batch.status == BatchStatus.expanding:
+        raise BatchBusy(batch_id, pending=-1)
+    progress = batches_progress(session, batch_ids=[batch_id])[batch_id]
+    pending = progress[DocumentStatus.queued.value] + progress[DocumentStatus.processing.value]
+    if pending:
+        raise BatchBusy(batch_id, pending=pending)
+    rows = session.execute(select(Document.uri, Document.page).where(Document.batch_id == batch_id))
+    sources = sorted({source_uri(uri, page=page) for uri, page in rows})
+    shared: set[str] = set()
+    for chunk in _chunks(sources):
+        shared.update(
+            session.scalars(
+                select(Document.uri).where(Document.uri.in_(chunk), Document.batch_id != batch_id).distinct()
+            )
+        )
+    session.execute(delete(Batch).where(Batch.id == batch_id))  # the rest goes by ON DELETE CASCADE
+    session.flush()
+    session.expunge(batch)
+    return DeletedBatch(batch_id, progress["total"], [uri for uri in sources if uri not in shared])
 
 
 def results_for_batch(

@@ -522,15 +522,9 @@ def _resolve(store: ObjectStore, uri: object) -> str:
             return store.path_for(uri).as_uri()
         if "://" in uri:
             raise EnqueueError(f"unsupported URI {uri!r}: use s3://bucket/key or a key of the object store")
-        key = check_key(uri)
-        if isinstance(store, S3Store):
-            bucket, full_key = store.locate(key)
-            return f"s3://{bucket}/{full_key}"
-        if isinstance(store, LocalStore):
-            return store.path_for(key).as_uri()
+        return store.uri(check_key(uri))
     except InvalidLocation as exc:
         raise EnqueueError(f"malformed URI: {exc}") from exc
-    raise EnqueueError(f"cannot resolve {uri!r} against the store {store.url}")
 
 
 def _resolve_prefix(services: Services, prefix_uri: object) -> str:

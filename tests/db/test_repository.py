@@ -20,7 +20,7 @@ from donut_hole.db import (
     repository,
     session_scope,
 )
-from donut_hole.db.models import FIELD_VALUE_MAX, utcnow
+from donut_hole.db.models import FIELD_VALUE_MAX, IdempotencyKey, utcnow
 
 Factory = sessionmaker[Session]
 
@@ -399,3 +399,73 @@ def test_deleting_a_batch_deletes_its_rows(factory: Factory) -> None:
     with session_scope(factory) as session:
         session.delete(session.get(Batch, batch_id))
     assert [_count(factory, entity) for entity in (Document, Extraction, Field)] == [0, 0, 0]
+
+
+def test_delete_batch_removes_a_finished_batch_and_names_the_sources_no_other_batch_reads(
+    factory: Factory,
+) -> None:
+    model_id = _model(factory)
+    batch_id, (pdf, label) = _batch(
+        factory,
+        ["s3://s/bol.pdf", "s3://s/label.png"],
+        idempotency=repository.Idempotency("k" * 64, "r" * 64),
+    )
+    with session_scope(factory) as session:
+        page_ids = repository.add_pages(session, document_id=pdf, page_count=2, source_sha256="b" * 64)
+        repository.create_batch(session, source="test", uris=["s3://s/label.png", "s3://s/other.png"])
+    for document_id in (pdf, *page_ids):
+        _save(factory, document_id, model_id, [("x", "1", None)])
+    with session_scope(factory) as session:
+        repository.mark_failed(session, document_id=label, error="unreadable")
+
+    with session_scope(factory) as session:
+        deleted = repository.delete_batch(session, batch_id=batch_id)
+    # the PDF's two pages are one source; the label is also read by the second batch, so it stays
+    assert deleted == repository.DeletedBatch(batch_id, 3, ["s3://s/bol.pdf"])
+    with session_scope(factory) as session:
+        assert repository.get_batch(session, batch_id=batch_id) is None
+        assert (
+            session.scalar(select(func.count()).select_from(Document).where(Document.batch_id == batch_id))
+            == 0
+        )
+    counts = [_count(factory, entity) for entity in (Batch, Document, Extraction, Field, IdempotencyKey)]
+    assert counts == [1, 2, 0, 0, 0]
+    with session_scope(factory) as session, pytest.raises(repository.BatchNotFound):
+        repository.delete_batch(session, batch_id=batch_id)
+
+
+def test_a_batch_with_work_under_way_is_not_deleted(factory: Factory) -> None:
+    batch_id, (first, second) = _batch(factory, ["s3://s/a", "s3://s/b"])
+    _save(factory, first, _model(factory), [("x", "1", None)])
+    with session_scope(factory) as session, pytest.raises(repository.BatchBusy, match="1 of its documents"):
+        repository.delete_batch(session, batch_id=batch_id)
+    with session_scope(factory) as session:
+        repository.mark_processing(session, document_id=second)
+    with session_scope(factory) as session, pytest.raises(repository.BatchBusy, match="queued or being read"):
+        repository.delete_batch(session, batch_id=batch_id)
+    with session_scope(factory) as session:
+        listing = repository.create_batch(session, source="prefix", uris=[], expanding=True)
+        listing_id = listing.id
+    with session_scope(factory) as session, pytest.raises(repository.BatchBusy, match="still being listed"):
+        repository.delete_batch(session, batch_id=listing_id)
+    assert _count(factory, Batch) == 2 and _count(factory, Document) == 2
+
+
+def test_finished_batches_are_those_created_before_the_cutoff_with_nothing_under_way(
+    factory: Factory,
+) -> None:
+    old_done, (document,) = _batch(factory, ["s3://s/a"])
+    _save(factory, document, _model(factory), [("x", "1", None)])
+    old_queued, _ = _batch(factory, ["s3://s/b"])
+    with session_scope(factory) as session:
+        session.execute(update(Batch).values(created_at=utcnow() - timedelta(days=40)))
+    new_done, (document,) = _batch(factory, ["s3://s/c"])
+    _save(factory, document, _model(factory), [("x", "1", None)])
+    with session_scope(factory) as session:
+        cutoff = utcnow() - timedelta(days=30)
+        assert repository.finished_batches(session, created_before=cutoff) == [old_done]
+        assert repository.finished_batches(session, created_before=utcnow() + timedelta(seconds=1)) == [
+            old_done,
+            new_done,
+        ]
+    assert old_queued not in (old_done, new_done)

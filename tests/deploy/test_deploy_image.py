@@ -61,6 +61,7 @@ Manifests = list[tuple[str, dict[str, Any]]]
         (["migrate"], {}, ["donut-hole", "migrate"]),
         (["enqueue", "s3://scans/in box/"], {}, ["donut-hole", "enqueue", "s3://scans/in box/"]),
         (["donut-hole", "results", "7"], {}, ["donut-hole", "results", "7"]),
+        (["purge", "--older-than", "90d"], {}, ["donut-hole", "purge", "--older-than", "90d"]),
         (["sh", "-c", "echo 'a b'"], {}, ["sh", "-c", "echo 'a b'"]),
     ],
 )

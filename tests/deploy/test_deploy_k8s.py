@@ -51,6 +51,15 @@ def by_kind(manifests: Manifests, kind: str) -> list[dict[str, Any]]:
     return [d for _, d in manifests if d["kind"] == kind]
 
 
+def workloads(manifests: Manifests) -> list[dict[str, Any]]:
+    """Every object with a pod template: Deployments, Jobs, and the Job each CronJob makes."""
+    jobs = [
+        {"metadata": cron["metadata"], "spec": cron["spec"]["jobTemplate"]["spec"]}
+        for cron in by_kind(manifests, "CronJob")
+    ]
+    return by_kind(manifests, "Deployment") + by_kind(manifests, "Job") + jobs
+
+
 def container(deployment: dict[str, Any]) -> dict[str, Any]:
     containers = deployment["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
@@ -132,15 +141,14 @@ def test_kustomization_lists_every_manifest_and_every_image(manifests: Manifests
     assert set(kustomization["resources"]) == files
     assert "namespace" not in kustomization
     images = {i["name"] for i in kustomization["images"]}
-    for kind in ("Deployment", "Job"):
-        for doc in by_kind(manifests, kind):
-            assert container(doc)["image"] in images, doc["metadata"]["name"]
+    for doc in workloads(manifests):
+        assert container(doc)["image"] in images, doc["metadata"]["name"]
 
 
 def test_configmaps_and_secrets_referenced_by_pods_exist(manifests: Manifests) -> None:
     config_maps = {d["metadata"]["name"] for d in by_kind(manifests, "ConfigMap")}
     secrets = {d["metadata"]["name"] for d in by_kind(manifests, "Secret")}
-    for doc in by_kind(manifests, "Deployment") + by_kind(manifests, "Job"):
+    for doc in workloads(manifests):
         for source in container(doc).get("envFrom", []):
             if "configMapRef" in source:
                 assert source["configMapRef"]["name"] in config_maps
@@ -236,7 +244,7 @@ def test_each_scaled_object_watches_the_queue_of_its_deployment(manifests: Manif
 def test_pods_run_as_the_image_user_without_privileges(manifests: Manifests) -> None:
     (user,) = [args for ins, args in runtime_stage() if ins == "USER"]
     uid = int(user.split(":")[0])
-    for doc in by_kind(manifests, "Deployment") + by_kind(manifests, "Job"):
+    for doc in workloads(manifests):
         pod = doc["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] == uid
@@ -246,6 +254,15 @@ def test_pods_run_as_the_image_user_without_privileges(manifests: Manifests) -> 
         mounts = {m["mountPath"] for m in container(doc)["volumeMounts"]}
         assert "/tmp" in mounts  # HF_HOME and MPLCONFIGDIR of the image live there
         assert image_env()["HF_HOME"].startswith("/tmp/")
+
+
+def test_the_retention_job_is_shipped_suspended_and_never_overlaps(manifests: Manifests) -> None:
+    (cron,) = by_kind(manifests, "CronJob")
+    assert cron["spec"]["suspend"] is True  # deleting is final: an operator turns it on
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    job = workloads(manifests)[-1]
+    assert container(job)["args"][:2] == ["purge", "--older-than"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
 
 
 def test_migration_job_runs_migrate_once(manifests: Manifests) -> None:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from sqlalchemy.orm import Session
 
 from donut_hole.api import metrics
 from donut_hole.api.deps import ApiKeyDep, ServicesDep, SessionDep
 from donut_hole.api.idempotency import ClientKeyDep, claim, submit_once
+from donut_hole.api.request_id import request_id_of
 from donut_hole.api.schemas import (
     MAX_PAGE,
     BatchCreate,
+    BatchDeleted,
     BatchList,
     BatchPublic,
     BatchResults,
@@ -22,7 +25,11 @@ from donut_hole.api.schemas import (
     ResultPublic,
 )
 from donut_hole.db import Batch, repository
-from donut_hole.worker import enqueue
+from donut_hole.logs import log_event
+from donut_hole.storage import StorageError, TransientStorageError
+from donut_hole.worker import enqueue, retention
+
+log = logging.getLogger("donut_hole.api")
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], dependencies=[ApiKeyDep])
 
@@ -169,3 +176,39 @@ def retry_failed(batch_id: str, services: ServicesDep, session: SessionDep) -> B
     enqueue.retry_failed(services, batch_id=batch_id)
     session.expire_all()
     return batch_public(session, batch_id)
+
+
+@router.delete(
+    "/{batch_id}",
+    responses={
+        **NOT_FOUND,
+        409: {"description": "The batch is not finished: documents are still listed, queued or being read."},
+        502: {"description": "The object store refused to delete an upload; the batch is kept."},
+        503: {"description": "The database or the object store is unavailable; the batch is kept."},
+    },
+)
+def delete_batch(batch_id: str, services: ServicesDep, request: Request) -> BatchDeleted:
+    """Delete a finished batch: its documents, their results, and the scans uploaded for it.
+
+    Scans the batch read from your own buckets stay where they are, and so does an upload that another
+    batch also reads. Deleting is final; a batch with work under way is refused (409) until it finishes.
+    """
+    try:
+        deleted = retention.delete_batch(services, batch_id=batch_id)
+    except repository.BatchNotFound:
+        raise HTTPException(404, detail="this batch does not exist") from None
+    except repository.BatchBusy as exc:
+        raise HTTPException(409, detail=f"this batch is not finished: {exc.reason}") from None
+    except StorageError as exc:
+        log_event(
+            log, "api.storage_error", level=logging.ERROR, request_id=request_id_of(request),
+            path=request.url.path, error=str(exc),
+        )  # fmt: skip
+        if isinstance(exc, TransientStorageError):
+            raise HTTPException(
+                503, detail="the object store is unavailable; the batch is kept: retry later"
+            ) from None
+        raise HTTPException(
+            502, detail="the object store refused to delete an upload; the batch is kept: see the server log"
+        ) from None
+    return BatchDeleted(id=deleted.batch_id, documents=deleted.documents, uploads=deleted.uploads)
