@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 from sqlalchemy import update
 from typer.testing import CliRunner
 
 from donut_hole.cli import app
 from donut_hole.cli.retention import parse_age
-from donut_hole.db import Batch, make_engine, migrate, repository, session_factory, session_scope
+from donut_hole.db import Batch, make_engine, repository, session_factory, session_scope
 from donut_hole.db.models import utcnow
-from donut_hole.settings import Settings, get_settings
+from donut_hole.settings import Settings
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    for name in ("DATABASE_URL", "BROKER_URL", "STORAGE_URL", "S3_ENDPOINT_URL"):
-        monkeypatch.delenv(f"DONUT_HOLE_{name}", raising=False)
-    monkeypatch.setenv("DONUT_HOLE_DATA_DIR", str(tmp_path))
-    get_settings.cache_clear()
-    settings = get_settings()
-    migrate.upgrade(settings.database_url)
-    yield settings
-    get_settings.cache_clear()
 
 
 def _failed_batch(settings: Settings, *, days_old: float = 0) -> str:
