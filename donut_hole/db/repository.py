@@ -305,33 +305,55 @@ def batches_progress(session: Session, *, batch_ids: Sequence[str]) -> dict[str,
     return progress
 
 
-def list_batches(session: Session, *, limit: int, offset: int = 0) -> tuple[int, list[Batch]]:
-    """How many batches there are, and one page of them, newest first."""
-    total = session.scalar(select(func.count()).select_from(Batch)) or 0
+def list_batches(
+    session: Session,
+    *,
+    limit: int,
+    offset: int = 0,
+    finished: bool | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> tuple[int, list[Batch]]:
+    """How many batches match, and one page of them, newest first. ``finished``: only batches with nothing
+    listed, queued or being read (True), or only those with work under way (False); the dates bound
+    ``created_at`` (after: inclusive, before: exclusive)."""
+    where: list[ColumnElement[bool]] = []
+    if finished is not None:
+        where.append(_finished() if finished else ~_finished())
+    if created_after is not None:
+        where.append(Batch.created_at >= created_after)
+    if created_before is not None:
+        where.append(Batch.created_at < created_before)
+    total = session.scalar(select(func.count()).select_from(Batch).where(*where)) or 0
     page = session.scalars(
-        select(Batch).order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit).offset(offset)
+        select(Batch)
+        .where(*where)
+        .order_by(Batch.created_at.desc(), Batch.id.desc())
+        .limit(limit)
+        .offset(offset)
     )
     return total, list(page)
 
 
 def finished_batches(session: Session, *, created_before: datetime, limit: int | None = 1000) -> list[str]:
     """Ids of batches created before ``created_before`` with nothing queued or being read, oldest first."""
-    pending = select(Document.id).where(
-        Document.batch_id == Batch.id,
-        Document.status.in_([DocumentStatus.queued, DocumentStatus.processing]),
-    )
     return list(
         session.scalars(
             select(Batch.id)
-            .where(
-                Batch.created_at < created_before,
-                Batch.status != BatchStatus.expanding,
-                ~pending.exists(),
-            )
+            .where(Batch.created_at < created_before, _finished())
             .order_by(Batch.created_at, Batch.id)
             .limit(limit)
         )
     )
+
+
+def _finished() -> ColumnElement[bool]:
+    """SQL: the batch's listing is over and none of its documents is queued or being read."""
+    pending = select(Document.id).where(
+        Document.batch_id == Batch.id,
+        Document.status.in_([DocumentStatus.queued, DocumentStatus.processing]),
+    )
+    return and_(Batch.status != BatchStatus.expanding, ~pending.exists())
 
 
 def delete_batch(session: Session, *, batch_id: str) -> DeletedBatch:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from donut_hole.db import repository
+from donut_hole.db import repository, session_scope
 from donut_hole.db.migrate import upgrade
 from donut_hole.settings import Settings
 
@@ -59,6 +60,34 @@ def test_batches_are_listed_newest_first_with_their_progress(
     for bad in ("limit=0", "limit=1001", "offset=-1", "limit=x"):
         assert client.get(f"/v1/batches?{bad}", headers=auth).status_code == 422
     assert client.get("/v1/batches").status_code == 401
+
+
+def test_batches_are_filtered_by_whether_they_are_finished_and_by_date(
+    client: TestClient, auth: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    since = datetime.now(UTC).isoformat()
+    running, done = (
+        client.post("/v1/batches", json={"uris": _uris(1)}, headers=auth).json() for _ in range(2)
+    )
+    with session_scope(sessions) as session:
+        (document,) = repository.results_for_batch(session, batch_id=done["id"])
+        repository.mark_failed(session, document_id=document["document_id"], error="unreadable")
+    until = datetime.now(UTC).isoformat()
+
+    def ids(query: dict[str, str]) -> list[str]:
+        answer = client.get("/v1/batches", params=query, headers=auth)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["total"] == len(answer.json()["items"])
+        return [item["id"] for item in answer.json()["items"]]
+
+    assert ids({"created_after": since}) == [done["id"], running["id"]]
+    assert ids({"created_after": since, "finished": "true"}) == [done["id"]]
+    assert ids({"created_after": since, "finished": "false"}) == [running["id"]]
+    assert ids({"created_after": since, "created_before": since}) == []
+    assert running["id"] not in ids({"created_before": since})
+    assert ids({"created_after": until}) == []
+    for bad in ("created_after=2026-12-01T00:00:00", "created_after=yesterday", "finished=maybe"):
+        assert client.get(f"/v1/batches?{bad}", headers=auth).status_code == 422  # a date needs its zone
 
 
 def test_results_are_paginated(client: TestClient, auth: dict[str, str]) -> None:

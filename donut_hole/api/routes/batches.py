@@ -7,6 +7,7 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from pydantic import AwareDatetime
 from sqlalchemy.orm import Session
 
 from donut_hole.api import metrics
@@ -127,9 +128,29 @@ def list_batches(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
+    finished: Annotated[
+        bool | None,
+        Query(
+            description="true: only batches with nothing left to read; false: only those with work under way."
+        ),
+    ] = None,
+    created_after: Annotated[
+        AwareDatetime | None, Query(description="ISO 8601 with a time zone; inclusive.")
+    ] = None,
+    created_before: Annotated[
+        AwareDatetime | None, Query(description="ISO 8601 with a time zone; exclusive.")
+    ] = None,
 ) -> BatchList:
-    """Every batch, newest first, one page at a time, each with its progress (as ``GET /v1/batches/{id}``)."""
-    total, batches = repository.list_batches(session, limit=limit, offset=offset)
+    """Every batch, newest first, one page at a time, each with its progress (as ``GET /v1/batches/{id}``);
+    ``total`` counts the batches that match the filters."""
+    total, batches = repository.list_batches(
+        session,
+        limit=limit,
+        offset=offset,
+        finished=finished,
+        created_after=created_after,
+        created_before=created_before,
+    )
     progress = repository.batches_progress(session, batch_ids=[batch.id for batch in batches])
     items = [_public(batch, progress[batch.id]) for batch in batches]
     return BatchList(total=total, limit=limit, offset=offset, items=items)
