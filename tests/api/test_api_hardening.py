@@ -46,6 +46,8 @@ def test_no_path_id_is_a_500(client: TestClient, auth: dict[str, str], value: st
             assert response.status_code == 200 and "items" in response.json(), response.text
             continue
         assert response.status_code in (404, 405, 422, 400), (path, value, response.text)
+    deleted = client.delete(f"/v1/batches/{_quoted(value)}", headers=auth)
+    assert deleted.status_code in (404, 405, 422, 400), (value, deleted.text)
 
 
 @FUZZ
