@@ -27,6 +27,7 @@ COMMANDS: tuple[Callable[..., Any], ...] = (
     pipeline.worker,
     pipeline.enqueue,
     pipeline.results,
+    pipeline.batches,
     retention.delete,
     retention.purge,
     pipeline.migrate,

@@ -1,4 +1,4 @@
-"""Commands of the document pipeline: ``worker``, ``enqueue``, ``results``, ``migrate`` and ``api``.
+"""Commands of the document pipeline: ``worker``, ``enqueue``, ``results``, ``batches``, ``migrate``, ``api``.
 
 Each is a thin shell over :mod:`donut_hole.worker.enqueue`, :mod:`donut_hole.db` and the Celery and FastAPI
 apps.
@@ -345,6 +345,59 @@ def results(
     console.print(table)
     summary = ", ".join(f"{k} {v}" for k, v in counts.items())
     console.print(f"{summary}" + (f"; listing failed: {error}" if error else ""), highlight=False)
+
+
+def batches(
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many, newest first.")] = 20,
+    finished: Annotated[
+        bool | None,
+        typer.Option(
+            "--finished/--unfinished", help="Only batches with nothing left to read, or only those with work."
+        ),
+    ] = None,
+    format: Annotated[
+        OutputFormat, typer.Option("--format", help="table, json or csv.")
+    ] = OutputFormat.table,
+) -> None:
+    """List the newest batches with their progress (documents per status)."""
+    from sqlalchemy.exc import OperationalError
+
+    from donut_hole.db import repository, session_scope
+    from donut_hole.services import Services
+
+    settings = load_settings()
+    try:
+        with Services(settings) as services, session_scope(services.sessions) as session:
+            total, found = repository.list_batches(session, limit=limit, finished=finished)
+            progress = repository.batches_progress(session, batch_ids=[batch.id for batch in found])
+            rows: list[dict[str, Any]] = [
+                {
+                    "batch_id": batch.id,
+                    "created_at": batch.created_at.isoformat(),
+                    "source": batch.source,
+                    "status": batch.status.value,
+                    **{name: progress[batch.id][name] for name in ("queued", "processing", "done", "failed")},
+                }
+                for batch in found
+            ]
+    except OperationalError as exc:
+        raise fail(database_problem(settings, exc)) from exc
+    if format is OutputFormat.json:
+        typer.echo(json.dumps({"total": total, "batches": rows}, indent=2))
+        return
+    if format is OutputFormat.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["batch_id"])
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    table = Table(title=f"{len(rows)} of {total} batches, newest first")
+    for column in ("batch", "created (UTC)", "source", "status", "queued", "processing", "done", "failed"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        created = row["created_at"][:16].replace("T", " ")
+        counts = [str(row[name]) for name in ("queued", "processing", "done", "failed")]
+        table.add_row(row["batch_id"], created, row["source"], row["status"], *counts)
+    console.print(table)
 
 
 def migrate() -> None:

@@ -1,7 +1,8 @@
-"""``donut-hole delete`` and ``donut-hole purge`` on the embedded defaults (SQLite, a local store)."""
+"""``donut-hole batches``, ``delete`` and ``purge`` on the embedded defaults (SQLite, a local store)."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -80,3 +81,21 @@ def test_ages() -> None:
     assert parse_age(" 12h ") == timedelta(hours=12)
     assert parse_age("90m") == timedelta(minutes=90)
     assert parse_age("1.5h") == timedelta(minutes=90)
+
+
+def test_batches_lists_the_newest_with_their_progress(settings: Settings) -> None:
+    done = _failed_batch(settings, days_old=2)
+    engine = make_engine(settings.database_url)
+    with session_scope(session_factory(engine)) as session:
+        running = repository.create_batch(session, source="test", uris=["s3://b/y.png"]).id
+    engine.dispose()
+    listed = runner.invoke(app, ["batches", "--format", "json"])
+    assert listed.exit_code == 0, listed.output
+    answer = json.loads(listed.stdout)
+    assert answer["total"] == 2 and [row["batch_id"] for row in answer["batches"]] == [running, done]
+    assert [answer["batches"][1][name] for name in ("queued", "done", "failed")] == [0, 0, 1]
+    assert runner.invoke(app, ["batches"]).exit_code == 0  # the table
+    unfinished = runner.invoke(app, ["batches", "--unfinished", "--format", "csv"])
+    assert running in unfinished.stdout and done not in unfinished.stdout
+    finished = runner.invoke(app, ["batches", "--finished", "--format", "json"])
+    assert [row["batch_id"] for row in json.loads(finished.stdout)["batches"]] == [done]
