@@ -100,7 +100,7 @@ _V = TypeVar("_V")
 
 class DeletedBatch(NamedTuple):
     """What :func:`delete_batch` removed: the batch, ``documents`` rows with their extractions, and the
-    source URIs of those documents that no other batch reads (``sources``: the caller's to delete)."""
+    distinct source URIs those documents read (a PDF's pages: its one file)."""
 
     batch_id: str
     documents: int
@@ -362,8 +362,8 @@ def delete_batch(session: Session, *, batch_id: str) -> DeletedBatch:
     Raises :class:`BatchNotFound`, or :class:`BatchBusy` while its listing or any of its documents is under
     way (so no worker's result is thrown away). The batch row is locked (``FOR UPDATE`` on PostgreSQL) until
     the transaction ends; a document queued again meanwhile (``retry-failed``) finds no row and is dropped
-    by the worker. Nothing is deleted from the object store here: the caller does that with ``sources``
-    before it commits.
+    by the worker. Nothing is deleted from the object store here: the caller deletes the ``sources`` it owns
+    that no other batch reads (:func:`still_read`) before it commits.
     """
     batch = (
         session.scalars(select(Batch).where(Batch.id == batch_id).with_for_update()).one_or_none()
@@ -380,17 +380,18 @@ def delete_batch(session: Session, *, batch_id: str) -> DeletedBatch:
         raise BatchBusy(batch_id, pending=pending)
     rows = session.execute(select(Document.uri, Document.page).where(Document.batch_id == batch_id))
     sources = sorted({source_uri(uri, page=page) for uri, page in rows})
-    shared: set[str] = set()
-    for chunk in _chunks(sources):
-        shared.update(
-            session.scalars(
-                select(Document.uri).where(Document.uri.in_(chunk), Document.batch_id != batch_id).distinct()
-            )
-        )
     session.execute(delete(Batch).where(Batch.id == batch_id))  # the rest goes by ON DELETE CASCADE
     session.flush()
     session.expunge(batch)
-    return DeletedBatch(batch_id, progress["total"], [uri for uri in sources if uri not in shared])
+    return DeletedBatch(batch_id, progress["total"], sources)
+
+
+def still_read(session: Session, *, uris: Sequence[str]) -> set[str]:
+    """Those of ``uris`` that a document (of any batch) reads: as its own URI, or as page 1 of its source."""
+    found: set[str] = set()
+    for chunk in _chunks(list(uris)):
+        found.update(session.scalars(select(Document.uri).where(Document.uri.in_(chunk)).distinct()))
+    return found
 
 
 def results_for_batch(

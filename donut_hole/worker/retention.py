@@ -43,6 +43,8 @@ def delete_batch(services: Services, *, batch_id: str) -> Deleted:
     with session_scope(services.sessions) as session:
         removed = repository.delete_batch(session, batch_id=batch_id)
         uploads = [uri for uri in removed.sources if is_upload(store, uri)]
+        shared = repository.still_read(session, uris=uploads)  # another batch reads it too: it stays
+        uploads = [uri for uri in uploads if uri not in shared]
         store.delete(uploads)  # before the commit: a refusal leaves every row in place
     log_event(log, "batch.deleted", batch_id=batch_id, documents=removed.documents, uploads=len(uploads))
     return Deleted(batch_id, removed.documents, len(uploads))

@@ -420,8 +420,10 @@ def test_delete_batch_removes_a_finished_batch_and_names_the_sources_no_other_ba
 
     with session_scope(factory) as session:
         deleted = repository.delete_batch(session, batch_id=batch_id)
-    # the PDF's two pages are one source; the label is also read by the second batch, so it stays
-    assert deleted == repository.DeletedBatch(batch_id, 3, ["s3://s/bol.pdf"])
+    # the PDF's two pages are one source; the label is also read by the second batch
+    assert deleted == repository.DeletedBatch(batch_id, 3, ["s3://s/bol.pdf", "s3://s/label.png"])
+    with session_scope(factory) as session:
+        assert repository.still_read(session, uris=deleted.sources) == {"s3://s/label.png"}
     with session_scope(factory) as session:
         assert repository.get_batch(session, batch_id=batch_id) is None
         assert (
