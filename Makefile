@@ -26,7 +26,7 @@ services:
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy donut_hole
+	$(BIN)/mypy donut_hole benchmarks
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -58,7 +58,7 @@ def per_token(teacher_path: str, recipe_path: str, tokens: int, batches: list[in
         "one decoder layer": build_student(teacher, recipe).model.eval(),
         "two decoder layers": build_student(teacher, two).model.eval(),
     }
-    height, width = teacher.config.encoder.image_size
+    height, width = teacher.config.encoder.image_size  # type: ignore[union-attr]  # a DONUT's encoder config
     page_ms: dict[tuple[str, int], float] = {}
     with torch.inference_mode():
         for batch in batches:

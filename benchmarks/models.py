@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log.info("building %s on %s", names, device)
     vocabulary = None
     if recipe.prune.vocabulary:
-        total = teacher.config.decoder.vocab_size
+        total = int(teacher.config.decoder.vocab_size)  # type: ignore[union-attr]  # a DONUT's decoder config
         corpus = target_texts(docs, teacher, processor)
         kept, used = benchmark_vocabulary(processor.tokenizer, corpus, rows=args.vocab_rows, total=total)
         note = (
@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "set uses"
         )
         vocabulary = (kept, note)
-    variants = build_variants(teacher.to(device), recipe, device=device, names=names, vocabulary=vocabulary)
+    teacher = teacher.to(device)  # type: ignore[arg-type]  # .to() typed as decorated
+    variants = build_variants(teacher, recipe, device=device, names=names, vocabulary=vocabulary)
     inputs = {}  # size -> (max batch, 3, H, W): the same documents for every variant
     for size in sizes:
         values = make_processor(processor.tokenizer, size).image_processor(images, return_tensors="pt")

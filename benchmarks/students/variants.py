@@ -225,11 +225,11 @@ def build_variants(
                 out.append(Variant(name, skipped=f"quantize_dynamic failed: {short_error(exc)}"))
                 continue
         elif name == "teacher-bf16":
-            model = copy.deepcopy(teacher).to(torch.bfloat16)
+            model = copy.deepcopy(teacher).to(torch.bfloat16)  # type: ignore[arg-type]  # .to() typed as decorated
         elif name == "bf16":
-            model = copy.deepcopy(structured).to(torch.bfloat16)
+            model = copy.deepcopy(structured).to(torch.bfloat16)  # type: ignore[arg-type]  # .to() typed as decorated
         else:  # 2:4, following the recipe's `semi_structured` step: after magnitude pruning
-            model = copy.deepcopy(structured).to(torch.bfloat16)
+            model = copy.deepcopy(structured).to(torch.bfloat16)  # type: ignore[arg-type]  # .to() typed as decorated
             apply_semi_structured_(model)
         info = density_fields(structured if name == "int8" else model, teacher)
         if name == "2:4":
