@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from published import preprocessor_config
 from transformers import AutoImageProcessor
 from transformers.models.donut.image_processing_pil_donut import DonutImageProcessorPil
 
 from donut_hole.model.pixels import DonutPixels
-from tests.published import preprocessor_config
 
 SIZES = [(640, 480), (480, 640), (672, 672), (673, 900), (300, 200), (2000, 700), (50, 700), (1, 2)]
 SIZES += [(961, 1281)]
