@@ -99,12 +99,17 @@ async def _broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return _answer(request, 503, {"detail": detail, "batch_id": batch_id})
 
 
-async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
-    transient = isinstance(exc, TransientStorageError)
+def log_storage_error(request: Request, exc: Exception) -> None:
+    """The store's own words go to the log, under the request id, never into the answer."""
     log_event(
         log, "api.storage_error", level=logging.ERROR, request_id=request_id_of(request),
         path=request.url.path, error=str(exc),
     )  # fmt: skip
+
+
+async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
+    transient = isinstance(exc, TransientStorageError)
+    log_storage_error(request, exc)
     if transient:
         body = {"detail": "the object store is unavailable; retry later"}
         return _answer(request, 503, body, **{"Retry-After": RETRY_AFTER_S})

@@ -362,9 +362,10 @@ def batches(
     """List the newest batches with their progress (documents per status)."""
     from sqlalchemy.exc import OperationalError
 
-    from donut_hole.db import repository, session_scope
+    from donut_hole.db import DocumentStatus, repository, session_scope
     from donut_hole.services import Services
 
+    statuses = [status.value for status in DocumentStatus]
     settings = load_settings()
     try:
         with Services(settings) as services, session_scope(services.sessions) as session:
@@ -376,7 +377,7 @@ def batches(
                     "created_at": batch.created_at.isoformat(),
                     "source": batch.source,
                     "status": batch.status.value,
-                    **{name: progress[batch.id][name] for name in ("queued", "processing", "done", "failed")},
+                    **{name: progress[batch.id][name] for name in statuses},
                 }
                 for batch in found
             ]
@@ -391,11 +392,11 @@ def batches(
         writer.writerows(rows)
         return
     table = Table(title=f"{len(rows)} of {total} batches, newest first")
-    for column in ("batch", "created (UTC)", "source", "status", "queued", "processing", "done", "failed"):
+    for column in ("batch", "created (UTC)", "source", "status", *statuses):
         table.add_column(column, overflow="fold")
     for row in rows:
         created = row["created_at"][:16].replace("T", " ")
-        counts = [str(row[name]) for name in ("queued", "processing", "done", "failed")]
+        counts = [str(row[name]) for name in statuses]
         table.add_row(row["batch_id"], created, row["source"], row["status"], *counts)
     console.print(table)
 

@@ -25,7 +25,7 @@ from donut_hole.compression.guided import encoder_grid
 from donut_hole.compression.recipe import CurriculumConfig, TrainConfig
 from donut_hole.evaluation.dataset import Sample
 from donut_hole.model.build import task_token_of
-from donut_hole.model.pixels import DonutPixels
+from donut_hole.model.pixels import pixels_of
 from donut_hole.model.tokens import json2token
 from donut_hole.scans import load_image
 
@@ -53,16 +53,14 @@ class DonutDataset(Dataset):
         self.max_length = max_length
         ip = processor.image_processor
         self.image_size = (int(ip.size["height"]), int(ip.size["width"]))
-        self._pixels = DonutPixels.of(ip)  # the processor's pixels in fewer copies, where it can
+        self._pixels = pixels_of(ip)  # the processor's pixels, in fewer copies where it can
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def pixels(self, image: Image.Image) -> torch.Tensor:
         """``pixel_values`` (3, H, W) of one RGB image, as the processor gives them."""
-        if self._pixels is not None:
-            return self._pixels([image])[0]
-        return self.processor.image_processor(image, return_tensors="pt")["pixel_values"][0]
+        return self._pixels([image])[0]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         sample = self.samples[index]

@@ -6,13 +6,13 @@ resizes are the same PIL calls, the padding is a paste on a black canvas, and re
 256-entry table per channel computed with the processor's own arithmetic, so every value is the same to the
 bit (the tests compare them)::
 
-    pixels = DonutPixels.of(processor.image_processor)   # None where the processor is not the PIL one
-    pixels([page, page2])                                  # (2, 3, H, W) float32, as the processor gives
+    pixels = pixels_of(processor.image_processor)   # DonutPixels, or the processor where it cannot
+    pixels([page, page2])                            # (2, 3, H, W) float32, as the processor gives
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -87,6 +87,15 @@ class DonutPixels:
             for channel in range(3):
                 np.take(self.table[channel], values[..., channel], out=out[row, channel])
         return torch.from_numpy(out)
+
+
+def pixels_of(image_processor: Any) -> Callable[[Sequence[Image.Image]], torch.Tensor]:
+    """``pixel_values`` (B, 3, H, W) of PIL pages for this processor: :class:`DonutPixels` where it gives the
+    same values, else the processor itself."""
+    fast = DonutPixels.of(image_processor)
+    if fast is not None:
+        return fast
+    return lambda images: image_processor(list(images), return_tensors="pt")["pixel_values"]
 
 
 def _value_table(image_processor: Any) -> np.ndarray:

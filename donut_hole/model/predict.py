@@ -27,7 +27,7 @@ from transformers import DonutProcessor, VisionEncoderDecoderModel
 
 from donut_hole.model import decoding
 from donut_hole.model.build import ModelLoadError, load_model, task_token_of
-from donut_hole.model.pixels import DonutPixels
+from donut_hole.model.pixels import pixels_of
 from donut_hole.model.tokens import token2json
 from donut_hole.scans import DEFAULT_MAX_PIXELS, ImageInput, load_image, load_page
 
@@ -76,7 +76,7 @@ class DonutReader:
         self.device = next(model.parameters()).device
         size = processor.image_processor.size
         self.image_size = (int(size["height"]), int(size["width"]))
-        self._pixels = DonutPixels.of(processor.image_processor)
+        self._pixels = pixels_of(processor.image_processor)
         self.timings = Timings()
         self.precision = "fp32"
 
@@ -115,10 +115,7 @@ class DonutReader:
 
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """DONUT preprocessing (resize to fit, pad, normalise): (B, 3, H, W) float tensor."""
-        if self._pixels is not None:
-            return self._pixels(images).to(self.device, dtype=self.model.dtype)
-        batch = self.processor.image_processor(list(images), return_tensors="pt")
-        return batch["pixel_values"].to(self.device, dtype=self.model.dtype)
+        return self._pixels(images).to(self.device, dtype=self.model.dtype)
 
     def predict(self, images: Sequence[ImageInput], *, batch_size: int = 8) -> list[dict[str, Any]]:
         """Parsed fields for each image; an unreadable image raises :class:`DocumentError`."""

@@ -42,7 +42,8 @@ def delete_batch(services: Services, *, batch_id: str) -> Deleted:
     store = services.store
     with session_scope(services.sessions) as session:
         removed = repository.delete_batch(session, batch_id=batch_id)
-        uploads = [uri for uri in removed.sources if is_upload(store, uri)]
+        prefix = uploads_prefix(store)
+        uploads = [uri for uri in removed.sources if uri.startswith(prefix)]
         shared = repository.still_read(session, uris=uploads)  # another batch reads it too: it stays
         uploads = [uri for uri in uploads if uri not in shared]
         store.delete(uploads)  # before the commit: a refusal leaves every row in place
@@ -71,12 +72,11 @@ def purge(services: Services, *, created_before: datetime) -> Iterator[Deleted]:
                 continue  # deleted, or queued again, since it was listed
 
 
-def is_upload(store: ObjectStore, uri: str) -> bool:
-    """Whether ``uri`` is a scan this system wrote to ``store`` (under ``uploads/``), not one of yours.
+def uploads_prefix(store: ObjectStore) -> str:
+    """Where the scans this system wrote to ``store`` begin (``uploads/``): a URI under it is no one else's.
 
     >>> from donut_hole.storage import LocalStore
-    >>> store = LocalStore("/srv/scans")
-    >>> is_upload(store, "file:///srv/scans/uploads/6f1c/label.png"), is_upload(store, "s3://mine/label.png")
-    (True, False)
+    >>> uploads_prefix(LocalStore("/srv/scans"))
+    'file:///srv/scans/uploads/'
     """
-    return uri.startswith(store.uri(UPLOAD_PREFIX) + "/")
+    return store.uri(UPLOAD_PREFIX) + "/"

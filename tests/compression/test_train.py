@@ -234,6 +234,7 @@ def test_dataset_pixels_match_the_processor_on_scans_at_the_model_size(tmp_path)
     from PIL import Image
 
     from donut_hole.compression.batches import DonutDataset
+    from donut_hole.model.pixels import DonutPixels
 
     scans = generate(
         ["bill_of_lading"], n=2, out=tmp_path / "scans", seed=4, image_size=(448, 448), progress=False
@@ -242,7 +243,7 @@ def test_dataset_pixels_match_the_processor_on_scans_at_the_model_size(tmp_path)
     _, processor = new_model("tiny", documents=[s.gt_parse for s in samples], image_size=(448, 448))
     dataset = DonutDataset(samples, processor, task_token="<s_x>", max_length=64)
     reference = processor.image_processor
-    assert dataset._pixels is not None
+    assert isinstance(dataset._pixels, DonutPixels)
     for sample in samples:
         image = Image.open(sample.image_path).convert("RGB")
         assert image.size == (448, 448)

@@ -13,7 +13,7 @@ from published import preprocessor_config
 from transformers import AutoImageProcessor
 from transformers.models.donut.image_processing_pil_donut import DonutImageProcessorPil
 
-from donut_hole.model.pixels import DonutPixels
+from donut_hole.model.pixels import DonutPixels, pixels_of
 
 SIZES = [(640, 480), (480, 640), (672, 672), (673, 900), (300, 200), (2000, 700), (50, 700), (1, 2)]
 SIZES += [(961, 1281)]
@@ -95,3 +95,10 @@ def test_settings_it_does_not_reproduce_go_to_the_processor() -> None:
     cropping.do_center_crop = True
     assert DonutPixels.of(cropping) is None
     assert DonutPixels.of(object()) is None
+
+
+def test_pixels_of_falls_back_to_the_processor_where_the_fast_path_does_not_apply() -> None:
+    image = _noise(300, 200, 5)
+    assert isinstance(pixels_of(_processor()), DonutPixels)
+    unpadded = _processor(do_pad=False, size={"height": 200, "width": 300})
+    assert torch.equal(pixels_of(unpadded)([image]), _expected(unpadded, [image]))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -12,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from donut_hole.api import metrics
 from donut_hole.api.deps import ApiKeyDep, ServicesDep, SessionDep
+from donut_hole.api.errors import log_storage_error
 from donut_hole.api.idempotency import ClientKeyDep, claim, submit_once
-from donut_hole.api.request_id import request_id_of
 from donut_hole.api.schemas import (
     MAX_PAGE,
     BatchCreate,
@@ -26,11 +25,8 @@ from donut_hole.api.schemas import (
     ResultPublic,
 )
 from donut_hole.db import Batch, repository
-from donut_hole.logs import log_event
 from donut_hole.storage import StorageError, TransientStorageError
 from donut_hole.worker import enqueue, retention
-
-log = logging.getLogger("donut_hole.api")
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], dependencies=[ApiKeyDep])
 
@@ -221,10 +217,7 @@ def delete_batch(batch_id: str, services: ServicesDep, request: Request) -> Batc
     except repository.BatchBusy as exc:
         raise HTTPException(409, detail=f"this batch is not finished: {exc.reason}") from None
     except StorageError as exc:
-        log_event(
-            log, "api.storage_error", level=logging.ERROR, request_id=request_id_of(request),
-            path=request.url.path, error=str(exc),
-        )  # fmt: skip
+        log_storage_error(request, exc)
         if isinstance(exc, TransientStorageError):
             raise HTTPException(
                 503, detail="the object store is unavailable; the batch is kept: retry later"
