@@ -107,6 +107,7 @@ def process_group(
     resumed: Collection[str] = (),
     outcome: GroupOutcome | None = None,
     send: Callable[[list[str]], None] | None = None,
+    deadline: float | None = None,
 ) -> GroupOutcome:
     """Read and store a group of documents (see the module docstring); safe to run again on the same ids.
 
@@ -116,18 +117,28 @@ def process_group(
     message claimed before a database error; their attempt goes on and is not counted again. Pass
     ``outcome`` to see what was claimed even when an error propagates. ``send`` sends a group of new page
     documents (a PDF's further pages); without it, or when it fails, a watchdog sends them.
+
+    ``deadline`` (``time.monotonic()``): the group's time limit. Past it, the group stops with
+    :class:`~celery.exceptions.SoftTimeLimitExceeded` after a fetch and before the forward pass, also when
+    the pool's own soft-limit signal came during a library call that swallowed it (botocore turns any
+    exception raised during an HTTP request into an error it retries).
     """
     started = time.perf_counter()
     outcome = outcome if outcome is not None else GroupOutcome()
     jobs = _claim(rt, document_ids, outcome, resumed=resumed)
     fetched_sources: dict[str, bytes] = {}  # pages of one source in this group: fetched once
-    fetched = [job for job in jobs if _fetch(rt, job, outcome, last_try=last_try, cache=fetched_sources)]
+    fetched = []
+    for job in jobs:
+        if _fetch(rt, job, outcome, last_try=last_try, cache=fetched_sources):
+            fetched.append(job)
+        _check_time(deadline)
     opened_sources: dict[str, SourceInfo] = {}
     opened = [job for job in fetched if _open(rt, job, outcome, send=send, cache=opened_sources)]
     fetched_sources.clear()
     ready = [job for job in opened if _decode(rt, job, outcome)]
     if not ready:
         return outcome
+    _check_time(deadline)
     t0 = time.perf_counter()
     predictions = rt.reader.predict_detailed([job.image for job in ready], batch_size=len(ready))
     forward_s = time.perf_counter() - t0
@@ -146,6 +157,12 @@ def process_group(
         metrics.DOCUMENTS_PROCESSED.inc()
         metrics.DOCUMENT_LATENCY.observe(latency_s)
     return outcome
+
+
+def _check_time(deadline: float | None) -> None:
+    """Stop the group when its time limit has passed (see :func:`process_group`)."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise SoftTimeLimitExceeded()
 
 
 def _claim(

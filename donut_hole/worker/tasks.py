@@ -74,6 +74,7 @@ def process_documents(
     ``failing_since``: when this group's first transient error happened (carried by its retries);
     ``resumed``: documents an earlier try claimed before a database error (their attempt goes on).
     """
+    started = time.monotonic()  # the pool's soft time limit counts from (just before) here
     rt = get_runtime(self.app)
     settings = rt.settings
     now = time.time()
@@ -87,6 +88,7 @@ def process_documents(
             resumed=set(resumed or ()),
             outcome=outcome,
             send=lambda ids: send_group(rt, ids),
+            deadline=started + time_limits(settings)[0],
         )
     except DATABASE_ERRORS as exc:
         if last_try:  # nothing can be written: the documents' old sent_at brings the watchdog to them

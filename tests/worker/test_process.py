@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from itertools import chain
 from pathlib import Path
@@ -179,3 +182,65 @@ def test_a_time_limit_while_the_model_loads_is_a_time_out_not_a_broken_model(tin
     assert raised, "no timer fired during a load"
     assert set(raised) == {SoftTimeLimitExceeded}
     assert Runtime(Settings(model_path=tiny_model, max_new_tokens=8)).reader.max_new_tokens == 8
+
+
+class _SlowS3(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with the same object, after a pause: an S3 endpoint that takes its time."""
+
+    body = b""
+    pause_s = 0.5
+
+    def do_GET(self) -> None:  # http.server's naming
+        time.sleep(self.pause_s)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_a_time_limit_during_an_s3_read_stops_the_group(
+    tmp_path: Path, tiny_model: Path, scan_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Celery's soft limit, raised from a signal handler while botocore waits for S3's answer, is caught by
+    # botocore as an HTTP client error that it retries: the exception is gone and the read goes on. The
+    # group's own deadline still stops it before the forward pass.
+    import signal
+
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    _SlowS3.body = (scan_dir / "000000.jpg").read_bytes()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowS3)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = Settings(
+        data_dir=tmp_path,
+        storage_url="s3://scans",
+        s3_endpoint_url=f"http://127.0.0.1:{server.server_address[1]}",
+        model_path=tiny_model,
+        max_new_tokens=8,
+    )
+    migrate.upgrade(settings.database_url)
+    rt = Runtime(settings)
+    (document_id,) = _batch(rt, ["s3://scans/a.jpg"])
+
+    def time_is_up(*_: object) -> None:
+        raise SoftTimeLimitExceeded()
+
+    previous = signal.signal(signal.SIGALRM, time_is_up)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)  # well inside the server's pause
+        with pytest.raises(SoftTimeLimitExceeded):
+            process_group(rt, [document_id], deadline=time.monotonic() + 0.1)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        server.shutdown()
+    with session_scope(rt.sessions) as session:
+        assert session.scalar(select(func.count()).select_from(Extraction)) == 0
+        assert repository.get_document(session, document_id=document_id).status == "processing"
+    rt.close()
