@@ -74,6 +74,14 @@ class TrainConfig(_Strict):
         le=1,
         description="Stop once an evaluation's held-out field F1 reaches this (an open-ended run's goal).",
     )
+    average_last: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Average the weights of the checkpoints in this last fraction of the schedule (every "
+        "checkpoint_every steps, and the last step's) and end the run as their mean, evaluated beside the "
+        "last step's weights (its evaluation record names the steps averaged); 0: the last step's weights.",
+    )
     bf16: bool = Field(True, description="bf16 autocast when training on CUDA.")
     bf16_cpu: bool = Field(
         False,

@@ -27,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import DonutProcessor, VisionEncoderDecoderModel
 
 from donut_hole.compression import parallel
+from donut_hole.compression.averaging import WeightAverage
 from donut_hole.compression.batches import make_loader
 from donut_hole.compression.curriculum import READING_TASK_TOKEN, render
 from donut_hole.compression.distill import ce_loss, shift_for_decoder
@@ -233,6 +234,7 @@ class RunState:
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     cpu_s: float = 0.0
+    average: WeightAverage | None = None  # the weights' mean over the schedule's end (train.average_last)
 
 
 def save_checkpoint(
@@ -257,6 +259,8 @@ def save_checkpoint(
     }
     if hasattr(objective, "state_dict"):
         state["objective"] = objective.state_dict()  # a training-only head
+    if run.average is not None:
+        state["average"] = run.average.state_dict()
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
@@ -282,7 +286,11 @@ def load_checkpoint(
     optimizer.load_state_dict(state["optimizer"])
     if "objective" in state and hasattr(objective, "load_state_dict"):
         objective.load_state_dict(state["objective"])
-    return RunState(step=state["step"], history=state["history"], cpu_s=float(state.get("cpu_s", 0.0)))
+    run = RunState(step=state["step"], history=state["history"], cpu_s=float(state.get("cpu_s", 0.0)))
+    if "average" in state:
+        run.average = WeightAverage()
+        run.average.load_state_dict(state["average"])
+    return run
 
 
 class Clock:
@@ -401,6 +409,10 @@ def train(
         if pruner is not None:
             pruner.step(run.step)
         log.info("resumed from %s at step %d", checkpoint_path, run.step)
+    if config.average_last == 0:
+        run.average = None
+    elif run.average is None:
+        run.average = WeightAverage()
     if config.processes > 1 and device.type != "cpu":
         log.warning("train.processes applies to CPU training: one process on %s", device.type)
     group = None
@@ -525,25 +537,34 @@ def _run(
     def recent_loss() -> float | None:
         return float(np.mean(running[-config.log_every :])) if running else None
 
-    def evaluate(step: int) -> None:
+    def evaluate(step: int, **extra: Any) -> None:
         assert main is not None
-        record = evaluate_run(
-            model,
-            main.own_processor,
-            step=step,
-            config=config,
-            eval_set=eval_set,
-            reading_set=reading_set,
-            train_loss=recent_loss(),
-            cpu_seconds=clock.cpu_seconds(),
-            on_eval=main.on_eval,
+        record = (
+            evaluate_run(
+                model,
+                main.own_processor,
+                step=step,
+                config=config,
+                eval_set=eval_set,
+                reading_set=reading_set,
+                train_loss=recent_loss(),
+                cpu_seconds=clock.cpu_seconds(),
+                on_eval=main.on_eval,
+            )
+            | extra
         )
         run.history.append(record)
         append_jsonl(main.out_dir / "history.jsonl", record)
         log.info("eval %s", record)
 
-    def checkpoint() -> None:
+    average_from = math.ceil(config.steps * (1 - config.average_last))
+
+    def checkpoint(at: int | None = None) -> None:
+        """Save the run; at schedule step ``at`` in the averaged part of the schedule, add the weights to
+        the mean first."""
         assert main is not None
+        if run.average is not None and at is not None and at >= average_from:
+            run.average.add(model.state_dict(), step=run.step)
         run.cpu_s = clock.cpu_seconds()
         save_checkpoint(
             main.out_dir / CHECKPOINT,
@@ -570,7 +591,7 @@ def _run(
                 if main and step > start and step % config.eval_every == 0:
                     evaluate(step)
                 if main and step > start and step % config.checkpoint_every == 0:
-                    checkpoint()
+                    checkpoint(at)
                 if group is not None:  # all ranks agree on the schedule and on stopping, before the step
                     target = reached_target(run.history, step=step, target_f1=config.target_f1)
                     done = bool(main) and (target or clock.out_of_time())
@@ -646,7 +667,14 @@ def _run(
             raise KeyboardInterrupt
         if main and run.step > start:
             evaluate(run.step)
-            checkpoint()
+            checkpoint(clock.schedule_step(run.step, config.steps))
+            if run.average is not None and run.average.count > 1:  # the run goes on as the mean
+                run.average.apply_to(model)
+                if pruner is not None:
+                    pruner.apply_()
+                log.info("averaged the weights of steps %s", run.average.steps)
+                evaluate(run.step, average_of=run.average.steps)
+                checkpoint()
     return run.history
 
 

@@ -229,6 +229,76 @@ def test_time_limit_stops_early_and_saves_like_the_last_step(tmp_path, data):
     assert (tmp_path / "model" / "model.safetensors").is_file()
 
 
+def test_a_run_ends_as_the_mean_of_its_last_checkpoints_across_an_interruption(tmp_path, data):
+    """train.average_last: the weights at the checkpoints in the schedule's last half (steps 4 and 6),
+    kept in the checkpoint across a stop, averaged at the end and evaluated beside the last step's."""
+    samples = read_dataset(data)
+    base = dict(steps=6, batch_size=2, warmup_steps=1, checkpoint_every=2, eval_samples=1, max_new_tokens=2)
+    config = TrainConfig(**base, eval_every=5, average_last=0.5)
+
+    def stop(step: int) -> dict:
+        raise KeyboardInterrupt  # at the evaluation before step 5, after the checkpoint of step 4
+
+    model, processor = _fresh(data)
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            model,
+            processor,
+            train_samples=samples,
+            val_samples=[],
+            config=config,
+            out_dir=tmp_path / "a",
+            on_eval=stop,
+            progress=False,
+        )
+    assert torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["average"]["steps"] == [4]
+    model, processor = _fresh(data)
+    history = train(
+        model,
+        processor,
+        train_samples=samples,
+        val_samples=samples,
+        config=config,
+        out_dir=tmp_path / "a",
+        resume=True,
+        progress=False,
+    )
+    assert [(h["step"], h.get("average_of")) for h in history] == [(6, None), (6, [4, 6])]
+    assert {"f1", "ted_accuracy"} <= set(history[-1])
+
+    plain = TrainConfig(**base, eval_every=4)  # the same run without averaging: its weights at 4 and 6
+    model, processor = _fresh(data)
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            model,
+            processor,
+            train_samples=samples,
+            val_samples=[],
+            config=plain,
+            out_dir=tmp_path / "b",
+            on_eval=stop,
+            progress=False,
+        )
+    weights = [torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]]
+    model, processor = _fresh(data)
+    train(
+        model,
+        processor,
+        train_samples=samples,
+        val_samples=[],
+        config=plain,
+        out_dir=tmp_path / "b",
+        resume=True,
+        progress=False,
+    )
+    weights.append(model.state_dict())
+    averaged = load_model(tmp_path / "a" / "model")[0].state_dict()
+    for name, value in averaged.items():
+        if value.is_floating_point():
+            assert torch.allclose(value, (weights[0][name] + weights[1][name]) / 2, atol=1e-6), name
+    assert not torch.allclose(averaged["decoder.lm_head.weight"], weights[1]["decoder.lm_head.weight"])
+
+
 def test_dataset_pixels_match_the_processor_on_scans_at_the_model_size(tmp_path):
     """Training reads the processor's pixel values, through the fast path, to the bit."""
     from PIL import Image
