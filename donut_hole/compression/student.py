@@ -195,8 +195,44 @@ def derive_student(
                     f"{tuple(source[from_key].shape)}"
                 )
             tensor.copy_(source[from_key])
+    if spec.grow_from is not None:
+        grow_(student, VisionEncoderDecoderModel.from_pretrained(spec.grow_from))
     student.train(teacher.training)
     return student, layer_map
+
+
+# the tensors whose output is added to a decoder layer's residual stream: zero, the layer adds nothing
+_RESIDUAL_OUTPUTS = (".self_attn.out_proj.", ".encoder_attn.out_proj.", ".fc2.")
+
+
+def grow_(student: VisionEncoderDecoderModel, trained: VisionEncoderDecoderModel) -> list[int]:
+    """Make ``student`` read as ``trained`` (a student with the same encoder and fewer decoder layers):
+    copy its tensors, and start each further decoder layer as the identity, a copy of ``trained``'s last
+    layer whose residual outputs are zero (pre-norm mBART layers: the residual stream passes unchanged).
+    Returns the indices of the new layers."""
+    source = trained.state_dict()
+    have, want = _decoder(trained).decoder_layers, _decoder(student).decoder_layers
+    if list(_encoder(trained).depths) != list(_encoder(student).depths) or have >= want:
+        raise StudentError(
+            f"student.grow_from has encoder depths {list(_encoder(trained).depths)} and {have} decoder "
+            f"layers: growing needs this student's encoder ({list(_encoder(student).depths)}) and fewer "
+            f"decoder layers than its {want}"
+        )
+    with torch.no_grad():
+        for key, tensor in student.state_dict().items():
+            from_key, silent = key, False
+            if match := _DECODER_LAYER.match(key):
+                prefix, layer, rest = match.groups()
+                silent = int(layer) >= have and rest.startswith(_RESIDUAL_OUTPUTS)
+                from_key = f"{prefix}{min(int(layer), have - 1)}{rest}"
+            if from_key not in source or source[from_key].shape != tensor.shape:
+                shape = tuple(tensor.shape)
+                raise StudentError(f"student.grow_from has no tensor {from_key} of shape {shape}")
+            if silent:
+                tensor.zero_()
+            else:
+                tensor.copy_(source[from_key])
+    return list(range(have, want))
 
 
 def processor_size(processor: DonutProcessor) -> tuple[int, int]:
@@ -273,6 +309,8 @@ def build_student(teacher: VisionEncoderDecoderModel, recipe: CompressRecipe) ->
         "image_size": recipe.student.image_size or list_size(_encoder(teacher).image_size),
         "parameters_after_layer_selection": count_parameters(model),
     }
+    if recipe.student.grow_from is not None:
+        structure["grown_from"] = recipe.student.grow_from
     if recipe.prune.ffn_keep_ratio < 1.0:
         pruned = prune_ffn_(model, keep_ratio=recipe.prune.ffn_keep_ratio)
         structure["ffn_pruning"] = {k: v for k, v in pruned.items() if k != "kept"}

@@ -153,6 +153,38 @@ def test_bad_specs_are_refused(tiny: VisionEncoderDecoderModel) -> None:
         derive_student(tiny, StudentConfig(encoder_depths=[2, 2, 2, 2], decoder_layers=3))
 
 
+def test_a_grown_student_reads_as_the_one_it_grew_from(tiny: VisionEncoderDecoderModel, tmp_path) -> None:
+    one, _ = derive_student(
+        tiny, StudentConfig(encoder_depths=[1, 1, 2, 1], decoder_layers=1, selection="last")
+    )
+    with torch.no_grad():  # a "trained" one-layer student: weights of its own, not the teacher's
+        for weight in one.parameters():
+            weight.add_(0.02 * torch.randn_like(weight))
+    one.eval().save_pretrained(tmp_path / "one")
+    spec = StudentConfig(
+        encoder_depths=[1, 1, 2, 1], decoder_layers=2, selection="last", grow_from=str(tmp_path / "one")
+    )
+    two, layer_map = derive_student(tiny, spec)
+    two.eval()
+    assert layer_map.decoder_layers == [0, 1]  # for distillation it pairs with the teacher's layers as before
+    pixels = torch.randn(2, 3, 160, 160, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([[tiny.config.decoder_start_token_id, 5, 6, 7]] * 2)
+    with torch.no_grad():
+        assert torch.equal(
+            one(pixel_values=pixels, decoder_input_ids=ids).logits,
+            two(pixel_values=pixels, decoder_input_ids=ids).logits,
+        )
+    new = two.decoder.model.decoder.layers[1]
+    assert not new.fc2.weight.any() and not new.encoder_attn.out_proj.bias.any()
+    assert torch.equal(new.fc1.weight, one.decoder.model.decoder.layers[0].fc1.weight)  # learns from there
+
+    other = spec.model_copy(update={"encoder_depths": [2, 2, 2, 2]})
+    with pytest.raises(StudentError, match="this student's encoder"):
+        derive_student(tiny, other)
+    with pytest.raises(StudentError, match="fewer decoder layers"):
+        derive_student(tiny, spec.model_copy(update={"decoder_layers": 1}))
+
+
 def test_build_student_derives_removes_ffn_neurons_and_leaves_the_rest_to_magnitude_pruning(
     tiny: VisionEncoderDecoderModel,
 ) -> None:
