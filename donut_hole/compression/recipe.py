@@ -219,11 +219,11 @@ class StudentConfig(_Strict):
     )
     grow_from: str | None = Field(
         None,
-        description="A trained student of this teacher (a model folder) with the same encoder and fewer "
-        "decoder layers: this student starts as it reads. Its weights are that student's, and each decoder "
-        "layer it adds after that student's last starts as the identity (copied from that last layer, with "
-        "the output projections of its attentions and its FFN at zero), so training only adds to what it "
-        "reads. A relative path is taken from the working directory.",
+        description="A trained student of this teacher (a model folder) with the same encoder and as many or "
+        "fewer decoder layers: this student starts as it reads. Its weights are that student's, and each "
+        "decoder layer it adds after that student's last starts as the identity (copied from that last "
+        "layer, with the output projections of its attentions and its FFN at zero), so training only adds "
+        "to what it reads. A relative path is taken from the working directory.",
     )
     image_size: list[int] | None = Field(
         None,

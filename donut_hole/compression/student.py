@@ -206,17 +206,17 @@ _RESIDUAL_OUTPUTS = (".self_attn.out_proj.", ".encoder_attn.out_proj.", ".fc2.")
 
 
 def grow_(student: VisionEncoderDecoderModel, trained: VisionEncoderDecoderModel) -> list[int]:
-    """Make ``student`` read as ``trained`` (a student with the same encoder and fewer decoder layers):
+    """Make ``student`` read as ``trained`` (a student with the same encoder and no more decoder layers):
     copy its tensors, and start each further decoder layer as the identity, a copy of ``trained``'s last
     layer whose residual outputs are zero (pre-norm mBART layers: the residual stream passes unchanged).
     Returns the indices of the new layers."""
     source = trained.state_dict()
     have, want = _decoder(trained).decoder_layers, _decoder(student).decoder_layers
-    if list(_encoder(trained).depths) != list(_encoder(student).depths) or have >= want:
+    if list(_encoder(trained).depths) != list(_encoder(student).depths) or have > want:
         raise StudentError(
             f"student.grow_from has encoder depths {list(_encoder(trained).depths)} and {have} decoder "
-            f"layers: growing needs this student's encoder ({list(_encoder(student).depths)}) and fewer "
-            f"decoder layers than its {want}"
+            f"layers: growing needs this student's encoder ({list(_encoder(student).depths)}) and at most "
+            f"its {want} decoder layers"
         )
     with torch.no_grad():
         for key, tensor in student.state_dict().items():
