@@ -98,11 +98,16 @@ if [[ $SAVE == 1 ]]; then
         echo "kept $RUN/teacher in $KEEP (commit it; the next run goes on from it)"
         kept=1
     fi
-    if [[ -f "$RUN/student/checkpoint.pt" && ! "$RUN/student/report.json" -nt "$RUN/student/checkpoint.pt" ]]; then
-        mkdir -p "$STUDENT_KEEP"  # a distillation still under way: keep it too
+    if [[ -f "$RUN/student/checkpoint.pt" && ( "${STUDENT_ONLY:-0}" == 1 || ! "$RUN/student/report.json" -nt "$RUN/student/checkpoint.pt" ) ]]; then
+        mkdir -p "$STUDENT_KEEP"  # a distillation that takes sessions (under way, or finished: its model too)
         cp "$RUN/student/checkpoint.pt" "$RUN/student/train_log.jsonl" "$RUN/student/recipe.yaml" "$STUDENT_KEEP/"
         if [[ -f "$RUN/student/history.jsonl" ]]; then cp "$RUN/student/history.jsonl" "$STUDENT_KEEP/"; fi
         if [[ -f "$RUN/run.json" ]]; then cp "$RUN/run.json" "$STUDENT_KEEP/"; fi
+        if [[ "$RUN/student/report.json" -nt "$RUN/student/checkpoint.pt" ]]; then  # it finished: the model
+            rm -rf "$STUDENT_KEEP/model"                                             # and what was measured
+            cp -r "$RUN/student/model" "$STUDENT_KEEP/model"
+            cp "$RUN/student/report.json" "$RUN/student/report.md" "$RUN"/student/evaluation*.json "$STUDENT_KEEP/"
+        fi
         keep_curve "$STUDENT_KEEP"
         echo "kept $RUN/student in $STUDENT_KEEP (commit it; the next run goes on from it)"
         kept=1
