@@ -239,59 +239,31 @@ def test_a_run_ends_as_the_mean_of_its_last_checkpoints_across_an_interruption(t
     def stop(step: int) -> dict:
         raise KeyboardInterrupt  # at the evaluation before step 5, after the checkpoint of step 4
 
-    model, processor = _fresh(data)
-    with pytest.raises(KeyboardInterrupt):
-        train(
+    def run(config: TrainConfig, out: str, **options) -> tuple:  # a fresh process's model, trained in out
+        model, processor = _fresh(data)
+        history = train(
             model,
             processor,
             train_samples=samples,
-            val_samples=[],
             config=config,
-            out_dir=tmp_path / "a",
-            on_eval=stop,
+            out_dir=tmp_path / out,
             progress=False,
+            **{"val_samples": [], **options},
         )
+        return model, history
+
+    with pytest.raises(KeyboardInterrupt):
+        run(config, "a", on_eval=stop)
     assert torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["average"]["steps"] == [4]
-    model, processor = _fresh(data)
-    history = train(
-        model,
-        processor,
-        train_samples=samples,
-        val_samples=samples,
-        config=config,
-        out_dir=tmp_path / "a",
-        resume=True,
-        progress=False,
-    )
+    _, history = run(config, "a", val_samples=samples, resume=True)
     assert [(h["step"], h.get("average_of")) for h in history] == [(6, None), (6, [4, 6])]
     assert {"f1", "ted_accuracy"} <= set(history[-1])
 
     plain = TrainConfig(**base, eval_every=4)  # the same run without averaging: its weights at 4 and 6
-    model, processor = _fresh(data)
     with pytest.raises(KeyboardInterrupt):
-        train(
-            model,
-            processor,
-            train_samples=samples,
-            val_samples=[],
-            config=plain,
-            out_dir=tmp_path / "b",
-            on_eval=stop,
-            progress=False,
-        )
+        run(plain, "b", on_eval=stop)
     weights = [torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]]
-    model, processor = _fresh(data)
-    train(
-        model,
-        processor,
-        train_samples=samples,
-        val_samples=[],
-        config=plain,
-        out_dir=tmp_path / "b",
-        resume=True,
-        progress=False,
-    )
-    weights.append(model.state_dict())
+    weights.append(run(plain, "b", resume=True)[0].state_dict())
     averaged = load_model(tmp_path / "a" / "model")[0].state_dict()
     for name, value in averaged.items():
         if value.is_floating_point():
