@@ -36,6 +36,10 @@ from donut_hole.worker.runtime import get_runtime
 log = logging.getLogger("donut_hole.worker")
 
 DATABASE_ERRORS = (OperationalError, InterfaceError)
+# The group's own deadline comes this long after the pool's soft-limit signal is due, so that signal stops
+# the group first and the deadline only where a library swallowed it: never both in one group (a second
+# SoftTimeLimitExceeded would interrupt the failing of its documents).
+DEADLINE_GRACE_S = 1.0
 
 
 def backoff_s(retries: int, *, base_s: float = 2.0, cap_s: float = 60.0, rng: Any = random) -> float:
@@ -88,7 +92,7 @@ def process_documents(
             resumed=set(resumed or ()),
             outcome=outcome,
             send=lambda ids: send_group(rt, ids),
-            deadline=started + time_limits(settings)[0],
+            deadline=started + time_limits(settings)[0] + DEADLINE_GRACE_S,
         )
     except DATABASE_ERRORS as exc:
         if last_try:  # nothing can be written: the documents' old sent_at brings the watchdog to them
