@@ -22,9 +22,12 @@ class WeightAverage:
     """A running mean of state dicts, resumable: :meth:`state_dict` / :meth:`load_state_dict`."""
 
     def __init__(self) -> None:
-        self.count = 0
         self.steps: list[int] = []  # the steps whose weights are in the mean
         self._mean: dict[str, torch.Tensor] = {}
+
+    @property
+    def count(self) -> int:
+        return len(self.steps)
 
     def add(self, state: Mapping[str, torch.Tensor], *, step: int) -> None:
         """Add the weights of ``step`` (a model's ``state_dict()``); a step already added is ignored."""
@@ -32,7 +35,7 @@ class WeightAverage:
             return
         if self._mean and set(state) != set(self._mean):
             raise ValueError("these weights have other names than those averaged so far")
-        self.count += 1
+        self.steps.append(step)
         for name, tensor in state.items():
             value = tensor.detach().to("cpu", copy=True)
             if not value.is_floating_point():
@@ -41,7 +44,6 @@ class WeightAverage:
                 self._mean[name] = value.float()
             else:  # mean_k = mean_{k-1} + (x - mean_{k-1}) / k
                 self._mean[name] += (value.float() - self._mean[name]) / self.count
-        self.steps.append(step)
 
     def apply_to(self, model: torch.nn.Module) -> None:
         """Load the mean into ``model`` (each tensor in the model's own dtype and device)."""
@@ -51,8 +53,8 @@ class WeightAverage:
         model.load_state_dict({name: self._mean[name].to(own[name].dtype) for name in own})
 
     def state_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "steps": list(self.steps), "mean": self._mean}
+        return {"steps": list(self.steps), "mean": self._mean}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.count, self.steps = int(state["count"]), list(state["steps"])
+        self.steps = list(state["steps"])  # a "count" saved beside them (older checkpoints) is their length
         self._mean = dict(state["mean"])

@@ -205,11 +205,10 @@ def derive_student(
 _RESIDUAL_OUTPUTS = (".self_attn.out_proj.", ".encoder_attn.out_proj.", ".fc2.")
 
 
-def grow_(student: VisionEncoderDecoderModel, trained: VisionEncoderDecoderModel) -> list[int]:
+def grow_(student: VisionEncoderDecoderModel, trained: VisionEncoderDecoderModel) -> None:
     """Make ``student`` read as ``trained`` (a student with the same encoder and no more decoder layers):
     copy its tensors, and start each further decoder layer as the identity, a copy of ``trained``'s last
-    layer whose residual outputs are zero (pre-norm mBART layers: the residual stream passes unchanged).
-    Returns the indices of the new layers."""
+    layer whose residual outputs are zero (pre-norm mBART layers: the residual stream passes unchanged)."""
     source = trained.state_dict()
     have, want = _decoder(trained).decoder_layers, _decoder(student).decoder_layers
     if list(_encoder(trained).depths) != list(_encoder(student).depths) or have > want:
@@ -232,7 +231,6 @@ def grow_(student: VisionEncoderDecoderModel, trained: VisionEncoderDecoderModel
                 tensor.zero_()
             else:
                 tensor.copy_(source[from_key])
-    return list(range(have, want))
 
 
 def processor_size(processor: DonutProcessor) -> tuple[int, int]:
