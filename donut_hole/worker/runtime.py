@@ -8,16 +8,20 @@ the process's runtime and makes a new one when the process id or the worker's Ce
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
+import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from celery import Celery
-from celery.exceptions import SoftTimeLimitExceeded
 
 from donut_hole.db import repository, session_scope
 from donut_hole.logs import log_event
@@ -62,11 +66,14 @@ class Runtime(Services):
         """The model, loaded once per process, on the configured device and thread count.
 
         A task that asks while :meth:`preload` is loading waits for that load (its time limit still
-        applies: the wait ends with the soft limit's exception); a load that failed is tried again."""
+        applies: the wait ends with the soft limit's exception); a load that failed is tried again. A time
+        limit that comes during the task's own load is raised once the model is loaded and kept
+        (:func:`signals_held`): that group times out, the next one reads with the model."""
         if self._reader is None:
             with self._reader_lock:
                 if self._reader is None:
-                    self._reader = self._load_reader()
+                    with signals_held():
+                        self._reader = self._load_reader()
         return self._reader
 
     def preload(self) -> threading.Thread:
@@ -86,21 +93,12 @@ class Runtime(Services):
     def _load_reader(self) -> DonutReader:
         import torch
 
-        from donut_hole.model.build import ModelLoadError
-
         s = self.settings
         threads = s.torch_threads or default_threads
         if threads > 0:
             torch.set_num_threads(threads)
         start = time.perf_counter()
-        try:
-            reader = load_reader(s)
-        except ModelLoadError as exc:
-            # the first group's time limit ran out while the model loaded (a slow disk or CPU): that group
-            # timed out, the model is not broken, and the next group loads it again
-            if isinstance(exc.__cause__, SoftTimeLimitExceeded):
-                raise exc.__cause__ from None
-            raise
+        reader = load_reader(s)
         device = str(reader.device)
         log_event(
             log,
@@ -129,6 +127,47 @@ class Runtime(Services):
                 density=density_of(path),
             )
             return model.id
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold back this process's Python signal handlers for the block, then run each whose signal came.
+
+    Celery's soft time limit (like Ctrl-C) is an exception raised by a signal handler wherever the main
+    thread is. Inside a model's load it tears library code halfway: torch's device context left on
+    ``meta`` (every later load in the process then builds empty tensors), a lock released twice, the
+    exception turned into another one. Held back, it is raised at the end of the block instead, once
+    the load is whole. Handlers run only in the main thread: elsewhere this holds nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved: dict[int, Callable[[int, FrameType | None], object]] = {}
+    came: list[int] = []
+    released = False
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        if released:  # left in place by an exception while the handlers were put back: pass it on
+            saved[signum](signum, frame)
+        else:
+            came.append(signum)
+
+    try:
+        for sig in signal.valid_signals():
+            try:
+                handler = signal.getsignal(sig)
+            except (OSError, ValueError):
+                continue
+            if callable(handler):
+                saved[sig] = handler  # before it is replaced, so that it is always put back
+                signal.signal(sig, hold)
+        yield
+    finally:
+        released = True
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(came):  # in the order they came, each once
+            saved[signum](signum, inspect.currentframe())
 
 
 def load_reader(settings: Settings) -> DonutReader:

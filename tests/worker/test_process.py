@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from itertools import chain
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import func, select
@@ -18,7 +19,10 @@ from donut_hole.settings import Settings
 from donut_hole.storage import S3Store, make_s3_client, open_store
 from donut_hole.worker import metrics
 from donut_hole.worker.process import expand_prefix, fail_unfinished, process_group
-from donut_hole.worker.runtime import Runtime
+from donut_hole.worker.runtime import Runtime, signals_held
+
+if TYPE_CHECKING:
+    from donut_hole.model.predict import DonutReader
 
 
 @pytest.fixture
@@ -150,24 +154,36 @@ def test_expanding_a_prefix_adds_images_once_and_sends_groups(runtime: Runtime, 
         assert batch.status.value == "failed" and "no images under nothing/" in batch.error
 
 
-def test_a_time_limit_while_the_model_loads_is_a_time_out_not_a_broken_model(tiny_model: Path) -> None:
+def test_a_time_limit_while_the_model_loads_is_a_time_out_not_a_broken_model(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Celery stops a task at its soft time limit by raising SoftTimeLimitExceeded from a signal handler,
-    # wherever the task is; when that is inside the model's loading (a worker's first group on a slow
-    # machine), the group timed out: the model is fine and the next group loads it. A timer raises it here
-    # at a few delays into the load of a real model folder.
-    import gc
+    # wherever the task is. Raised inside the model's loading (a worker's first group on a slow machine)
+    # it tore torch's state (its device context left on "meta": every later load in the process failed)
+    # or came out as another error. Now it waits for the end of the load: the group times out, and the
+    # model is loaded, whole, and kept for the next group. A timer raises it here at delays into the
+    # loads of a real model folder (about 0.2 s each).
     import signal
 
+    import torch
     from celery.exceptions import SoftTimeLimitExceeded
+
+    loads: list[Runtime] = []
+    load = Runtime._load_reader
+
+    def counted(self: Runtime) -> DonutReader:
+        loads.append(self)
+        return load(self)
+
+    monkeypatch.setattr(Runtime, "_load_reader", counted)
 
     def time_is_up(*_: object) -> None:
         raise SoftTimeLimitExceeded()
 
     previous = signal.signal(signal.SIGALRM, time_is_up)
     raised: list[type[BaseException]] = []
-    gc.disable()  # an exception raised inside a garbage collector's callback is dropped, not raised
     try:
-        for delay_s in (0.002, 0.005, 0.01, 0.02, 0.05):
+        for delay_s in (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05):
             rt = Runtime(Settings(model_path=tiny_model, max_new_tokens=8))
             signal.setitimer(signal.ITIMER_REAL, delay_s)
             try:
@@ -176,12 +192,48 @@ def test_a_time_limit_while_the_model_loads_is_a_time_out_not_a_broken_model(tin
                 raised.append(type(exc))
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
+            assert torch.get_default_device() == torch.device("cpu")
+            assert torch.get_default_dtype() == torch.float32
+            assert rt.reader.max_new_tokens == 8  # kept: no second load
+            assert loads.count(rt) == 1
     finally:
         signal.signal(signal.SIGALRM, previous)
-        gc.enable()
-    assert raised, "no timer fired during a load"
-    assert set(raised) == {SoftTimeLimitExceeded}
-    assert Runtime(Settings(model_path=tiny_model, max_new_tokens=8)).reader.max_new_tokens == 8
+    assert raised == [SoftTimeLimitExceeded] * 8
+    assert signal.getsignal(signal.SIGALRM) is previous
+
+
+def test_signals_held_run_their_handlers_after_the_block_in_order_and_once() -> None:
+    import os
+    import signal
+
+    came: list[int] = []
+    done: list[str] = []
+
+    def note(signum: int, _: object) -> None:
+        came.append(signum)
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {
+        signal.SIGUSR1: signal.signal(signal.SIGUSR1, stop),
+        signal.SIGUSR2: signal.signal(signal.SIGUSR2, note),
+    }
+    try:
+        with pytest.raises(KeyboardInterrupt), signals_held():
+            os.kill(os.getpid(), signal.SIGUSR2)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(0.05)  # delivered by now, and held
+            done.append("block")
+        assert done == ["block"] and came == [signal.SIGUSR2]
+        assert signal.getsignal(signal.SIGUSR1) is stop and signal.getsignal(signal.SIGUSR2) is note
+        os.kill(os.getpid(), signal.SIGUSR2)  # after the block, handlers run as before
+        time.sleep(0.05)
+        assert came == [signal.SIGUSR2, signal.SIGUSR2]
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class _SlowS3(http.server.BaseHTTPRequestHandler):
