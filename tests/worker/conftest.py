@@ -47,15 +47,20 @@ def scan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate(KINDS, n=20, out=tmp_path_factory.mktemp("scans"), seed=3, progress=False)
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory, scan_dir: Path) -> Path:
-    """An untrained tiny DONUT at 160x160 pixels: fast, and enough to exercise the whole pipeline."""
+def save_tiny_model(scan_dir: Path, out: Path, *, image_size: tuple[int, int]) -> Path:
+    """An untrained tiny DONUT whose tokenizer knows the fields of ``scan_dir``, saved in ``out``."""
     from donut_hole.evaluation.dataset import read_dataset
     from donut_hole.model.build import new_model, save_model
 
     documents = [sample.gt_parse for sample in read_dataset(scan_dir)]
-    model, processor = new_model("tiny", documents=documents, image_size=(160, 160))
-    return save_model(model, processor, tmp_path_factory.mktemp("model") / "tiny")
+    model, processor = new_model("tiny", documents=documents, image_size=image_size)
+    return save_model(model, processor, out)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, scan_dir: Path) -> Path:
+    """An untrained tiny DONUT at 160x160 pixels: fast, and enough to exercise the whole pipeline."""
+    return save_tiny_model(scan_dir, tmp_path_factory.mktemp("model") / "tiny", image_size=(160, 160))
 
 
 @pytest.fixture(scope="session")

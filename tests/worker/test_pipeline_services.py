@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import save_tiny_model
 from sqlalchemy import func, select
 from worker_helpers import Worker, database, kill_while_reading, wait_for_batch
 
@@ -167,12 +168,7 @@ def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(
 def slow_model(tmp_path_factory: pytest.TempPathFactory, scan_dir: Path) -> Path:
     """The tiny DONUT at donut-base's input size, 2560x1920: its encoder alone takes seconds for a group of
     4 pages on any CPU (5 s on 2 busy cores, 2-3 idle), far past a 1 s time limit."""
-    from donut_hole.evaluation.dataset import read_dataset
-    from donut_hole.model.build import new_model, save_model
-
-    documents = [sample.gt_parse for sample in read_dataset(scan_dir)]
-    model, processor = new_model("tiny", documents=documents, image_size=(2560, 1920))
-    return save_model(model, processor, tmp_path_factory.mktemp("model") / "slow")
+    return save_tiny_model(scan_dir, tmp_path_factory.mktemp("model") / "slow", image_size=(2560, 1920))
 
 
 @pytest.mark.slow

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import http.server
+import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import func, select
 
 from donut_hole.db import Extraction, migrate, repository, session_scope
@@ -34,6 +37,23 @@ def runtime(tmp_path: Path, tiny_model: Path) -> Iterator[Runtime]:
     rt = Runtime(settings)
     yield rt
     rt.close()
+
+
+@contextmanager
+def _soft_time_limit_in(delay_s: float) -> Iterator[None]:
+    """Celery's soft time limit as its pool delivers it: a signal whose handler raises
+    ``SoftTimeLimitExceeded`` wherever this process is, ``delay_s`` from now (a timer here)."""
+
+    def time_is_up(*_: object) -> None:
+        raise SoftTimeLimitExceeded()
+
+    previous = signal.signal(signal.SIGALRM, time_is_up)
+    signal.setitimer(signal.ITIMER_REAL, delay_s)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _batch(rt: Runtime, uris: list[str]) -> list[str]:
@@ -163,10 +183,7 @@ def test_a_time_limit_while_the_model_loads_is_a_time_out_not_a_broken_model(
     # or came out as another error. Now it waits for the end of the load: the group times out, and the
     # model is loaded, whole, and kept for the next group. A timer raises it here at delays into the
     # loads of a real model folder (about 0.2 s each).
-    import signal
-
     import torch
-    from celery.exceptions import SoftTimeLimitExceeded
 
     loads: list[Runtime] = []
     load = Runtime._load_reader
@@ -177,34 +194,23 @@ def test_a_time_limit_while_the_model_loads_is_a_time_out_not_a_broken_model(
 
     monkeypatch.setattr(Runtime, "_load_reader", counted)
 
-    def time_is_up(*_: object) -> None:
-        raise SoftTimeLimitExceeded()
-
-    previous = signal.signal(signal.SIGALRM, time_is_up)
     raised: list[type[BaseException]] = []
-    try:
-        for delay_s in (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05):
-            rt = Runtime(Settings(model_path=tiny_model, max_new_tokens=8))
-            signal.setitimer(signal.ITIMER_REAL, delay_s)
+    for delay_s in (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05):
+        rt = Runtime(Settings(model_path=tiny_model, max_new_tokens=8))
+        with _soft_time_limit_in(delay_s):
             try:
                 rt.reader  # noqa: B018  # the load is the property's first use
             except Exception as exc:
                 raised.append(type(exc))
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            assert torch.get_default_device() == torch.device("cpu")
-            assert torch.get_default_dtype() == torch.float32
-            assert rt.reader.max_new_tokens == 8  # kept: no second load
-            assert loads.count(rt) == 1
-    finally:
-        signal.signal(signal.SIGALRM, previous)
+        assert torch.get_default_device() == torch.device("cpu")
+        assert torch.get_default_dtype() == torch.float32
+        assert rt.reader.max_new_tokens == 8  # kept: no second load
+        assert loads.count(rt) == 1
     assert raised == [SoftTimeLimitExceeded] * 8
-    assert signal.getsignal(signal.SIGALRM) is previous
 
 
 def test_signals_held_run_their_handlers_after_the_block_in_order_and_once() -> None:
     import os
-    import signal
 
     came: list[int] = []
     done: list[str] = []
@@ -260,10 +266,6 @@ def test_a_time_limit_during_an_s3_read_stops_the_group(
     # Celery's soft limit, raised from a signal handler while botocore waits for S3's answer, is caught by
     # botocore as an HTTP client error that it retries: the exception is gone and the read goes on. The
     # group's own deadline still stops it before the forward pass.
-    import signal
-
-    from celery.exceptions import SoftTimeLimitExceeded
-
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     _SlowS3.body = (scan_dir / "000000.jpg").read_bytes()
@@ -280,17 +282,10 @@ def test_a_time_limit_during_an_s3_read_stops_the_group(
     rt = Runtime(settings)
     (document_id,) = _batch(rt, ["s3://scans/a.jpg"])
 
-    def time_is_up(*_: object) -> None:
-        raise SoftTimeLimitExceeded()
-
-    previous = signal.signal(signal.SIGALRM, time_is_up)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.1)  # well inside the server's pause
-        with pytest.raises(SoftTimeLimitExceeded):
+        with _soft_time_limit_in(0.1), pytest.raises(SoftTimeLimitExceeded):  # well inside the server's pause
             process_group(rt, [document_id], deadline=time.monotonic() + 0.1)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
         server.shutdown()
     with session_scope(rt.sessions) as session:
         assert session.scalar(select(func.count()).select_from(Extraction)) == 0
