@@ -201,9 +201,11 @@ def _student_training(history: list[dict[str, Any]], structure: dict[str, Any] |
     how = f"while pruned{at}"
     if (structure or {}).get("unstructured_density_over_student", 0.0) >= 1.0:
         how = f"at density {density:.3f} by the layers it kept alone" if density is not None else "unpruned"
+    steps = last.get("average_of") or []
+    mean = f"; it is the mean of its weights at steps {', '.join(f'{s:,}' for s in steps)}" if steps else ""
     return (
         f"distilled for {last.get('step', 0):,} steps, {last.get('images', 0):,} images, "
-        f"{last.get('cpu_hours', 0.0):.2f} CPU-hours, {how}; "
+        f"{last.get('cpu_hours', 0.0):.2f} CPU-hours, {how}{mean}; "
         f"at the end, {_checked(last)} (a few dozen scans)."
     )
 

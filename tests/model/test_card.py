@@ -189,5 +189,7 @@ def test_the_card_tells_how_each_model_was_trained():
     student = _student_training([{**history[0], "density": 0.46}])
     assert "500 steps, 8,000 images" in student and "to density 0.460" in student and "F1 0.500" in student
     assert _student_training([]).startswith("no distillation steps")
+    averaged = _student_training([{**history[2], "density": 0.46, "average_of": [1200, 1500]}])
+    assert "to density 0.460; it is the mean of its weights at steps 1,200, 1,500; at the end" in averaged
     kept = _student_training([{**history[0], "density": 0.378}], {"unstructured_density_over_student": 1.0})
     assert "500 steps, 8,000 images, 0.30 CPU-hours, at density 0.378 by the layers it kept alone;" in kept
