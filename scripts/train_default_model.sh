@@ -26,6 +26,8 @@
 #   Resumable like the rest.
 #   Once the teacher stops by itself (its steps or its target F1), the chain anneals it (ANNEAL_STEPS, default 1000 for a
 #   recipe with a 'data' curriculum, 0 for others) and the annealed copy is the teacher that is distilled.
+# The pair from scratch, ignoring the committed checkpoints (resumable the same way):
+#   FROM_SCRATCH=1 scripts/train_default_model.sh runs/scratch
 # Quick smoke run of the whole chain: SMOKE=1 scripts/train_default_model.sh /tmp/smoke
 # Other recipes (a GPU machine): TEACHER_RECIPE=configs/teacher-small.yaml STUDENT_RECIPE=configs/donut-hole-small.yaml
 #   (a teacher recipe without a 'data' curriculum trains on N_TRAIN synthetic scans instead)
@@ -44,7 +46,7 @@ if [[ "${1:-}" == --anneal ]]; then
     [[ "$ANNEAL" =~ ^[1-9][0-9]*$ ]] || { echo "--anneal needs a number of steps, e.g. --anneal 1000" >&2; exit 2; }
     shift 2
 fi
-INVOCATION="TEACHER_RECIPE=${TEACHER_RECIPE:-} ${STUDENT_RECIPE:+STUDENT_RECIPE=$STUDENT_RECIPE }SMOKE=${SMOKE:-0} TEACHER_ONLY=${TEACHER_ONLY:-0} STUDENT_ONLY=${STUDENT_ONLY:-0} INIT=${INIT:-} TEACHER_S=${TEACHER_S:-} STUDENT_S=${STUDENT_S:-} ${ANNEAL_SIZE+ANNEAL_SIZE=$ANNEAL_SIZE }$0 $ARGS"
+INVOCATION="TEACHER_RECIPE=${TEACHER_RECIPE:-} ${STUDENT_RECIPE:+STUDENT_RECIPE=$STUDENT_RECIPE }${FROM_SCRATCH:+FROM_SCRATCH=$FROM_SCRATCH }SMOKE=${SMOKE:-0} TEACHER_ONLY=${TEACHER_ONLY:-0} STUDENT_ONLY=${STUDENT_ONLY:-0} INIT=${INIT:-} TEACHER_S=${TEACHER_S:-} STUDENT_S=${STUDENT_S:-} ${ANNEAL_SIZE+ANNEAL_SIZE=$ANNEAL_SIZE }$0 $ARGS"
 RUN=${1:-runs/default}
 N_TRAIN=${2:-12000}
 TEACHER_RECIPE=${TEACHER_RECIPE:-configs/teacher-cpu.yaml}
@@ -70,6 +72,10 @@ if [[ "${SMOKE:-0}" == 1 ]]; then
     SMOKE_SET=(--set train.eval_every=2 --set train.eval_samples=2 --set train.max_new_tokens=16)
     EXTRA=(--steps 4 "${SMOKE_SET[@]}")
 fi
+# A run goes on from the committed checkpoints (KEEP, STUDENT_KEEP) when it has none of its own; not a smoke
+# run, nor FROM_SCRATCH=1 (the whole pair retrained from nothing: about 10 hours on 2 cores).
+FROM_KEPT=1
+[[ -n "${SMOKE_RUN:-}" || "${FROM_SCRATCH:-0}" == 1 ]] && FROM_KEPT=0
 if [[ -n "${INIT:-}" ]]; then
     TEACHER+=(--set "init=$INIT" --set train.seed=1)  # another seed: a new batch order over the same data
 fi
@@ -161,7 +167,7 @@ synth_val() {
 mkdir -p "$RUN"
 # A run that goes on from a committed checkpoint goes on with its record (sessions, hardware, commands),
 # kept next to it by --save: the student's when this run distils one, else the teacher's.
-if [[ ! -f "$RUN/run.json" && -z "${SMOKE_RUN:-}" ]]; then
+if [[ ! -f "$RUN/run.json" && $FROM_KEPT == 1 ]]; then
     if [[ "${STUDENT_ONLY:-0}" == 1 && -f "$STUDENT_KEEP/run.json" ]]; then
         cp "$STUDENT_KEEP/run.json" "$RUN/"
     elif [[ -f "$KEEP/run.json" ]]; then
@@ -207,7 +213,7 @@ synth_train() {
     [[ -f "$RUN/train/metadata.jsonl" ]] || "${DH[@]}" synth --kind all --n "$N_TRAIN" --seed 0 \
         --width 448 --height 448 --out "$RUN/train"
 }
-if [[ "${STUDENT_ONLY:-0}" == 1 && ! -d "$RUN/teacher/model" && -d "$KEEP/annealed" && -z "${SMOKE_RUN:-}" ]]; then
+if [[ "${STUDENT_ONLY:-0}" == 1 && ! -d "$RUN/teacher/model" && -d "$KEEP/annealed" && $FROM_KEPT == 1 ]]; then
     mkdir -p "$RUN/teacher"  # no teacher in this run: the committed annealed one (the shipped teacher)
     cp -r "$KEEP/annealed" "$RUN/teacher/model"
     for f in history.jsonl recipe.yaml; do  # how it was trained, for its model card
@@ -220,7 +226,7 @@ fi
 if [[ "${STUDENT_ONLY:-0}" != 1 ]]; then  # STUDENT_ONLY=1: the teacher in $RUN/teacher/model is final
     TRAIN_DATA=()
     if renders "$TEACHER_RECIPE"; then  # rendered on the fly: no training folder
-        if [[ ! -f "$RUN/teacher/checkpoint.pt" && -f "$KEEP/checkpoint.pt" && -z "${SMOKE_RUN:-}" ]]; then
+        if [[ ! -f "$RUN/teacher/checkpoint.pt" && -f "$KEEP/checkpoint.pt" && $FROM_KEPT == 1 ]]; then
             mkdir -p "$RUN/teacher"  # go on from the committed checkpoint
             cp "$KEEP/checkpoint.pt" "$KEEP/history.jsonl" "$KEEP/train_log.jsonl" "$RUN/teacher/"
         fi
@@ -244,7 +250,7 @@ if ! renders "$STUDENT_RECIPE"; then  # a recipe that renders its scans needs no
     synth_train
     STUDENT_DATA=(--train "$RUN/train")
 fi
-if [[ ! -f "$RUN/student/checkpoint.pt" && -f "$STUDENT_KEEP/checkpoint.pt" && -z "${SMOKE_RUN:-}" ]]; then
+if [[ ! -f "$RUN/student/checkpoint.pt" && -f "$STUDENT_KEEP/checkpoint.pt" && $FROM_KEPT == 1 ]]; then
     mkdir -p "$RUN/student"  # go on from the committed distillation
     cp "$STUDENT_KEEP/checkpoint.pt" "$STUDENT_KEEP/train_log.jsonl" "$RUN/student/"
     if [[ -f "$STUDENT_KEEP/history.jsonl" ]]; then cp "$STUDENT_KEEP/history.jsonl" "$RUN/student/"; fi
