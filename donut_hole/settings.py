@@ -45,7 +45,23 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16", "int8"] = Field(
         "fp32",
-        description="fp32; bf16 on GPUs and CPUs with AVX512-BF16/AMX; int8 dynamic quantisation (CPU).",
+        description="fp32; bf16 on GPUs, and on CPUs with AVX512-BF16/AMX (there the encoder's arithmetic "
+        "and the cells the decoder reads in bf16, its steps in fp32); int8 dynamic quantisation (CPU).",
+    )
+    engine: bool = Field(
+        True,
+        description="Read through the decoding engine (pages enter and leave a running batch, native "
+        "attention on CPUs); false: transformers' modules batch by batch, as before the engine.",
+    )
+    native_kernels: bool = Field(
+        True,
+        description="Build the engine's C kernel with the system's compiler ($CC, else cc) for this CPU at "
+        "first use; false, or no compiler: the same arithmetic in PyTorch, slower.",
+    )
+    kernel_cache: Path | None = Field(
+        None,
+        description="Folder of the built kernels, one per source, compiler and CPU; default: "
+        "$XDG_CACHE_HOME/donut-hole/kernels (~/.cache/donut-hole/kernels).",
     )
     task_prompt: str | None = Field(
         None, description="The model's decoder start token, e.g. <s_cord-v2>; default: from the model folder."

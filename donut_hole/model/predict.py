@@ -16,20 +16,34 @@ import platform
 import re
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image
 from transformers import DonutProcessor, VisionEncoderDecoderModel
 
-from donut_hole.model import decoding
+from donut_hole.model import decoding, engine, swin
 from donut_hole.model.build import ModelLoadError, load_model, task_token_of
 from donut_hole.model.pixels import pixels_of
 from donut_hole.model.tokens import token2json
 from donut_hole.scans import DEFAULT_MAX_PIXELS, ImageInput, load_image, load_page
+
+Key = TypeVar("Key")
+
+BF16_REFUSED = (
+    "precision bf16 needs a GPU or a CPU with AVX512-BF16/AMX, and this CPU has neither "
+    "(it would run slower than fp32); use fp32 or int8"
+)
+
+CPU_CELLS_BUDGET = 4 << 20
+"""Bytes of running pages' cross-attention keys and values the engine keeps on a CPU (at least one page)
+when its steps run in the native kernel. On this project's 2-core EPYC one 672x672 page of the 4-layer
+teacher holds 7.2 MB (fp32) and a step read 0.32 ms per page alone against 0.67-0.82 at 4 or 8 pages a
+step: the pages' cells then no longer stay in the cache between steps, while the kernel's fixed cost per
+step is small (``benchmarks/engine.py``). PyTorch's steps, whose fixed cost is large, run every row."""
 
 PRECISIONS = ("fp32", "bf16", "int8")
 """fp32: as trained; bf16: GPUs, CPUs with AVX512-BF16/AMX; int8: dynamic quantisation of Linears (CPU)."""
@@ -79,6 +93,13 @@ class DonutReader:
         self._pixels = pixels_of(processor.image_processor)
         self.timings = Timings()
         self.precision = "fp32"
+        self._weights: engine.DecoderWeights | None = None  # the engine's packing of the decoder
+        self._weights_version: tuple[tuple[int, int], ...] = ()
+        # bf16 on a CPU (see from_path): the encoder's arithmetic and the cells the decoder reads in bf16
+        self.encoder_autocast: torch.dtype | None = None
+        self.cells_dtype: torch.dtype | None = None
+        # the engine keeps the running pages' cells within this many bytes where it can (CPU: cache-sized)
+        self.cells_budget: int | None = CPU_CELLS_BUDGET if self.device.type == "cpu" else None
 
     @classmethod
     def from_path(
@@ -94,11 +115,22 @@ class DonutReader:
         device = resolve_device(device)
         if precision not in PRECISIONS:
             raise ModelLoadError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
-        # fp32 and int8 start from fp32 weights whatever the folder stores (checkpoints may be kept in bf16)
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        # fp32 and int8 start from fp32 weights whatever the folder stores (checkpoints may be kept in bf16);
+        # bf16 on a CPU too, where the engine reads: then only the encoder's arithmetic (autocast) and the
+        # cells the decoder attends to are bf16, the decoder's small steps stay fp32 (they are not faster
+        # in bf16 on a CPU)
+        mixed = precision == "bf16" and device == "cpu"
+        if mixed and not cpu_has_bf16():
+            raise ModelLoadError(BF16_REFUSED)
+        dtype = torch.bfloat16 if precision == "bf16" and not mixed else torch.float32
         model, processor = load_model(path, device=device, dtype=dtype, task_prompt=task_prompt)
-        model = apply_precision(model, precision, device=device)
         reader = cls(model, processor, **kwargs)
+        if mixed and reader.engine_ready():
+            reader.encoder_autocast = reader.cells_dtype = torch.bfloat16
+        elif precision != "fp32":
+            reader = cls(apply_precision(model, precision, device=device), processor, **kwargs)
+        if precision == "fp32" and device == "cpu":
+            swin.speed_up(model.encoder)  # this reader's own copy: inference only
         reader.precision = precision
         return reader
 
@@ -122,8 +154,11 @@ class DonutReader:
         return [p.data for p in self.predict_detailed(images, batch_size=batch_size)]
 
     def predict_detailed(self, images: Sequence[ImageInput], *, batch_size: int = 8) -> list[Prediction]:
-        out: list[Prediction] = []
+        """Each image's :class:`Prediction`, in order; ``batch_size`` pages decode together."""
         self.timings = Timings()
+        if self.engine_ready():
+            return self._in_order(self._loaded(images), len(images), slots=batch_size)
+        out: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             t0 = time.perf_counter()
             decoded = [self.load(src) for src in images[start : start + batch_size]]
@@ -132,10 +167,86 @@ class DonutReader:
             out.extend(self.generate(pixels))
         return out
 
+    def engine_ready(self) -> bool:
+        """Whether this model reads through :mod:`donut_hole.model.engine` (an mBART decoder read greedily
+        as ``generate`` would): then :meth:`stream` shares its running batch between pages."""
+        return _plain_greedy(self.model) and engine.supports(self.model.decoder)
+
+    def stream(
+        self, pages: Iterable[tuple[Key, torch.Tensor]], *, slots: int = 4
+    ) -> Iterator[tuple[Key, Prediction]]:
+        """Read ``(key, pixel_values (1, 3, H, W))`` pairs through one running batch of ``slots`` rows:
+        a page takes a free row as soon as one frees, and each page's prediction comes out as soon as it
+        is read (not in the order given). ``pages`` is drawn lazily, when a row is free. Needs
+        :meth:`engine_ready`.
+
+        >>> for key, prediction in reader.stream((p, reader.pixel_values([reader.load(p)])) for p in paths):
+        ...     save(key, prediction.data)                                        # doctest: +SKIP
+        """
+        tokenizer = self.processor.tokenizer
+        # packed once, again when the weights change (a model in training is read between its steps)
+        version = tuple((p.data_ptr(), p._version) for p in self.model.decoder.parameters())
+        if self._weights is None or self._weights_version != version:
+            self._weights, self._weights_version = engine.DecoderWeights(self.model.decoder), version
+        runner: engine.Engine[Key] = engine.Engine(
+            self._weights,
+            self._encode,
+            start_id=tokenizer.convert_tokens_to_ids(self.task_token),
+            eos_id=tokenizer.eos_token_id,
+            unk_id=tokenizer.unk_token_id,
+            forced_eos_id=self.model.generation_config.forced_eos_token_id,
+            max_new_tokens=self.max_new_tokens,
+            slots=slots,
+            cells_dtype=self.cells_dtype,
+            cells_budget=self.cells_budget,
+        )
+        for key, read in runner.read(pages):
+            yield key, self._parse_read(read.tokens, read.logps)
+
+    def _loaded(self, images: Sequence[ImageInput]) -> Iterator[tuple[int, torch.Tensor]]:
+        for index, source in enumerate(images):
+            t0 = time.perf_counter()
+            pixels = self.pixel_values([self.load(source)])
+            self.timings.preprocess_s += time.perf_counter() - t0
+            yield index, pixels
+
+    def _in_order(
+        self, pages: Iterable[tuple[int, torch.Tensor]], count: int, *, slots: int
+    ) -> list[Prediction]:
+        t0, encode0, preprocess0 = time.perf_counter(), self.timings.encode_s, self.timings.preprocess_s
+        out: list[Prediction | None] = [None] * count
+        for index, prediction in self.stream(pages, slots=slots):
+            out[index] = prediction
+        encoding = self.timings.encode_s - encode0 + self.timings.preprocess_s - preprocess0
+        self.timings.generate_s += time.perf_counter() - t0 - encoding
+        return [p for p in out if p is not None]
+
+    def _encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """A page's encoder cells at the decoder's width (1, S, C)."""
+        t0 = time.perf_counter()
+        if self.encoder_autocast is not None:
+            with torch.autocast(pixel_values.device.type, dtype=self.encoder_autocast):
+                hidden = self.model.encoder(pixel_values=pixel_values)[0].float()
+        else:
+            hidden = self.model.encoder(pixel_values=pixel_values)[0]
+        decoder = self.model.decoder
+        if (
+            self.model.encoder.config.hidden_size != decoder.config.hidden_size
+            and getattr(decoder.config, "cross_attention_hidden_size", None) is None
+        ):
+            hidden = self.model.enc_to_dec_proj(hidden)
+        if hidden.is_cuda:
+            torch.cuda.synchronize()  # so that encode_s counts the encoder, not just its launch
+        self.timings.encode_s += time.perf_counter() - t0
+        return hidden
+
     @torch.inference_mode()
     def generate(self, pixel_values: torch.Tensor) -> list[Prediction]:
-        """Greedy decoding with a KV cache for a batch of preprocessed images."""
-        batch = pixel_values.shape[0]  # (B, 3, H, W)
+        """Greedy decoding with a KV cache for a batch of preprocessed images (B, 3, H, W)."""
+        batch = pixel_values.shape[0]
+        if self.engine_ready():
+            rows = ((row, pixel_values[row : row + 1]) for row in range(batch))
+            return self._in_order(rows, batch, slots=batch)
         t0 = time.perf_counter()
         encoder_outputs = self.model.encoder(pixel_values=pixel_values)
         if pixel_values.is_cuda:
@@ -229,11 +340,13 @@ class DonutReader:
         return torch.stack(tokens, dim=1), torch.stack(logps, dim=1)
 
     def _parse(self, ids: torch.Tensor, logp: torch.Tensor) -> Prediction:
+        return self._parse_read(ids.tolist(), logp.tolist())
+
+    def _parse_read(self, ids_list: list[int], logps: list[float]) -> Prediction:
         tokenizer = self.processor.tokenizer
         eos = tokenizer.eos_token_id
-        ids_list = ids.tolist()
         length = ids_list.index(eos) + 1 if eos in ids_list else len(ids_list)
-        probs = logp[:length].exp().tolist()
+        probs = [math.exp(logp) for logp in logps[:length]]
         text = tokenizer.decode(ids_list[:length], skip_special_tokens=False)
         text = text.replace(tokenizer.eos_token, "").replace(tokenizer.pad_token, "").strip()
         text = re.sub(r"^<s_[^>]*>", "", text, count=1) if text.startswith(self.task_token) else text
@@ -318,10 +431,7 @@ def apply_precision(
     on_cpu = device == "cpu"
     if precision == "bf16":
         if on_cpu and not cpu_has_bf16():
-            raise ModelLoadError(
-                "precision bf16 needs a GPU or a CPU with AVX512-BF16/AMX, and this CPU has neither "
-                "(it would run slower than fp32); use fp32 or int8"
-            )
+            raise ModelLoadError(BF16_REFUSED)
         return model.to(torch.bfloat16)  # type: ignore[arg-type]  # .to() typed as decorated
     if precision == "int8":
         if not on_cpu:
