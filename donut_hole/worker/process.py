@@ -13,9 +13,12 @@
                                           broken PDF, too many pages → failed
     decode     the page → RGB image       DocumentError → failed (a PDF page is rendered to fit the
                                           model's input)
-    predict    one batched generate call for every decoded image of the group
+    predict    the group's pages through the reader's decoding engine: a page enters its running batch
+               when a row frees and comes out as soon as it is read (models the engine does not read: one
+               batched generate call for the group)
     validate   the parse against its document schema: a mismatch is a *note*, not a failure
-    persist    one transaction per document: idempotent upsert of the extraction and its fields, ``done``
+    persist    one transaction per document, as soon as it is read: idempotent upsert of the extraction
+               and its fields, ``done``
 
 A document is one page (:mod:`donut_hole.db.models`): the pages of a PDF are read in the same batched
 forward passes as single images, each page in whatever group it is sent with, and a group that holds
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -139,24 +142,47 @@ def process_group(
     if not ready:
         return outcome
     _check_time(deadline)
-    t0 = time.perf_counter()
-    predictions = rt.reader.predict_detailed([job.image for job in ready], batch_size=len(ready))
-    forward_s = time.perf_counter() - t0
-    metrics.FORWARD_SECONDS.observe(forward_s)
-    metrics.BATCH_SIZE.observe(len(ready))
-    log_event(log, "group.forward", documents=len(ready), seconds=round(forward_s, 3))
-    for job, prediction in zip(ready, predictions, strict=True):
-        latency_s = time.perf_counter() - started
+    t0, persist_s = time.perf_counter(), 0.0
+    for job, prediction in _read(rt, ready, deadline):
+        t1 = time.perf_counter()
+        latency_s = t1 - started
         try:
             _persist(rt, job, prediction, latency_ms=latency_s * 1000)
         except repository.DocumentNotFound:  # its batch was deleted meanwhile
             log_event(log, "document.missing", level=logging.WARNING, **_ids(job))
             outcome.skipped.append(job.document_id)
             continue
+        finally:
+            persist_s += time.perf_counter() - t1
         outcome.done.append(job.document_id)
         metrics.DOCUMENTS_PROCESSED.inc()
         metrics.DOCUMENT_LATENCY.observe(latency_s)
+    forward_s = time.perf_counter() - t0 - persist_s
+    metrics.FORWARD_SECONDS.observe(forward_s)
+    metrics.BATCH_SIZE.observe(len(ready))
+    log_event(log, "group.forward", documents=len(ready), seconds=round(forward_s, 3))
     return outcome
+
+
+def _read(rt: Runtime, jobs: list[_Job], deadline: float | None) -> Iterator[tuple[_Job, Any]]:
+    """Each job with its prediction, as soon as it is read: through the reader's decoding engine, pages enter
+    its running batch as rows free and each comes out when it ends (the group's time limit checked before
+    each page's encoder pass); other models read the group in one batch."""
+    reader = rt.reader
+    if not reader.engine_ready():
+        yield from zip(
+            jobs, reader.predict_detailed([job.image for job in jobs], batch_size=len(jobs)), strict=True
+        )
+        return
+
+    def pages() -> Iterator[tuple[int, Any]]:
+        for index, job in enumerate(jobs):
+            _check_time(deadline)
+            yield index, reader.pixel_values([job.image])
+            job.image = None  # its pixels are all the engine needs
+
+    for index, prediction in reader.stream(pages(), slots=len(jobs)):
+        yield jobs[index], prediction
 
 
 def _check_time(deadline: float | None) -> None:

@@ -291,3 +291,24 @@ def test_a_time_limit_during_an_s3_read_stops_the_group(
         assert session.scalar(select(func.count()).select_from(Extraction)) == 0
         assert repository.get_document(session, document_id=document_id).status == "processing"
     rt.close()
+
+
+def test_each_document_is_stored_as_soon_as_it_is_read(runtime: Runtime, scan_dir: Path, monkeypatch) -> None:
+    """Through the decoding engine, a group's documents are persisted one by one as each page ends, not
+    after the whole group was read."""
+    store = open_store(runtime.settings.storage_url)
+    uris = [store.put(f"in/{p.name}", p.read_bytes()) for p in sorted(scan_dir.glob("*.jpg"))[:3]]
+    ids = _batch(runtime, uris)
+    reader = runtime.reader
+    assert reader.engine_ready()
+    stream, stored = reader.stream, []
+
+    def watched(pages, *, slots):
+        for item in stream(pages, slots=slots):
+            with session_scope(runtime.sessions) as session:
+                stored.append(session.scalar(select(func.count()).select_from(Extraction)))
+            yield item
+
+    monkeypatch.setattr(reader, "stream", watched)
+    assert sorted(process_group(runtime, ids).done) == sorted(ids)
+    assert stored == [0, 1, 2]  # as each prediction came out, the ones before it were already stored
