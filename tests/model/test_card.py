@@ -193,3 +193,11 @@ def test_the_card_tells_how_each_model_was_trained():
     assert "to density 0.460; it is the mean of its weights at steps 1,200, 1,500; at the end" in averaged
     kept = _student_training([{**history[0], "density": 0.378}], {"unstructured_density_over_student": 1.0})
     assert "500 steps, 8,000 images, 0.30 CPU-hours, at density 0.378 by the layers it kept alone;" in kept
+
+
+def test_the_speed_target_is_measured_at_the_workers_batch_size():
+    from donut_hole.model.card import speed_batch
+
+    timed = {"ms_per_doc_batch1_p50": 300.0, "ms_per_doc_batch4_p50": 200.0}
+    assert speed_batch({"teacher": {"latency": timed}}) == 4  # DONUT_HOLE_BATCH_SIZE's default
+    assert speed_batch({"teacher": {"latency": {"ms_per_doc_batch1_p50": 300.0}}}) == 1  # an older report
