@@ -15,6 +15,13 @@ pipeline     the scans already in the object store; the clock runs from ``submit
 The ratio pipeline / model-only is the share of the model's speed the pipeline keeps. Without a trained
 model (``DONUT_HOLE_MODEL_PATH``) a tiny untrained one is used; it generates exactly ``--max-new-tokens``
 tokens per document, the same work on both sides.
+
+``--compare-engine`` measures the pipeline twice on the same scans in one run, its workers reading without
+the decoding engine (``DONUT_HOLE_ENGINE=false``, batch by batch as before it) and with it, and counts the
+documents whose stored fields are the same in both::
+
+    .venv/bin/python benchmarks/pipeline.py --model models/donut-hole-small --scans runs/val-pages --n 48 \
+        --concurrency 2 --max-new-tokens 512 --compare-engine
 """
 
 from __future__ import annotations
@@ -69,8 +76,11 @@ def model_only(settings: Settings, paths: list[Path], *, processes: int) -> floa
     return len(paths) / max(seconds)
 
 
-def pipeline(services: Services, paths: list[Path], *, concurrency: int, console: Console) -> float:
-    """Documents per second from submitting the scans' URIs to the last one stored, warm workers."""
+def pipeline(
+    services: Services, paths: list[Path], *, concurrency: int, console: Console
+) -> tuple[float, str]:
+    """Documents per second from submitting the scans' URIs to the last one stored, warm workers; and the
+    measured batch's id."""
     settings, store, sessions = services.settings, services.store, services.sessions
     run = f"bench/{time.strftime('%Y%m%d-%H%M%S')}"
     uris = [store.put(f"{run}/{path.name}", path.read_bytes()) for path in paths]
@@ -90,7 +100,41 @@ def pipeline(services: Services, paths: list[Path], *, concurrency: int, console
         stop_worker(worker)
     if counts["failed"]:
         console.print(f"[red]{counts['failed']} documents failed; see {log_path}")
-    return counts["done"] / seconds
+    return counts["done"] / seconds, batch_id
+
+
+def stored_fields(services: Services, batch_id: str) -> dict[str, dict]:
+    """The stored fields of each document of a batch, by file name."""
+    from donut_hole.db import repository, session_scope
+
+    with session_scope(services.sessions) as session:
+        rows = repository.results_for_batch(session, batch_id=batch_id)
+    return {row["uri"].rsplit("/", 1)[-1]: dict(row["fields"]) for row in rows}
+
+
+def compare_engine(settings: Settings, paths: list[Path], *, concurrency: int, console: Console) -> dict:
+    """The pipeline without the decoding engine and with it, on the same scans, side by side."""
+    rates, fields = {}, {}
+    for engine in (False, True):
+        with Services(settings.model_copy(update={"engine": engine})) as services:
+            rates[engine], batch_id = pipeline(services, paths, concurrency=concurrency, console=console)
+            fields[engine] = stored_fields(services, batch_id)
+    same = sum(fields[True].get(name) == value for name, value in fields[False].items())
+    table = Table(title="pipeline without and with the decoding engine (same scans, same run)")
+    for column in ("workers read", "docs/s"):
+        table.add_column(column)
+    table.add_row("batch by batch (DONUT_HOLE_ENGINE=false)", f"{rates[False]:.2f}")
+    table.add_row("decoding engine", f"{rates[True]:.2f}")
+    table.add_row("ratio", f"{rates[True] / rates[False]:.2f}")
+    table.add_row("documents with the same stored fields", f"{same}/{len(fields[False])}")
+    console.print(table)
+    return {
+        "without_engine_docs_per_s": round(rates[False], 3),
+        "engine_docs_per_s": round(rates[True], 3),
+        "ratio": round(rates[True] / rates[False], 3),
+        "same_fields": same,
+        "documents": len(fields[False]),
+    }
 
 
 def main() -> None:
@@ -104,6 +148,13 @@ def main() -> None:
     parser.add_argument(
         "--data-dir", type=Path, default=None, help="working folder (default: a temporary one)"
     )
+    parser.add_argument("--model", type=Path, help="model folder (default: the demo's)")
+    parser.add_argument(
+        "--scans", type=Path, help="a folder of scans to read, the first --n (default: the demo's)"
+    )
+    parser.add_argument(
+        "--compare-engine", action="store_true", help="the pipeline without and with the decoding engine"
+    )
     args = parser.parse_args()
     console = Console()
 
@@ -112,11 +163,21 @@ def main() -> None:
         update={"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens}
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    scans, answers = demo_scans(data_dir / "scans", n=args.n, seed=0)
-    model_path, trained = demo_model(settings, data_dir, answers)
+    if args.scans:
+        paths = sorted(args.scans.glob("*.jpg"))[: args.n]
+    else:
+        scans, answers = demo_scans(data_dir / "scans", n=args.n, seed=0)
+        paths = sorted(scans.glob("*.jpg"))
+    if args.model:
+        model_path, trained = args.model, True
+    else:
+        model_path, trained = demo_model(settings, data_dir, answers if not args.scans else {})
     settings = settings.model_copy(update={"model_path": model_path})
     migrate.upgrade(settings.database_url)
-    paths = sorted(scans.glob("*.jpg"))
+    if args.compare_engine:
+        console.print(f"model {model_path}; {len(paths)} scans; {args.concurrency} workers")
+        print(json.dumps(compare_engine(settings, paths, concurrency=args.concurrency, console=console)))
+        return
 
     console.print(
         f"model {model_path}{'' if trained else ' (untrained tiny: speed only)'}; {len(paths)} scans"
@@ -125,7 +186,7 @@ def main() -> None:
     alone = model_only(settings, paths, processes=args.concurrency) if args.concurrency > 1 else single
     console.print(f"model only: {single:.2f} docs/s in 1 process, {alone:.2f} in {args.concurrency}")
     with Services(settings) as services:
-        through = pipeline(services, paths, concurrency=args.concurrency, console=console)
+        through, _ = pipeline(services, paths, concurrency=args.concurrency, console=console)
 
     table = Table(title="pipeline vs model only (same scans, same run)")
     for column in ("measure", "docs/s"):
