@@ -118,6 +118,13 @@ def test_the_cells_budget_keeps_one_row_per_large_page(teacher, pages):
     assert teacher.predict_detailed(pages_as_images(teacher, 2), batch_size=4)[0].data
 
 
+def test_pytorch_steps_share_rows_whatever_the_cells_budget(teacher, pages):
+    """Without the native kernel a step's fixed cost is large: the budget does not apply, rows are shared."""
+    runner = _engine(teacher, 2, native=False, budget=predict.CPU_CELLS_BUDGET)
+    list(runner.read(enumerate(pages[:2])))
+    assert runner.row_steps > runner.steps
+
+
 def pages_as_images(reader: DonutReader, n: int) -> list:
     return [reader.load(jpeg_round_trip(render_sample(KINDS[i % 3], seed=4242, index=i))) for i in range(n)]
 
