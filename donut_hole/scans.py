@@ -277,7 +277,10 @@ def _render_pdf_page(
         count = len(pdf)
         if page > count:
             raise DocumentError(f"there is no page {page}: the PDF has {count} page(s)")
-        pdf_page = pdf[page - 1]
+        try:
+            pdf_page = pdf[page - 1]
+        except pdfium.PdfiumError as exc:  # a page-tree entry that is not a page (missing, a loop)
+            raise DocumentError(f"page {page} of the PDF cannot be loaded: {short_reason(exc)}") from exc
         try:
             width, height = pdf_page.get_size()
             scale = fit_scale(

@@ -46,3 +46,24 @@ def encrypted(pdf: bytes, *, password: str = "secret") -> bytes:
 def broken(pdf: bytes) -> bytes:
     """A PDF cut after its header: the signature is there, the document is not."""
     return pdf[:40]
+
+
+def with_unloadable_page(*, loop: bool = False) -> bytes:
+    """A two-page PDF whose first page is a blank page and whose second page-tree entry PDFium cannot load:
+    a missing object, or (``loop``) the page tree itself, so that the tree loops."""
+    second = b"<< /Type /Pages /Kids [2 0 R] /Count 1 >>" if loop else b"null"
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R " + (b"2 0 R" if loop else b"4 0 R") + b"] /Count 2 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 260] >>",
+        second,
+    ]
+    out, offsets = b"%PDF-1.4\n", []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    table = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, table)
+    return out

@@ -6,7 +6,7 @@ import io
 import time
 
 import pytest
-from multipage import broken, coloured_pages, encrypted, pdf_of, tiff_of
+from multipage import broken, coloured_pages, encrypted, pdf_of, tiff_of, with_unloadable_page
 from PIL import Image
 
 from donut_hole.scans import (
@@ -115,3 +115,12 @@ def test_rendering_speed_of_a_ten_page_pdf() -> None:
     per_s = 10 / (time.perf_counter() - start)
     print(f"rendered {per_s:.1f} pages/s at 1280x960")
     assert per_s > 2
+
+
+@pytest.mark.parametrize("loop", [False, True], ids=["missing page", "page-tree loop"])
+def test_a_page_pdfium_cannot_load_is_that_pages_document_error(loop: bool) -> None:
+    data = with_unloadable_page(loop=loop)
+    assert inspect_source(data).page_count == 2
+    assert max(load_page(data, page=1, target_size=TARGET).size) > 100  # the good page reads
+    with pytest.raises(DocumentError, match="page 2 of the PDF cannot be loaded: Failed to load page"):
+        load_page(data, page=2, target_size=TARGET)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from multipage import broken, coloured_pages, encrypted, pdf_of, tiff_of
+from multipage import broken, coloured_pages, encrypted, pdf_of, tiff_of, with_unloadable_page
 from sqlalchemy import func, select
 
 from donut_hole.db import Document, Extraction, migrate, repository, session_scope
@@ -117,3 +117,17 @@ def test_a_source_replaced_after_its_pages_were_counted_fails_its_later_pages(
     assert outcome.done == [] and set(outcome.failed.values()) == {
         "the source file changed after its pages were counted (its sha256 differs): submit it again"
     }
+
+
+@pytest.mark.parametrize("loop", [False, True], ids=["missing page", "page-tree loop"])
+def test_a_pdf_page_pdfium_cannot_load_fails_alone(runtime: Runtime, scan_dir: Path, loop: bool) -> None:
+    """Its page fails with a reason; the PDF's good page and a scan read in the same group are stored."""
+    scan = sorted(scan_dir.glob("*.jpg"))[0].read_bytes()
+    ids = _batch(runtime, {"bad.pdf": with_unloadable_page(loop=loop), "label.jpg": scan})
+    sent: list[list[str]] = []
+    first = process_group(runtime, ids, send=sent.append)
+    assert sorted(first.done) == sorted(ids)  # page 1 of the PDF and the scan
+    (page_two,) = sent[0]
+    outcome = process_group(runtime, [page_two, ids[1]], send=sent.append)
+    assert outcome.failed == {page_two: "page 2 of the PDF cannot be loaded: Failed to load page."}
+    assert outcome.skipped == [ids[1]]
