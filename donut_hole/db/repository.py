@@ -638,10 +638,18 @@ def mark_retrying(session: Session, *, document_id: str, reason: str) -> Documen
 
 
 def mark_sent(session: Session, *, document_ids: Sequence[str]) -> int:
-    """``sent_at`` = now for documents whose message the broker took; returns how many rows changed."""
+    """``sent_at`` = now for documents whose message the broker took; returns how many rows changed.
+
+    The rows are locked first in id order (``SELECT ... ORDER BY id FOR UPDATE``), the order a worker's
+    claim locks them in: an ``UPDATE ... WHERE id IN (...)`` locks them in the order it finds them, and
+    against a worker claiming some of the same documents that was a deadlock on PostgreSQL.
+    """
     changed = 0
     now = utcnow()
-    for chunk in _chunks(list(document_ids)):
+    for chunk in _chunks(sorted(set(document_ids))):
+        session.execute(
+            select(Document.id).where(Document.id.in_(chunk)).order_by(Document.id).with_for_update()
+        )
         result = session.execute(
             update(Document)
             .where(Document.id.in_(chunk))

@@ -471,3 +471,42 @@ def test_finished_batches_are_those_created_before_the_cutoff_with_nothing_under
             new_done,
         ]
     assert old_queued not in (old_done, new_done)
+
+
+def test_marking_sent_and_claiming_lock_rows_in_one_order(factory: Factory, db_url: str) -> None:
+    """An enqueuer marking documents sent while a worker claims two of them, the worker holding the row
+    with the smaller id first: both finish (on PostgreSQL, rows locked in different orders deadlock)."""
+    _, ids = _batch(factory, [f"s3://b/{i:02d}.jpg" for i in range(24)])
+    # two rows whose order on disk (insertion) is not their id order: an unordered UPDATE meets the
+    # larger id first
+    first, second = next((a, b) for i, a in enumerate(ids) for b in ids[i + 1 :] if a > b)
+    small, large = second, first
+    holding, errors = threading.Event(), []
+
+    def worker() -> None:
+        try:
+            with session_scope(factory) as session:
+                repository.mark_processing(session, document_id=small)
+                holding.set()
+                threading.Event().wait(1.0)  # the enqueuer is waiting on ``small`` by now
+                repository.mark_processing(session, document_id=large)
+        except Exception as exc:  # a deadlock victim
+            errors.append(exc)
+
+    def enqueuer() -> None:
+        holding.wait(10)
+        try:
+            with session_scope(factory) as session:
+                repository.mark_sent(session, document_ids=[first, second])
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker), threading.Thread(target=enqueuer)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    with session_scope(factory) as session:
+        rows = [repository.get_document(session, document_id=i) for i in (small, large)]
+        assert all(row.sent_at is not None and row.attempts == 1 for row in rows)
