@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import stat
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -216,22 +217,20 @@ def submit_files(
     uris: list[str] = []
     shas: list[str | None] = []
     errors: list[str | None] = []
-    contents: list[bytes] = []
     for path, name in zip(paths, _unique_names(paths), strict=True):
         key = f"{folder}/{name}"
-        data, error = b"", None
-        try:
-            data = path.read_bytes()
-            _check_upload(settings, data, path.name)
+        sha, error = None, None
+        try:  # its size from stat first: nothing is read that the limit refuses (or a device)
+            _check_file(settings, path)
+            sha = _file_sha256(path)
         except OSError as exc:
             error = f"cannot read {path.name}: {exc.strerror or type(exc).__name__}"
         except EnqueueError as exc:
             error = str(exc)
         keys.append(key)
         uris.append(_resolve(store, key))
-        shas.append(_sha256(data) if error is None else None)
+        shas.append(sha)
         errors.append(error)
-        contents.append(data if error is None else b"")
     with session_scope(services.sessions) as writing:
         batch = repository.create_batch(
             writing, source=source, uris=uris, sha256s=shas, errors=errors, callback_url=callback_url
@@ -244,8 +243,17 @@ def submit_files(
                       document_id=document_id, reason=error, kind="rejected")  # fmt: skip
     stored: list[str] = []
     refused: dict[str, Exception] = {}
-    for document_id, key, data, error in zip(document_ids, keys, contents, errors, strict=True):
+    changed: dict[str, str] = {}
+    for document_id, key, path, sha, error in zip(document_ids, keys, paths, shas, errors, strict=True):
         if error is not None:
+            continue
+        try:  # one file in memory at a time, at most max_image_bytes
+            data = _read_checked(settings, path)
+        except (OSError, EnqueueError) as exc:
+            changed[document_id] = f"cannot read {path.name} again to upload it: {_reason(exc)}"
+            continue
+        if _sha256(data) != sha:
+            changed[document_id] = f"{path.name} changed while it was submitted: submit it again"
             continue
         try:
             store.put(key, data)
@@ -255,6 +263,10 @@ def submit_files(
         stored.append(document_id)
     if refused:
         _fail_unstored(services, refused)
+    if changed:
+        with session_scope(services.sessions) as session:
+            for document_id, reason in changed.items():
+                repository.mark_failed(session, document_id=document_id, error=reason)
     _send(services, stored, batch_id=batch_id)
     if callback_url and not stored:  # every file refused: the batch is already finished
         notify_finished(services, batch_ids=[batch_id])
@@ -470,6 +482,42 @@ def _check_callback(settings: Settings, callback_url: str | None) -> None:
         check_callback_url(settings, callback_url)
     except CallbackNotAllowed as exc:
         raise EnqueueError(str(exc)) from exc
+
+
+def _check_file(settings: Settings, path: Path) -> int:
+    """A local file's size from ``stat``, refused before anything is read: not a regular file (a directory,
+    a device, a pipe), empty, or over ``max_image_bytes``."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise EnqueueError(f"{path.name} is not a regular file")
+    if info.st_size == 0:
+        raise EnqueueError(f"{path.name} is empty")
+    if info.st_size > settings.max_image_bytes:
+        raise EnqueueError(
+            f"{path.name} is {info.st_size:,} bytes; the limit is {settings.max_image_bytes:,}"
+        )
+    return info.st_size
+
+
+def _read_checked(settings: Settings, path: Path) -> bytes:
+    """The file's bytes, read at most ``max_image_bytes`` + 1 of them (it may have grown since its check)."""
+    _check_file(settings, path)
+    with path.open("rb") as file:
+        data = file.read(settings.max_image_bytes + 1)
+    _check_upload(settings, data, path.name)
+    return data
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _reason(exc: Exception) -> str:
+    return (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) else str(exc)
 
 
 def _check_upload(settings: Settings, data: bytes, filename: str) -> None:

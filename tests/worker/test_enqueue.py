@@ -186,3 +186,34 @@ def test_a_folder_with_bad_files_fails_them_one_by_one_and_queues_the_rest(local
     stored = sorted(open_store(local.storage_url).list(""))
     queued = sorted(row["uri"] for row in rows.values() if row["status"] == "queued")
     assert stored == queued, "an object in the store without its row, or a row without its object"
+
+
+def test_local_files_are_sized_from_stat_before_anything_is_read(local: Settings) -> None:
+    """A file over the limit is refused by its size alone (a 256 MB sparse file: nothing near that is
+    read), a device by its type; the good file is uploaded."""
+    import tracemalloc
+
+    migrate.upgrade(local.database_url)
+    folder = local.data_dir / "scans"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"\x89PNG" + b"a" * 100)
+    with (folder / "huge.jpg").open("wb") as huge:
+        huge.truncate(256 << 20)
+    tracemalloc.start()
+    try:
+        with Services(local) as services:
+            batch_id = submit_files(
+                services, paths=[folder / "a.png", folder / "huge.jpg", Path("/dev/null")]
+            )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, f"{peak:,} bytes allocated"
+    with database(local) as sessions, session_scope(sessions) as session:
+        rows = {
+            row["uri"].rsplit("/", 1)[-1]: row
+            for row in repository.results_for_batch(session, batch_id=batch_id)
+        }
+    assert rows["a.png"]["status"] == "queued"
+    assert rows["huge.jpg"]["error"] == "huge.jpg is 268,435,456 bytes; the limit is 2,048"
+    assert rows["null"]["error"] == "null is not a regular file"
