@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -47,6 +48,8 @@ def evaluate(
     from donut_hole.model.build import ModelLoadError
     from donut_hole.model.predict import DonutReader
 
+    if out is not None:  # checked before minutes of reading, not after them
+        _check_out_file(out)
     try:
         samples = read_dataset(data, limit=limit)
         reader = DonutReader.from_path(
@@ -100,6 +103,7 @@ def predict(
     from donut_hole.model.predict import DonutReader
     from donut_hole.scans import DocumentError, inspect_source, read_source
 
+    images = _scan_paths(images)  # every path checked before the model loads
     try:
         reader = DonutReader.from_path(
             model, device=device, precision=precision, task_prompt=task_prompt, max_new_tokens=max_new_tokens
@@ -137,8 +141,41 @@ def predict(
             if len(pending) == batch_size:
                 read_pending()
     read_pending()
-    if failed:
-        raise typer.Exit(1)
+    if failed:  # the rest was read and printed; the exit says that not everything was
+        raise typer.Exit(2)
+
+
+def _scan_paths(paths: list[Path]) -> list[Path]:
+    """The files to read: each path a file, a folder read as its scans (images and PDFs, by name); a path
+    that does not exist, is not a file or folder, or a folder without scans: one line and exit 2."""
+    from donut_hole.worker.process import is_image_uri
+
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and is_image_uri(p.name))
+            if not found:
+                raise fail(f"{path} holds no scans (images or PDFs by their suffix)")
+            files.extend(found)
+        elif not path.exists():
+            raise fail(f"{path} does not exist")
+        elif not path.is_file():
+            raise fail(f"{path} is not a file")
+        else:
+            files.append(path)
+    return files
+
+
+def _check_out_file(out: Path) -> None:
+    """``--out`` names a file that can be written: not a folder; its folder exists or can be made."""
+    if out.is_dir():
+        raise fail(f"--out {out} is a folder: name a file, e.g. {out / 'evaluation.json'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(f"--out {out}: cannot make its folder ({exc.strerror or type(exc).__name__})") from exc
+    if not os.access(out.parent, os.W_OK):
+        raise fail(f"--out {out}: its folder is not writable")
 
 
 def ship(

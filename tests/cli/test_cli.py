@@ -92,9 +92,37 @@ def test_evaluate_missing_model_is_a_clear_error(tmp_path, dataset):
 def test_predict_prints_json_lines_and_fails_bad_files(dataset, model_dir):
     images = [str(dataset / "000000.jpg"), str(dataset / "000002.jpg")]
     result = runner.invoke(app, ["predict", "--model", str(model_dir), *images, "--max-new-tokens", "4"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # the corrupt scan, after the rest was read
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert "fields" in lines[0] and "error" in lines[1]
+
+
+def test_predict_reads_a_folder_and_refuses_bad_paths_before_the_model_loads(tmp_path, dataset, model_dir):
+    """A folder is its scans, in name order; a path that is missing, not a file, or a folder without scans
+    is one line and exit 2, before any reading (no traceback)."""
+    base = ["predict", "--model", str(model_dir), "--max-new-tokens", "4"]
+    result = runner.invoke(app, [*base, str(dataset)])
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [Path(line["file"]).name for line in lines] == ["000000.jpg", "000001.jpg", "000002.jpg"]
+    assert result.exit_code == 2  # the corrupt one
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for path, message in [
+        (tmp_path / "nope.jpg", "does not exist"),
+        (Path("/dev/null"), "is not a file"),
+        (empty, "holds no scans"),
+    ]:
+        result = runner.invoke(app, [*base, str(dataset / "000000.jpg"), str(path)])
+        assert result.exit_code == 2, result.output
+        assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+        assert not [line for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def test_evaluate_refuses_an_out_path_it_cannot_write_before_reading(tmp_path, dataset, model_dir):
+    args = ["evaluate", "--model", str(model_dir), "--data", str(dataset), "--max-new-tokens", "4"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "is a folder" in " ".join(result.output.split()) and "field F1" not in result.output
 
 
 def test_predict_prints_one_line_per_page_of_a_pdf(tmp_path, dataset, model_dir):
@@ -107,7 +135,7 @@ def test_predict_prints_one_line_per_page_of_a_pdf(tmp_path, dataset, model_dir)
     image = str(dataset / "000001.jpg")
     args = ["predict", "--model", str(model_dir), str(pdf), str(locked), image, "--batch-size", "2"]
     result = runner.invoke(app, [*args, "--max-new-tokens", "4"])
-    assert result.exit_code == 1  # the encrypted PDF
+    assert result.exit_code == 2  # the encrypted PDF
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [(line["file"], line.get("page")) for line in lines] == [
         (str(pdf), 1),
