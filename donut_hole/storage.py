@@ -12,6 +12,7 @@ hiccup worth retrying (:class:`TransientStorageError`).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
@@ -44,6 +45,9 @@ _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling"}
 _TMP_PREFIX = ".donut-hole-tmp-"
+
+
+log = logging.getLogger("donut_hole.storage")
 
 
 class StorageError(Exception):
@@ -403,13 +407,16 @@ def _s3_errors(uri: str) -> Iterator[None]:
         message = error.get("Message") or code or status
         raise StorageError(f"S3 refused {uri}: {code or status} ({message})") from exc
     except (BotoConnectionError, HTTPClientError, ResponseStreamingError, IncompleteReadError) as exc:
-        raise TransientStorageError(f"S3 unreachable for {uri}: {exc}") from exc
+        # botocore's text names the endpoint (host and port): logged here, kept out of the stored reason
+        log.warning("S3 unreachable for %s: %s", uri, exc)
+        raise TransientStorageError(f"S3 unreachable for {uri} ({type(exc).__name__}); retry later") from exc
     except (NoCredentialsError, PartialCredentialsError) as exc:
         raise StorageConfigError(
             f"no usable AWS credentials to read {uri} ({exc}): {CREDENTIALS_HELP}"
         ) from exc
     except BotoCoreError as exc:
-        raise StorageError(f"S3 client error for {uri}: {exc}") from exc
+        log.warning("S3 client error for %s: %s", uri, exc)
+        raise StorageError(f"S3 client error for {uri} ({type(exc).__name__})") from exc
 
 
 def _os_error(exc: OSError, uri: str) -> StorageError:

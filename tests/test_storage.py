@@ -160,16 +160,21 @@ def test_s3_missing_bucket_is_not_found(s3_server: str) -> None:
     assert not store.exists("a.png")
 
 
-def test_unreachable_s3_is_transient() -> None:
+def test_unreachable_s3_is_transient(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")  # credentials, so that the endpoint is what fails
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # bound but not listening: connections are refused
         client = make_s3_client(endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1, connect_timeout=1)
         client_store = S3Store("bucket", "", client)
-        with pytest.raises(TransientStorageError, match="unreachable"):
+        with pytest.raises(TransientStorageError, match="unreachable") as error:
             client_store.get("a.png", max_bytes=10)
         with pytest.raises(TransientStorageError, match="unreachable"):
             client_store.delete(["a.png"])
+    # the reason is stored with the document and shown in answers: it names the object, not the endpoint
+    assert str(error.value) == "S3 unreachable for s3://bucket/a.png (EndpointConnectionError); retry later"
+    assert "127.0.0.1" not in str(error.value) and str(port) not in str(error.value)
 
 
 @pytest.mark.services

@@ -197,3 +197,29 @@ def test_a_search_without_field_and_value_is_422(
     client: TestClient, auth: dict[str, str], query: str
 ) -> None:
     assert client.get(f"/v1/search?{query}", headers=auth).status_code == 422
+
+
+def test_answers_name_a_local_stores_objects_by_key_and_never_the_servers_paths(
+    settings_factory: Any, auth: dict[str, str]
+) -> None:
+    """With a local store, a document's URI is its key in the store and a stored reason that names the
+    store's folder shows ``<store>`` instead, in the document, the batch's results and search."""
+    from donut_hole.db import migrate, session_scope
+    from donut_hole.db.session import make_engine, session_factory
+
+    settings = settings_factory()
+    migrate.upgrade(settings.database_url)
+    root = str(settings.data_dir.resolve())
+    with TestClient(create_app(settings)) as client:
+        accepted = _upload(client, auth, _png()).json()
+        factory = session_factory(make_engine(settings.database_url))
+        stored = (settings.data_dir / "store").resolve()
+        with session_scope(factory) as session:
+            error = f"cannot read {stored.as_uri()}/uploads/x.png: I/O error in {stored}/uploads"
+            repository.mark_failed(session, document_id=accepted["document_id"], error=error)
+        document = client.get(f"/v1/documents/{accepted['document_id']}", headers=auth).json()
+        results = client.get(f"/v1/batches/{accepted['batch_id']}/results", headers=auth).json()["items"]
+    assert document["uri"].startswith("uploads/") and document["uri"].endswith("/label.png")
+    assert document["error"] == "cannot read <store>/uploads/x.png: I/O error in <store>/uploads"
+    assert (results[0]["uri"], results[0]["error"]) == (document["uri"], document["error"])
+    assert root not in str(document) and root not in str(results)

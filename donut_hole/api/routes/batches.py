@@ -10,9 +10,10 @@ from pydantic import AwareDatetime
 from sqlalchemy.orm import Session
 
 from donut_hole.api import metrics
-from donut_hole.api.deps import ApiKeyDep, ServicesDep, SessionDep
+from donut_hole.api.deps import ApiKeyDep, ServicesDep, SessionDep, SettingsDep
 from donut_hole.api.errors import log_storage_error
 from donut_hole.api.idempotency import ClientKeyDep, claim, submit_once
+from donut_hole.api.queries import public_text, public_uri
 from donut_hole.api.schemas import (
     MAX_PAGE,
     BatchCreate,
@@ -162,6 +163,7 @@ def get_batch(batch_id: str, session: SessionDep) -> BatchPublic:
 def get_batch_results(
     batch_id: str,
     session: SessionDep,
+    settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> BatchResults:
@@ -176,7 +178,12 @@ def get_batch_results(
         total=total,
         limit=limit,
         offset=offset,
-        items=[ResultPublic.model_validate(row) for row in rows],
+        items=[
+            ResultPublic.model_validate(
+                {**row, "uri": public_uri(row["uri"], settings), "error": public_text(row["error"], settings)}
+            )
+            for row in rows
+        ],
     )
 
 

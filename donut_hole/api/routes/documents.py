@@ -116,10 +116,10 @@ def upload_document(
 
 
 @router.get("/{document_id}", responses={404: {"description": "No document has this id."}})
-def get_document(document_id: str, session: SessionDep) -> DocumentPublic:
+def get_document(document_id: str, session: SessionDep, settings: SettingsDep) -> DocumentPublic:
     """A document's status (``queued``, ``processing``, ``done``, ``failed``), error, fields, confidence;
     for a page of a PDF or multi-page TIFF, its page number and every page of its source."""
     document = repository.get_document(session, document_id=document_id)
     if document is None:
         raise HTTPException(404, detail="this document does not exist")
-    return documents_public(session, documents=[document])[0]
+    return documents_public(session, documents=[document], settings=settings)[0]

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from donut_hole.api.deps import ApiKeyDep, SessionDep
+from donut_hole.api.deps import ApiKeyDep, SessionDep, SettingsDep
 from donut_hole.api.queries import documents_public
 from donut_hole.api.schemas import MAX_PAGE, SearchResult
 from donut_hole.db import repository
@@ -18,6 +18,7 @@ router = APIRouter(prefix="/v1/search", tags=["search"], dependencies=[ApiKeyDep
 @router.get("")
 def search(
     session: SessionDep,
+    settings: SettingsDep,
     field: Annotated[
         str, Query(min_length=1, max_length=FIELD_NAME_MAX, description='A key path: "consignee.name".')
     ],
@@ -29,4 +30,6 @@ def search(
     Values are compared as stored in the search table, clipped to their first 512 characters.
     """
     documents = repository.search_fields(session, name=field, value=value, limit=limit)
-    return SearchResult(field=field, value=value, items=documents_public(session, documents=documents))
+    return SearchResult(
+        field=field, value=value, items=documents_public(session, documents=documents, settings=settings)
+    )
