@@ -218,6 +218,8 @@ def enqueue(
     from donut_hole.worker.enqueue import (
         BrokerUnavailable,
         EnqueueError,
+        NotStored,
+        never_uploaded,
         recover_stalled,
         resend_queued,
         retry_failed,
@@ -250,6 +252,15 @@ def enqueue(
                 elif retry_failed_batch:
                     sent = retry_failed(services, batch_id=retry_failed_batch)
                     what = f"documents of batch {retry_failed_batch} that failed for a transient reason"
+                    unsent = never_uploaded(services, batch_id=retry_failed_batch)
+                    if unsent:  # their bytes never reached the store: queued again they could only fail
+                        err_console.print(f"sent {sent} {what} again")
+                        raise fail(
+                            f"{len(unsent)} document(s) of this batch were never uploaded (the object store "
+                            f"refused them) and cannot be queued again: enqueue their files again: "
+                            f"{', '.join(unsent)}",
+                            code=1,
+                        )
                 else:
                     sent = recover_stalled(services, older_than_s=older_than)
                     what = "stalled documents"
@@ -262,6 +273,9 @@ def enqueue(
             else:
                 files = _local_files(targets)
                 batch_id = submit_files(services, paths=files, source="cli", callback_url=callback_url)
+    except NotStored as exc:  # the others are queued: their batch id still goes to stdout
+        typer.echo(exc.batch_id)
+        raise fail(str(exc), code=1) from exc
     except (EnqueueError, BrokerUnavailable) as exc:
         raise fail(str(exc)) from exc
     except OperationalError as exc:

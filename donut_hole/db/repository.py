@@ -705,6 +705,9 @@ def requeue_stalled(
 
 
 TRANSIENT = "transient: "
+NOT_UPLOADED = "not uploaded: "
+"""The reason of a document whose file the submitter could not put in the store: nothing to read, so
+:func:`requeue_transient_failures` leaves it (its file must be enqueued again)."""
 """How ``documents.error`` begins when a document failed for a passing reason (an outage past the retry
 budget): :func:`requeue_transient_failures` (``donut-hole enqueue --retry-failed``) queues it again."""
 

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import re
 import stat
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -70,6 +71,18 @@ class BucketNotAllowed(EnqueueError):
         listed = ", ".join(sorted(allowed))
         super().__init__(f"bucket(s) not allowed: {', '.join(refused)}; allowed: {listed}")
         self.refused = list(refused)
+
+
+class NotStored(EnqueueError):
+    """The batch is stored and its other documents queued, but the object store did not take these files
+    within the retry budget; their documents are ``failed`` as ``not uploaded: ...``."""
+
+    def __init__(self, batch_id: str, names: list[str], error: BaseException) -> None:
+        self.batch_id, self.names = batch_id, names
+        super().__init__(
+            f"{len(names)} file(s) of batch {batch_id} were not stored, the object store refused them "
+            f"({error}): {', '.join(names)}; the batch holds the others. Enqueue these files again."
+        )
 
 
 class BrokerUnavailable(RuntimeError):
@@ -244,6 +257,7 @@ def submit_files(
     stored: list[str] = []
     refused: dict[str, Exception] = {}
     changed: dict[str, str] = {}
+    deadline = time.monotonic() + settings.retry_budget_s  # for the whole upload: an outage is not per file
     for document_id, key, path, sha, error in zip(document_ids, keys, paths, shas, errors, strict=True):
         if error is not None:
             continue
@@ -256,7 +270,9 @@ def submit_files(
             changed[document_id] = f"{path.name} changed while it was submitted: submit it again"
             continue
         try:
-            store.put(key, data)
+            if refused:  # the store is down: do not wait out the budget again for every file
+                raise next(iter(refused.values()))
+            _put_retrying(store, key, data, deadline=deadline, backoff_max_s=settings.retry_backoff_max_s)
         except StorageError as exc:
             refused[document_id] = exc
             continue
@@ -272,7 +288,28 @@ def submit_files(
         notify_finished(services, batch_ids=[batch_id])
     failed = len(paths) - len(stored)
     log_event(log, "batch.submitted", batch_id=batch_id, documents=len(stored), failed=failed, source=source)
+    if refused:
+        names = [
+            path.name for path, document_id in zip(paths, document_ids, strict=True) if document_id in refused
+        ]
+        raise NotStored(batch_id, names, next(iter(refused.values())))
     return batch_id
+
+
+def _put_retrying(
+    store: ObjectStore, key: str, data: bytes, *, deadline: float, backoff_max_s: float
+) -> None:
+    """``store.put``, a transient refusal retried with growing pauses until ``deadline``."""
+    pause = 0.5
+    while True:
+        try:
+            store.put(key, data)
+            return
+        except TransientStorageError:
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(2 * pause, backoff_max_s)
 
 
 def _unique_names(paths: Sequence[Path]) -> list[str]:
@@ -292,14 +329,30 @@ def _unique_names(paths: Sequence[Path]) -> list[str]:
 
 
 def _fail_unstored(services: Services, refused: dict[str, Exception]) -> None:
-    """Documents whose object the store did not take: ``failed`` (``transient: ...`` when it may pass)."""
+    """Documents whose object the store did not take: ``failed`` as ``not uploaded: ...`` (never queued
+    again without their file: there is nothing in the store to read)."""
     with session_scope(services.sessions) as session:
         for document_id, exc in refused.items():
-            transient = isinstance(exc, TransientStorageError)
             reason = (
-                f"{repository.TRANSIENT if transient else ''}the object store did not take the scan: {exc}"
+                f"{repository.NOT_UPLOADED}the object store did not take the scan ({exc}): "
+                "enqueue its file again"
             )
             repository.mark_failed(session, document_id=document_id, error=reason)
+
+
+def never_uploaded(services: Services, *, batch_id: str) -> list[str]:
+    """File names of the batch's documents whose upload the store refused (``not uploaded: ...``)."""
+    with session_scope(services.sessions) as session:
+        try:
+            rows = repository.results_for_batch(session, batch_id=batch_id)
+        except repository.BatchNotFound as exc:
+            raise EnqueueError(str(exc)) from exc
+    return [
+        row["uri"].rsplit("/", 1)[-1]
+        for row in rows
+        if row["status"] == DocumentStatus.failed.value
+        and (row["error"] or "").startswith(repository.NOT_UPLOADED)
+    ]
 
 
 def resend_queued(services: Services, *, batch_id: str) -> int:

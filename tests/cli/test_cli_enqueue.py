@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from donut_hole.cli import app
@@ -50,3 +53,46 @@ def test_retry_failed_queues_transient_failures_again(settings: Settings) -> Non
     assert "sent 1 documents of batch" in result.output
     assert _rows(settings, batch_id)["x.png"][0] == "queued"
     assert runner.invoke(app, ["enqueue", "--retry-failed", batch_id, "more.png"]).exit_code != 0
+
+
+def test_files_the_store_refuses_are_retried_reported_and_never_queued_without_their_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An S3 outage during an upload: the puts are retried within the retry budget, then the command names
+    the files it could not store and exits 1 (the batch id still printed); --retry-failed does not queue
+    them again (they would only fail as "object not found") and says to enqueue their files again."""
+    from donut_hole.db import migrate
+    from donut_hole.settings import get_settings
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: every connection is refused
+        port = closed.getsockname()[1]
+        for name, value in {
+            "DATA_DIR": str(tmp_path), "STORAGE_URL": "s3://scans/in", "S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "RETRY_BUDGET_S": "1.5", "RETRY_BACKOFF_MAX_S": "0.5", "DATABASE_URL": "", "BROKER_URL": "",
+        }.items():  # fmt: skip
+            monkeypatch.setenv(f"DONUT_HOLE_{name}", value)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        get_settings.cache_clear()
+        settings = get_settings()
+        migrate.upgrade(settings.database_url)
+        folder = tmp_path / "scans"
+        folder.mkdir()
+        for name in ("a.png", "b.png"):
+            (folder / name).write_bytes(b"\x89PNG" + name.encode() * 50)
+        started = time.monotonic()
+        result = runner.invoke(app, ["enqueue", str(folder)])
+        waited = time.monotonic() - started
+        again = runner.invoke(app, ["enqueue", "--retry-failed", result.stdout.strip().splitlines()[0]])
+    get_settings.cache_clear()
+    assert result.exit_code == 1, result.output
+    batch_id = result.stdout.strip().splitlines()[0]
+    output = " ".join(result.output.split())
+    assert "2 file(s) of batch" in output and "a.png, b.png" in output
+    assert 1.0 <= waited < 30  # retried for the budget, once for the whole upload
+    rows = _rows(settings, batch_id)
+    assert all(status == "failed" and error.startswith("not uploaded: ") for status, error in rows.values())
+    assert again.exit_code == 1
+    assert "enqueue their files again: a.png, b.png" in " ".join(again.output.split())
+    assert all(status == "failed" for status, _ in _rows(settings, batch_id).values())  # not queued again
