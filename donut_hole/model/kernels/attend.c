@@ -1,10 +1,11 @@
-/* Single-query attention over many keys, one pass over the keys and one over the values.
+/* The decoding engine's native kernels (donut_hole.model.kernels builds this file with -O3 -march=native
+ * at first use; the engine runs the same arithmetic in PyTorch where it cannot):
  *
- * For each of `groups` (row, head) pairs: scores = scale * q . K (keys stored transposed, D x S, so the
- * inner loop runs along S), a softmax over the S scores (kept in a buffer that stays in L1), then
- * out = sum_j p_j V[j] (values stored S x D). Keys and values in float32 or bfloat16 (the upper half of a
- * float32: widened by a shift); the arithmetic is float32 throughout. Built with -O3 -march=native by
- * donut_hole.model.kernels at first use; the engine falls back to PyTorch's matmuls where it cannot be.
+ * - attend_f32 / attend_bf16: single-query attention for many (row, head) groups, one pass over the keys
+ *   (stored transposed, D x S, so the inner loop runs along S) and one over the values (S x D), the
+ *   softmax's scores in a buffer that stays in L1; keys and values in float32 or bfloat16 (the upper half
+ *   of a float32, widened by a shift), the arithmetic in float32;
+ * - decoder_layers: every layer of an mBART decoder for one token of each running row, in one call.
  */
 #include <math.h>
 #include <stdint.h>
@@ -20,58 +21,16 @@ static inline float widen(uint16_t x) {
 
 #define MAX_DIM 256
 
-#define ATTEND(NAME, T, LOAD)                                                                              \
-    int NAME(const float *restrict q, const T *restrict keys, const T *restrict values, float *restrict out, long groups, long cells,         \
-             long dim, float scale) {                                                                      \
-        if (dim > MAX_DIM) return 2;                                                                       \
-        float *restrict scores = (float *)malloc(sizeof(float) * (size_t)cells);                           \
-        if (!scores) return 1;                                                                             \
-        for (long g = 0; g < groups; g++) {                                                                \
-            const float *qg = q + g * dim;                                                                 \
-            const T *kg = keys + g * dim * cells;                                                          \
-            const T *vg = values + g * cells * dim;                                                        \
-            float *og = out + g * dim;                                                                     \
-            for (long j = 0; j < cells; j++) scores[j] = 0.0f;                                             \
-            for (long d = 0; d < dim; d++) {                                                               \
-                const float qd = qg[d] * scale;                                                            \
-                const T *restrict row = kg + d * cells;                                                             \
-                for (long j = 0; j < cells; j++) scores[j] += qd * LOAD(row[j]);                           \
-            }                                                                                              \
-            float best = scores[0]; /* finite: built with -ffast-math */                                   \
-            for (long j = 1; j < cells; j++) best = scores[j] > best ? scores[j] : best;                   \
-            float total = 0.0f;                                                                            \
-            for (long j = 0; j < cells; j++) {                                                             \
-                scores[j] = expf(scores[j] - best);                                                        \
-                total += scores[j];                                                                        \
-            }                                                                                              \
-            float acc[MAX_DIM];                                                                            \
-            for (long d = 0; d < dim; d++) acc[d] = 0.0f;                                                  \
-            for (long j = 0; j < cells; j++) {                                                             \
-                const float p = scores[j];                                                                 \
-                const T *restrict row = vg + j * dim;                                                      \
-                for (long d = 0; d < dim; d++) acc[d] += p * LOAD(row[d]);                                 \
-            }                                                                                              \
-            const float inv = 1.0f / total;                                                                \
-            for (long d = 0; d < dim; d++) og[d] = acc[d] * inv;                                           \
-        }                                                                                                  \
-        free(scores);                                                                                      \
-        return 0;                                                                                          \
-    }
-
-#define SAME(x) (x)
-ATTEND(attend_f32, float, SAME)
-ATTEND(attend_bf16, uint16_t, widen)
-
 /* ---- the decoder's layers for one token of each row ---------------------------------------------------
  *
  * An mBART decoder layer (pre-norm): self-attention over the row's tokens so far, cross-attention over its
  * page's cells, a GELU feed-forward, each added to the residual stream. `weights` holds 18 pointers per
- * layer, in this order: norm1 weight, bias; qkv weight, bias; out weight, bias; norm2
- * weight, bias; cross query weight, bias; cross out weight, bias; norm3 weight, bias; fc1 weight, bias;
- * fc2 weight, bias; each weight transposed (inputs x outputs, as W^T). `caches` holds 4 pointers per layer: the self-attention's keys
- * (slots, H, D, capacity) and values (slots, H, capacity, D), float32, and the cross-attention's keys
- * (slots, H, D, S) and values (slots, H, S, D), float32 or bfloat16 (`cells_bf16`). Row r writes its new
- * key and value at position lengths[r] and attends to positions 0..lengths[r]. `hidden` (rows, C) is
+ * layer, in this order: norm1 weight, bias; qkv weight, bias; out weight, bias; norm2 weight, bias;
+ * cross query weight, bias; cross out weight, bias; norm3 weight, bias; fc1 weight, bias; fc2 weight,
+ * bias; each weight transposed (inputs x outputs, as W^T). `caches` holds 4 pointers per layer: the
+ * self-attention's keys (slots, H, D, capacity) and values (slots, H, capacity, D), float32, and the
+ * cross-attention's keys (slots, H, D, S) and values (slots, H, S, D), float32 or bfloat16 (`cells_bf16`).
+ * Row r writes its new key and value at position lengths[r] and attends to positions 0..lengths[r]. `hidden` (rows, C) is
  * updated in place; `skip` leaves parts out, for benchmarks only (1: self-attention, 2: cross-attention,
  * 4: feed-forward); `scratch` holds at least rows * (5C + F) + max(S, capacity) floats.
  */
@@ -109,6 +68,7 @@ static void layer_norm(const float *restrict x, long rows, long width, const flo
 /* one query (D) over keys stored transposed (D rows of `key_stride`) and values (rows of D), n cells.
  * Scores in blocks of 64 cells (kept in registers across the D rows of keys), values with four partial sums
  * (so that consecutive cells do not wait on one another's additions). */
+#define SAME(x) (x)
 #define BLOCK 64
 #define ONE_QUERY(NAME, T, LOAD)                                                                           \
     static void NAME(const float *restrict q, const T *restrict keys, long key_stride,                     \
@@ -159,6 +119,24 @@ static void layer_norm(const float *restrict x, long rows, long width, const flo
 
 ONE_QUERY(one_query_f32, float, SAME)
 ONE_QUERY(one_query_bf16, uint16_t, widen)
+
+/* softmax(scale q K^T) V for `groups` independent (row, head) groups of one query each: q (groups, dim),
+ * keys (groups, dim, cells) stored transposed, values (groups, cells, dim); 0, or non-zero on failure */
+#define ATTEND(NAME, T, ONE)                                                                               \
+    int NAME(const float *q, const T *keys, const T *values, float *out, long groups, long cells, long dim,  \
+             float scale) {                                                                                \
+        if (dim > MAX_DIM) return 2;                                                                       \
+        float *scores = (float *)malloc(sizeof(float) * (size_t)(cells > 0 ? cells : 1));                  \
+        if (!scores) return 1;                                                                             \
+        for (long g = 0; g < groups; g++)                                                                  \
+            ONE(q + g * dim, keys + g * dim * cells, cells, values + g * cells * dim, cells, dim, scale,  \
+                scores, out + g * dim);                                                                    \
+        free(scores);                                                                                      \
+        return 0;                                                                                          \
+    }
+
+ATTEND(attend_f32, float, one_query_f32)
+ATTEND(attend_bf16, uint16_t, one_query_bf16)
 
 int decoder_layers(float *hidden, long rows, const long *lengths, long layers, long width, long heads,
                    long ffn, long cells, long slots, long capacity, float eps, float self_scale,
