@@ -31,8 +31,8 @@ static inline float widen(uint16_t x) {
  * self-attention's keys (slots, H, D, capacity) and values (slots, H, capacity, D), float32, and the
  * cross-attention's keys (slots, H, D, S) and values (slots, H, S, D), float32 or bfloat16 (`cells_bf16`).
  * Row r writes its new key and value at position lengths[r] and attends to positions 0..lengths[r].
- * `hidden` (rows, C) is updated in place; `skip` leaves parts out, for benchmarks only (1: self-attention, 2: cross-attention,
- * 4: feed-forward); `scratch` holds at least rows * (5C + F) + max(S, capacity) floats.
+ * `hidden` (rows, C) is updated in place; `skip` leaves parts out, for benchmarks only (1: self-attention,
+ * 2: cross-attention, 4: feed-forward); `scratch` holds at least rows * (5C + F) + max(S, capacity) floats.
  */
 
 static void linear(const float *restrict x, long rows, long in, const float *restrict wt,
