@@ -93,6 +93,8 @@ class GroupOutcome:
     skipped: list[str] = field(default_factory=list)
     retry: dict[str, str] = field(default_factory=dict)
     claimed: list[str] = field(default_factory=list)  # marked processing by this call (committed)
+    claim_ended: bool = False  # the claim's transaction came back (a database error before: it may have
+    # committed all the same, the connection lost on the way back)
 
 
 def is_image_uri(uri: str) -> bool:
@@ -237,6 +239,7 @@ def _claim(
                 )
             )
     outcome.claimed = [job.document_id for job in jobs]  # committed
+    outcome.claim_ended = True
     return jobs
 
 

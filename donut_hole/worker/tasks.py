@@ -101,7 +101,10 @@ def process_documents(
             )
             return {"given_up": len(document_ids)}
         log_event(log, "group.retry", level=logging.WARNING, documents=len(document_ids), error=str(exc))
-        going_on = sorted((set(resumed or ()) | set(outcome.claimed)) - set(outcome.done))
+        # a claim that did not come back may have committed: its documents' attempt goes on too (one
+        # that was not claimed is still queued and is claimed as usual)
+        claimed = outcome.claimed if outcome.claim_ended else document_ids
+        going_on = sorted((set(resumed or ()) | set(claimed)) - set(outcome.done))
         raise _retry(self, settings, failing_since or now, resumed=going_on, exc=exc) from exc
     except SoftTimeLimitExceeded:
         soft, _ = time_limits(settings)
