@@ -353,8 +353,9 @@ class _Batch:
     def _grow(self, capacity: int) -> None:
         w = self.w
         old = self.capacity
-        keys = torch.empty(self.slots, w.heads, w.head_dim, capacity, dtype=w.dtype, device=w.device)
-        values = torch.empty(self.slots, w.heads, capacity, w.head_dim, dtype=w.dtype, device=w.device)
+        # zeros, not empty: PyTorch's steps read past a row's length (masked), and 0 x NaN garbage is NaN
+        keys = torch.zeros(self.slots, w.heads, w.head_dim, capacity, dtype=w.dtype, device=w.device)
+        values = torch.zeros(self.slots, w.heads, capacity, w.head_dim, dtype=w.dtype, device=w.device)
         mask = torch.full((self.slots, capacity), -math.inf, dtype=w.dtype, device=w.device)
         if old:
             mask[:, :old] = self.mask

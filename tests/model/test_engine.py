@@ -177,3 +177,18 @@ def test_the_faster_encoder_forward_gives_the_encoders_cells(pages):
     with torch.enable_grad():
         trained = model.encoder(pixel_values=pages[0])[0]
         assert trained.requires_grad  # the stock forward, whose graph training needs
+
+
+def test_pytorch_steps_never_depend_on_unset_cache_memory(teacher, pages, monkeypatch):
+    """The PyTorch steps read a row's self-attention cache past its length (masked); memory that was never
+    written must not matter, even where it holds NaN (as ``torch.empty`` may give)."""
+    expected = {key: read.tokens for key, read in _engine(teacher, 1).read(enumerate(pages[:3]))}
+    empty = torch.empty
+
+    def poisoned(*args, **kwargs):
+        tensor = empty(*args, **kwargs)
+        return tensor.fill_(float("nan")) if tensor.is_floating_point() else tensor
+
+    monkeypatch.setattr(torch, "empty", poisoned)
+    got = {key: read.tokens for key, read in _engine(teacher, 2, native=False).read(enumerate(pages[:3]))}
+    assert got == expected
