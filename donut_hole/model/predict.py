@@ -229,15 +229,21 @@ class DonutReader:
                 hidden = self.model.encoder(pixel_values=pixel_values)[0].float()
         else:
             hidden = self.model.encoder(pixel_values=pixel_values)[0]
+        hidden = self._at_decoder_width(hidden)
+        if hidden.is_cuda:
+            torch.cuda.synchronize()  # so that encode_s counts the encoder, not just its launch
+        self.timings.encode_s += time.perf_counter() - t0
+        return hidden
+
+    def _at_decoder_width(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The encoder's cells as the decoder's cross-attention takes them: through the model's projection
+        when the encoder is of another width (projected once, not at every token)."""
         decoder = self.model.decoder
         if (
             self.model.encoder.config.hidden_size != decoder.config.hidden_size
             and getattr(decoder.config, "cross_attention_hidden_size", None) is None
         ):
-            hidden = self.model.enc_to_dec_proj(hidden)
-        if hidden.is_cuda:
-            torch.cuda.synchronize()  # so that encode_s counts the encoder, not just its launch
-        self.timings.encode_s += time.perf_counter() - t0
+            return self.model.enc_to_dec_proj(hidden)  # type: ignore[no-any-return]
         return hidden
 
     @torch.inference_mode()
@@ -293,14 +299,9 @@ class DonutReader:
         eos, pad, unk = tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id
         forced_eos = self.model.generation_config.forced_eos_token_id
         # the decoder itself, as VisionEncoderDecoderModel.forward calls it, without that wrapper's work at
-        # every token; an encoder of another width is projected once, not at every token
+        # every token
         decoder = self.model.decoder
-        hidden = encoder_outputs[0]  # (B, S, C)
-        if (
-            self.model.encoder.config.hidden_size != decoder.config.hidden_size
-            and getattr(decoder.config, "cross_attention_hidden_size", None) is None
-        ):
-            hidden = self.model.enc_to_dec_proj(hidden)
+        hidden = self._at_decoder_width(encoder_outputs[0])  # (B, S, C)
         if decoding.supports(decoder):  # the same modules without transformers' per-token machinery
             next_logits = decoding.MBartSteps(decoder, hidden).step
         else:
