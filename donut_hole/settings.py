@@ -130,7 +130,18 @@ class Settings(BaseSettings):
     callback_secret: SecretStr | None = Field(
         None, description="HMAC-SHA256 key that signs every callback; unset = callbacks are refused."
     )
-    callback_timeout_s: float = Field(5.0, gt=0, le=60, description="Longest wait for a callback's answer.")
+    callback_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="Deadline of one callback POST in all: connect, send, and the whole answer.",
+    )
+    callback_threads: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Callback POSTs a worker makes at once, in threads beside its document pool.",
+    )
     callback_max_attempts: int = Field(
         20, ge=1, le=1000, description="Tries of a callback before it is given up (status 'failed')."
     )

@@ -5,8 +5,8 @@ listing is over) → ``delivered``, or ``failed`` after ``callback_max_attempts`
 conditional ``UPDATE``, so concurrent workers and watchdogs agree without locks held across an HTTP call:
 
 * :func:`mark_finished` moves finished batches to ``due`` (only one caller wins each batch);
-* :func:`claim` takes a lease on one try (``callback_next_at`` moved past the try's longest duration), so
-  two copies of a delivery message never post at the same time;
+* :func:`claim` counts a try before it is made and takes a lease on it (``callback_next_at`` moved past
+  the try's longest duration), so two copies of a delivery message never post at the same time;
 * :func:`record_try` ends the try: ``delivered`` (never sent again), a later try, or ``failed``.
 
 Like :mod:`.repository`, these functions flush but never commit: the caller owns the transaction.
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from donut_hole.db.models import Batch, BatchStatus, CallbackStatus, Document, DocumentStatus, utcnow
 
 CALLBACK_ERROR_MAX = 500
+LOST_TRY = "the last try did not end: its worker stopped during the POST"
 _CHUNK = 500
 
 
@@ -79,23 +80,44 @@ def overdue(session: Session, *, before: datetime) -> list[str]:
     )
 
 
-def claim(session: Session, *, batch_id: str, lease_s: float, early_s: float = 1.0) -> Batch | None:
-    """The batch, when a try of its callback may start now; its ``callback_next_at`` then moves ``lease_s``
-    ahead so that no other copy starts meanwhile. ``None``: delivered, given up, or another try is under
-    way or not due yet (a copy of the message that came early)."""
+def claim(
+    session: Session, *, batch_id: str, lease_s: float, max_attempts: int, early_s: float = 1.0
+) -> Batch | None:
+    """The batch, when a try of its callback may start now: the try is counted at once
+    (``callback_attempts`` + 1, before any byte is sent) and ``callback_next_at`` moves ``lease_s`` ahead so
+    that no other copy starts meanwhile. ``None``: delivered, given up, or another try is under way or not
+    due yet (a copy of the message that came early).
+
+    A batch whose last try was claimed but never recorded (its worker was lost mid-try) and whose lease
+    has run out is given up here (``failed``) rather than tried once more than ``max_attempts``.
+    """
     now = utcnow()
+    due = [
+        Batch.id == batch_id,
+        Batch.callback_status == CallbackStatus.due.value,
+        Batch.callback_next_at <= now + timedelta(seconds=early_s),
+    ]
     claimed = session.execute(
         update(Batch)
-        .where(
-            Batch.id == batch_id,
-            Batch.callback_status == CallbackStatus.due.value,
-            Batch.callback_next_at <= now + timedelta(seconds=early_s),
+        .where(*due, Batch.callback_attempts < max_attempts)
+        .values(
+            callback_next_at=now + timedelta(seconds=lease_s),
+            callback_attempts=Batch.callback_attempts + 1,
         )
-        .values(callback_next_at=now + timedelta(seconds=lease_s))
         .returning(Batch.id)
         .execution_options(synchronize_session=False)
     ).first()
     if claimed is None:
+        session.execute(
+            update(Batch)
+            .where(*due, Batch.callback_attempts >= max_attempts)
+            .values(
+                callback_status=CallbackStatus.failed.value,
+                callback_next_at=None,
+                callback_error=LOST_TRY,
+            )
+            .execution_options(synchronize_session=False)
+        )
         return None
     return session.scalars(
         select(Batch).where(Batch.id == batch_id).execution_options(populate_existing=True)
@@ -105,12 +127,11 @@ def claim(session: Session, *, batch_id: str, lease_s: float, early_s: float = 1
 def record_try(
     session: Session, *, batch_id: str, error: str | None, retry_at: datetime | None, max_attempts: int
 ) -> CallbackStatus:
-    """End a claimed try: ``error`` None → ``delivered``; else a try more, at ``retry_at``, or ``failed``
-    once ``max_attempts`` tries were made. Returns the new status."""
+    """End a claimed try (already counted by :func:`claim`): ``error`` None → ``delivered``; else a try
+    more, at ``retry_at``, or ``failed`` once ``max_attempts`` tries were made. Returns the new status."""
     batch = session.get(Batch, batch_id, populate_existing=True, with_for_update=True)
     if batch is None:
         return CallbackStatus.failed
-    batch.callback_attempts = (batch.callback_attempts or 0) + 1
     if error is None:
         batch.callback_status = CallbackStatus.delivered.value
         batch.callback_delivered_at = utcnow()
@@ -118,7 +139,7 @@ def record_try(
         batch.callback_error = None
     else:
         batch.callback_error = error[:CALLBACK_ERROR_MAX]
-        if batch.callback_attempts >= max_attempts or retry_at is None:
+        if (batch.callback_attempts or 0) >= max_attempts or retry_at is None:
             batch.callback_status = CallbackStatus.failed.value
             batch.callback_next_at = None
         else:

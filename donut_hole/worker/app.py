@@ -1,7 +1,9 @@
 """The Celery application, configured from :class:`~donut_hole.settings.Settings`.
 
 Run a worker with ``donut-hole worker`` or ``celery -A donut_hole.worker.app:celery_app worker -Q cpu``.
-Either also consumes ``cpu.callbacks``, the queue of webhook deliveries (:func:`callback_queue`).
+Either also consumes ``cpu.callbacks``, the queue of webhook deliveries (:func:`callback_queue`), with a
+consumer and a small thread pool of its own in the main process (:mod:`.sender`), never in the pool
+processes that read documents.
 
 Delivery guarantees come from the configuration, not from the tasks:
 
@@ -38,8 +40,9 @@ STALL_GRACE_S = 60  # a document still processing this long after the hard time 
 def callback_queue(settings: Settings) -> str:
     """The queue of webhook deliveries, beside the documents' queue (``cpu`` → ``cpu.callbacks``).
 
-    Every worker consumes it as well as its own queues (:func:`_consume_callbacks`), so a finished batch's
-    callback goes out after the group in flight, not after the whole backlog of other batches' groups.
+    Every worker consumes it beside its own queues, in threads of its main process
+    (:class:`~.sender.CallbackSender`): a finished batch's callback goes out at once, neither after the
+    backlog of other batches' groups nor in the time of a pool process that reads documents.
     """
     return f"{settings.queue}.callbacks"
 
@@ -125,6 +128,9 @@ def make_celery(settings: Settings | None = None, *, overrides: Mapping[str, Any
     config = celery_config(settings)
     config.update(overrides or {})
     app.conf.update(config)
+    from donut_hole.worker.sender import CallbackSender
+
+    app.steps["consumer"].add(CallbackSender)
     app.donut_hole_settings = settings  # type: ignore[attr-defined]  # read by settings_of
     return app
 
@@ -146,14 +152,6 @@ def _share_cores(sender: Any = None, **_: Any) -> None:
 
     concurrency = int(getattr(sender, "concurrency", 0) or 1)
     runtime.default_threads = max(1, runtime.cpu_count() // concurrency)
-
-
-@signals.celeryd_after_setup.connect
-def _consume_callbacks(sender: Any = None, instance: Any = None, **_: Any) -> None:
-    """Every worker takes webhook deliveries too, whatever ``--queues`` it was given: they are short, and
-    the documents' queue may hold hours of work (a callback there would wait behind all of it)."""
-    if instance is not None:
-        instance.app.amqp.queues.select_add(callback_queue(settings_of(instance.app)))
 
 
 @signals.worker_process_init.connect

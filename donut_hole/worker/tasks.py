@@ -29,7 +29,7 @@ from donut_hole.logs import log_event
 from donut_hole.settings import Settings
 from donut_hole.storage import TransientStorageError
 from donut_hole.worker import metrics, process, webhook
-from donut_hole.worker.app import TASK_CALLBACK, TASK_EXPAND, TASK_PROCESS, time_limits
+from donut_hole.worker.app import TASK_EXPAND, TASK_PROCESS, time_limits
 from donut_hole.worker.enqueue import send_group
 from donut_hole.worker.runtime import get_runtime
 
@@ -153,18 +153,3 @@ def expand_prefix(self: Task, batch_id: str, prefix_uri: str, failing_since: flo
             return 0
         log_event(log, "batch.retry", level=logging.WARNING, batch_id=batch_id, error=str(exc))
         raise _retry(self, settings, failing_since or now, exc=exc) from exc
-
-
-@shared_task(bind=True, name=TASK_CALLBACK, max_retries=None)  # bounded by callback_max_attempts
-def deliver_callback(self: Task, batch_id: str) -> str:
-    """One try of a finished batch's completion webhook (:func:`~.webhook.deliver`), sent again with
-    backoff after a failed try. A database error leaves the batch ``due``: the watchdog sends it again."""
-    rt = get_runtime(self.app)
-    try:
-        retry_in = webhook.deliver(rt, batch_id=batch_id)
-    except DATABASE_ERRORS as exc:
-        log_event(log, "callback.database_error", level=logging.WARNING, batch_id=batch_id, error=str(exc))
-        return "later"
-    if retry_in is not None:
-        raise self.retry(countdown=retry_in, max_retries=None)
-    return "done"

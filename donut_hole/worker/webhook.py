@@ -4,8 +4,10 @@ A batch may carry a ``callback_url`` (API and CLI), checked against ``DONUT_HOLE
 when it is submitted (:func:`check_callback_url`). The flow, outside any forward pass::
 
     a group is stored     notify_finished: finished batches waiting → due, one delivery message each, on
-                          the callbacks queue (``cpu.callbacks``), which every worker also consumes
-    delivery task         deliver: claim a try (a lease), POST, record it: delivered, a later try, failed
+                          the callbacks queue (``cpu.callbacks``), which every worker also consumes, in
+                          threads of its main process (:mod:`.sender`), never in its document pool
+    a sender thread       deliver: count the try and take a lease longer than its deadline, POST (one
+                          deadline for all of it), record it: delivered, a later try, failed
     every worker's        recover: finished batches no group saw (all files refused at enqueue, an empty
     watchdog              prefix), and due ones whose message was lost (a worker died, the broker was down)
 
@@ -18,19 +20,21 @@ second POST for a batch (a worker lost between the receiver's answer and the rec
 The request: ``POST`` with a JSON body (:func:`payload`) and the headers ``X-DonutHole-Timestamp: <unix
 seconds>`` and ``X-DonutHole-Signature: sha256=<hex>``, the HMAC-SHA256 with ``DONUT_HOLE_CALLBACK_SECRET``
 of ``b"<timestamp>." + body`` (:func:`sign`; receivers check it with :func:`verify`). Redirects are not
-followed (they could leave the allow-list); any answer but 2xx is a failed try.
+followed (they could leave the allow-list); any answer but a complete 2xx (its whole body, within the
+deadline) is a failed try.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.client
 import json
 import logging
+import socket
+import threading
 import time
-import urllib.error
-import urllib.request
 from datetime import timedelta
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -50,6 +54,7 @@ SIGNATURE_HEADER = "X-DonutHole-Signature"
 TIMESTAMP_HEADER = "X-DonutHole-Timestamp"
 MAX_URL_CHARS = 2048
 LEASE_GRACE_S = 10.0
+_READ_CHUNK = 64 * 1024
 
 
 class CallbackNotAllowed(ValueError):
@@ -169,32 +174,59 @@ def payload(batch: Batch, *, counts: dict[str, int], settings: Settings, attempt
 # ------------------------------------------------------------------------------------------------- sending
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # a 3xx answer stays an answer: a failed try
-
-
-_opener = urllib.request.build_opener(_NoRedirects())
-
-
 def post(url: str, *, body: bytes, headers: dict[str, str], timeout_s: float) -> str | None:
-    """POST ``body``; ``None`` on a 2xx answer, else why not (an HTTP status or the connection error,
-    without the URL)."""
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    """POST ``body``; ``None`` on a complete 2xx answer, else why not (an HTTP status or what went wrong,
+    without the URL).
+
+    ``timeout_s`` bounds the whole exchange (connect, send, the status line, the headers and the whole body),
+    not each socket read: a receiver that answers a byte at a time is cut off at the deadline like one that
+    never answers. An answer counts only once its body arrived whole (its ``Content-Length`` or last chunk):
+    a receiver that closes mid-answer made a failed try. A 3xx answer is a failed try (never followed: the
+    new address could leave the allow-list).
+    """
+    parts = urlsplit(url)
+    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = connection_class(parts.hostname or "", parts.port, timeout=timeout_s)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    expired = threading.Event()
+
+    def cut() -> None:  # at the deadline: end whatever read or write is waiting on the socket
+        expired.set()
+        sock = connection.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    deadline = threading.Timer(timeout_s, cut)
+    deadline.daemon = True
+    deadline.start()
     try:
-        with _opener.open(request, timeout=timeout_s) as response:
-            status = int(response.status)
-    except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code}"
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, OSError):
-            return f"no answer: {reason.strerror or type(reason).__name__}"
-        return f"no answer: {type(reason).__name__ if not isinstance(reason, str) else reason}"[:200]
-    except TimeoutError:
-        return f"no answer within {timeout_s:g} s"
-    except (OSError, ValueError, http.client.HTTPException) as exc:  # a dropped or garbled answer
+        connection.connect()
+        if expired.is_set():  # the deadline passed while connecting: nothing was sent
+            cut()
+            raise TimeoutError
+        connection.request("POST", target, body=body, headers={**headers, "Connection": "close"})
+        response = connection.getresponse()
+        while response.read(_READ_CHUNK):  # the whole body
+            pass
+        if response.length:  # bytes announced by Content-Length that never came (read(n) does not raise)
+            raise http.client.IncompleteRead(b"", response.length)
+        status = int(response.status)
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # TimeoutError is an OSError
+        if expired.is_set() or isinstance(exc, TimeoutError):
+            return f"no complete answer within {timeout_s:g} s"
+        if isinstance(exc, http.client.IncompleteRead):
+            return "no complete answer: the connection closed before the end of the answer"
+        if isinstance(exc, OSError) and exc.strerror:
+            return f"no answer: {exc.strerror}"
         return f"no answer: {type(exc).__name__}"
+    finally:
+        deadline.cancel()
+        connection.close()
+    if expired.is_set():
+        return f"no complete answer within {timeout_s:g} s"
+    if 300 <= status < 400:
+        return f"HTTP {status} (redirects are not followed)"
     return None if 200 <= status < 300 else f"HTTP {status}"
 
 
@@ -204,8 +236,9 @@ def backoff_s(attempts: int, *, cap_s: float, base_s: float = 2.0) -> float:
 
 
 def lease_s(settings: Settings) -> float:
-    """How long a try may take at most (the HTTP timeout twice over, and the database writes)."""
-    return 2 * settings.callback_timeout_s + LEASE_GRACE_S
+    """How long a claimed try keeps others off: longer than its POST may take (``callback_timeout_s`` in
+    all), with time for the database writes around it."""
+    return settings.callback_timeout_s + LEASE_GRACE_S
 
 
 def deliver(services: Services, *, batch_id: str) -> float | None:
@@ -213,10 +246,15 @@ def deliver(services: Services, *, batch_id: str) -> float | None:
     ``None`` (delivered, given up, or nothing to do: another try is under way or it is not due yet)."""
     settings = services.settings
     with session_scope(services.sessions) as session:
-        batch = callback_rows.claim(session, batch_id=batch_id, lease_s=lease_s(settings))
+        batch = callback_rows.claim(
+            session,
+            batch_id=batch_id,
+            lease_s=lease_s(settings),
+            max_attempts=settings.callback_max_attempts,
+        )
         if batch is None or not batch.callback_url:
             return None
-        url, attempt = batch.callback_url, batch.callback_attempts + 1
+        url, attempt = batch.callback_url, batch.callback_attempts
         counts = repository.batch_progress(session, batch_id=batch_id)
         body = payload(batch, counts=counts, settings=settings, attempt=attempt)
     secret = settings.callback_secret.get_secret_value().encode() if settings.callback_secret else b""

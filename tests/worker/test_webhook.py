@@ -3,7 +3,9 @@ real HTTP receiver on loopback (PostgreSQL, Redis, moto S3)."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ import pytest
 from conftest import API_KEY, CALLBACK_SECRET
 from fastapi.testclient import TestClient
 from multipage import broken, pdf_of
-from receiver import Receiver, signature_ok
+from receiver import RawReceiver, Receiver, signature_ok
 from sqlalchemy import update
 from typer.testing import CliRunner
 from worker_helpers import Worker, database, purge, settings_env, wait_for_batch
@@ -27,12 +29,19 @@ from donut_hole.db.models import utcnow
 from donut_hole.services import Services
 from donut_hole.settings import Settings, get_settings
 from donut_hole.storage import open_store
-from donut_hole.worker.webhook import check_callback_url, deliver, sign, url_allowed, verify
+from donut_hole.worker.webhook import check_callback_url, deliver, post, sign, url_allowed, verify
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     server = Receiver()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def raw_receiver() -> Iterator[RawReceiver]:
+    server = RawReceiver()
     yield server
     server.close()
 
@@ -174,11 +183,59 @@ def test_a_receiver_that_keeps_failing_is_given_up_after_the_last_attempt(
 def test_a_try_under_way_holds_a_lease_so_copies_do_not_post_twice(services: Services) -> None:
     batch_id = _finished_batch(services, "http://127.0.0.1:1/x")
     with session_scope(services.sessions) as session:
-        assert callback_rows.claim(session, batch_id=batch_id, lease_s=60) is not None
-        assert callback_rows.claim(session, batch_id=batch_id, lease_s=60) is None
+        assert callback_rows.claim(session, batch_id=batch_id, lease_s=60, max_attempts=3) is not None
+        assert callback_rows.claim(session, batch_id=batch_id, lease_s=60, max_attempts=3) is None
         later = utcnow() + timedelta(seconds=120)
         assert callback_rows.overdue(session, before=later) == [batch_id]  # a lost try: the watchdog
         assert callback_rows.overdue(session, before=utcnow()) == []
+
+
+def _post_within(url: str, *, timeout_s: float, limit_s: float) -> tuple[str | None, float]:
+    """``post``'s answer and its duration; fails the test (without hanging it) past ``limit_s``."""
+    outcome: list[str | None] = []
+    start = time.monotonic()
+    thread = threading.Thread(
+        target=lambda: outcome.append(post(url, body=b"{}", headers={}, timeout_s=timeout_s)), daemon=True
+    )
+    thread.start()
+    thread.join(limit_s)
+    assert outcome, f"post to {url} still running after {limit_s} s"
+    return outcome[0], time.monotonic() - start
+
+
+def test_one_deadline_bounds_the_whole_post_not_each_read(raw_receiver: RawReceiver) -> None:
+    # A byte every 0.5 s never lets a per-read timeout of 2 s fire; the deadline ends it at 2 s all told.
+    for path in ("/trickle", "/hang"):
+        error, took = _post_within(f"{raw_receiver.url}{path}", timeout_s=2, limit_s=10)
+        assert error == "no complete answer within 2 s", (path, error)
+        assert 1.9 <= took < 3.0, (path, took)
+    deadline = time.monotonic() + 5
+    while any(e.ended is None for e in raw_receiver.exchanges) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(e.ended is not None for e in raw_receiver.exchanges)  # the connections were let go
+
+
+def test_only_a_complete_2xx_answer_counts_as_delivered(raw_receiver: RawReceiver) -> None:
+    assert _post_within(f"{raw_receiver.url}/ok", timeout_s=5, limit_s=10)[0] is None
+    half, _ = _post_within(f"{raw_receiver.url}/half", timeout_s=5, limit_s=10)
+    assert half == "no complete answer: the connection closed before the end of the answer"
+    moved, _ = _post_within(f"{raw_receiver.url}/redirect", timeout_s=5, limit_s=10)
+    assert moved == "HTTP 307 (redirects are not followed)"
+    assert len(raw_receiver.of("/redirect")) == 1  # not followed
+
+
+def test_a_try_is_counted_before_it_is_made_and_a_lost_last_try_ends_failed(services: Services) -> None:
+    batch_id = _finished_batch(services, "http://127.0.0.1:1/x")
+    with session_scope(services.sessions) as session:
+        assert callback_rows.claim(session, batch_id=batch_id, lease_s=60, max_attempts=2) is not None
+    assert _state(services, batch_id) == ("due", 1, None)  # committed before any byte is sent
+    _due_now(services, batch_id)  # the worker was lost mid-try: its lease ran out
+    with session_scope(services.sessions) as session:
+        assert callback_rows.claim(session, batch_id=batch_id, lease_s=60, max_attempts=2) is not None
+    _due_now(services, batch_id)  # lost again, on the last try
+    with session_scope(services.sessions) as session:
+        assert callback_rows.claim(session, batch_id=batch_id, lease_s=60, max_attempts=2) is None
+    assert _state(services, batch_id) == ("failed", 2, callback_rows.LOST_TRY)
 
 
 # ------------------------------------------------------------------------------- real workers, real HTTP
@@ -328,3 +385,79 @@ def test_a_finished_batch_is_posted_before_the_backlog_of_other_batches_is_read(
         assert wait_for_batch(settings, backlog, worker=worker)["done"] == 16
     finally:
         purge(settings)
+
+
+@pytest_services
+def test_misbehaving_receivers_never_hold_up_reading_and_each_callback_ends(
+    pipeline_settings: Settings, start_worker, scan_dir: Path, raw_receiver: RawReceiver
+) -> None:
+    # One pool process reads 8 one-document groups, first alone (twice), then while four receivers misbehave
+    # (a byte every 0.5 s, no answer, an answer cut short, a redirect): the callbacks' threads take those,
+    # the pool process goes on reading. Each callback then ends after its two tries, never two at once.
+    settings = pipeline_settings.model_copy(
+        update={
+            "queue": f"test-{uuid.uuid4().hex[:10]}",
+            "batch_size": 1,
+            "callback_timeout_s": 3.0,
+            "callback_max_attempts": 2,
+        }
+    )
+    scans = sorted(scan_dir.glob("*.jpg"))
+    from donut_hole.worker.enqueue import submit_files
+
+    paths = ["/trickle", "/hang", "/half", "/redirect", "/ok"]
+    try:
+        worker = start_worker(settings)
+        with Services(settings) as services:
+            warm = submit_files(services, paths=scans[:1])
+            wait_for_batch(settings, warm, worker=worker)
+            alone_s = []
+            for _ in range(2):
+                start = time.monotonic()
+                alone = submit_files(services, paths=scans[1:9])
+                wait_for_batch(settings, alone, worker=worker)
+                alone_s.append(time.monotonic() - start)
+            baseline_s = min(alone_s)
+
+            hooked = {
+                path: submit_files(services, paths=scans[:1], callback_url=f"{raw_receiver.url}{path}")
+                for path in paths
+            }
+            for batch_id in hooked.values():
+                wait_for_batch(settings, batch_id, worker=worker)
+            wait_until = time.monotonic() + 30
+            while not raw_receiver.of("/hang") and time.monotonic() < wait_until:
+                time.sleep(0.05)
+            start = time.monotonic()
+            behind = submit_files(services, paths=scans[1:9])
+            wait_for_batch(settings, behind, worker=worker)
+            busy_s = time.monotonic() - start
+            in_flight = [e.path for e in raw_receiver.exchanges if e.ended is None]
+
+        states: dict[str, tuple[str | None, int, str | None]] = {}
+        wait_until = time.monotonic() + 60
+        with database(settings) as sessions:
+            while time.monotonic() < wait_until:
+                with session_scope(sessions) as session:
+                    for path, batch_id in hooked.items():
+                        batch = repository.get_batch(session, batch_id=batch_id)
+                        states[path] = (batch.callback_status, batch.callback_attempts, batch.callback_error)
+                if all(state[0] in ("delivered", "failed") for state in states.values()):
+                    break
+                time.sleep(0.2)
+    finally:
+        purge(settings)
+
+    # Timings on a shared machine vary by seconds; a callback in a pool process held it for its whole
+    # POST (the trickle: until the task's time limit, two minutes here), far past this bound.
+    assert busy_s < 2 * baseline_s + 5.0, (busy_s, alone_s, in_flight)
+    assert states["/ok"] == ("delivered", 1, None)
+    assert states["/trickle"] == ("failed", 2, "no complete answer within 3 s")
+    assert states["/hang"] == ("failed", 2, "no complete answer within 3 s")
+    assert states["/half"][:2] == ("failed", 2) and "closed before the end" in str(states["/half"][2])
+    assert states["/redirect"] == ("failed", 2, "HTTP 307 (redirects are not followed)")
+    for path in paths:
+        exchanges = sorted(raw_receiver.of(path), key=lambda e: e.started)
+        assert len(exchanges) == states[path][1], path  # one POST per counted try
+        for earlier, later in itertools.pairwise(exchanges):
+            assert earlier.ended is not None and earlier.ended <= later.started, path  # never at once
