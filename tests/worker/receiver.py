@@ -149,18 +149,15 @@ class RawReceiver:
         if path.endswith("/ok"):
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
         elif path.endswith("/trickle"):
+            conn.settimeout(self.pace_s)
             for byte in itertools.cycle(b"HTTP/1.1 200 OK\r\n"):
                 conn.sendall(bytes([byte]))
-                if self._closed.wait(self.pace_s):
+                if self._gone(conn):
                     return
         elif path.endswith("/hang"):
             conn.settimeout(0.2)
-            while not self._closed.is_set():
-                try:
-                    if not conn.recv(1):
-                        return  # the client went
-                except TimeoutError:
-                    continue
+            while not self._gone(conn):
+                pass
         elif path.endswith("/half"):
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello")
             conn.shutdown(socket.SHUT_WR)
@@ -169,6 +166,15 @@ class RawReceiver:
                 b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://elsewhere.example/x\r\n"
                 b"Content-Length: 0\r\n\r\n"
             )
+
+    def _gone(self, conn: socket.socket) -> bool:
+        """Wait for the client for the socket's timeout: whether it went (or this receiver closes)."""
+        if self._closed.is_set():
+            return True
+        try:
+            return not conn.recv(1)
+        except TimeoutError:
+            return False
 
     def of(self, path: str) -> list[Exchange]:
         with self._lock:
