@@ -69,12 +69,13 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0, ge=0, description="torch.set_num_threads per worker process; 0 = torch default."
     )
-    max_new_tokens: int = Field(
-        512,
+    max_new_tokens: int | None = Field(
+        None,
         ge=1,
         le=4096,
-        description="Longest answer in tokens (the model's positions cap it); the default model writes one "
-        "token per character, and a document's fields run to about 300.",
+        description="Longest answer in tokens; default: all the model's learned positions (639 for the "
+        "shipped models, which write one token per character). A reading cut at the limit is noted "
+        "and its confidence halved.",
     )
 
     batch_size: int = Field(4, ge=1, le=256, description="Documents per forward pass in a worker.")

@@ -176,7 +176,9 @@ class DocumentPublic(BaseModel):
     confidence: float | None
     field_confidence: FieldConfidences = Field(description=FIELD_CONFIDENCE_HELP)
     note: str | None = Field(
-        None, description='What is off in the stored reading, e.g. "schema: ... lacks tracking_number".'
+        None,
+        description='What is off in the stored reading, e.g. "schema: ... lacks tracking_number", or '
+        '"cut: ..." (the reading reached the longest answer the model can write).',
     )
     model: ModelRef | None
 

@@ -37,7 +37,10 @@ def evaluate(
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N samples.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="Longest answer in tokens (default: the model's positions)."),
+    ] = None,
     task_prompt: TaskPrompt = None,
     device: Device = "auto",
     precision: Precision = "fp32",
@@ -86,12 +89,16 @@ def predict(
     model: Annotated[Path, typer.Option(help="Model folder.")],
     images: Annotated[list[Path], typer.Argument(help="Scans to read.")],
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="Longest answer in tokens (default: the model's positions)."),
+    ] = None,
     task_prompt: TaskPrompt = None,
     device: Device = "auto",
     precision: Precision = "fp32",
 ) -> None:
-    """Read scans and print one JSON line per page ({"file", "page", "fields", "confidence"} or {"error"}).
+    """Read scans and print one JSON line per page ({"file", "page", "fields", "confidence"}, with "note"
+    when the reading was cut at the longest answer, or {"error"}).
 
     A single image is page 1; a PDF or multi-page TIFF gives one line per page. Pages are decoded one by
     one (an unreadable one gets its error line) and read ``--batch-size`` at a time in one batched
@@ -116,6 +123,8 @@ def predict(
         predictions = reader.predict_detailed([image for _, image in pending], batch_size=batch_size)
         for (line, _), pred in zip(pending, predictions, strict=True):
             line.update(fields=pred.data, confidence=round(pred.confidence, 4))
+            if pred.note:
+                line["note"] = pred.note
             typer.echo(json.dumps(line, ensure_ascii=False))
         pending.clear()
 

@@ -48,7 +48,9 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(200, ge=1)
     log_every: int = Field(10, ge=1)
     max_length: int = Field(256, ge=8, description="Longest target sequence in tokens.")
-    max_new_tokens: int = Field(256, ge=1)
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Longest reading in held-out evaluations; default: the model's positions."
+    )
     seed: int = 0
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (per training process).")
     processes: int = Field(

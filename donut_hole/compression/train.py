@@ -147,7 +147,7 @@ def score_model(
     samples: Sequence[Sample],
     *,
     batch_size: int,
-    max_new_tokens: int,
+    max_new_tokens: int | None,
 ) -> dict[str, Any]:
     """Field F1 / nTED accuracy of the in-memory model on ``samples`` (no save needed), and the field F1 of
     each document type (``f1_<type>``)."""
@@ -200,7 +200,7 @@ def reading_cer(
     pages: Sequence[tuple[Image.Image, str]],
     *,
     batch_size: int,
-    max_new_tokens: int,
+    max_new_tokens: int | None,
 ) -> float:
     """Character error rate (edits / characters of the truth, over all pages) of greedy reading."""
     reader = DonutReader(model, processor, max_new_tokens=max_new_tokens, task_token=READING_TASK_TOKEN)

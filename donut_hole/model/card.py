@@ -253,10 +253,9 @@ def render_card(info: dict[str, Any], *, side: str, folder: str, checks: list[Ta
         recipe = info["student_recipe"]
         training = _student_training(report.get("history", []), structure)
     commands = "\n".join(run.get("commands", []))
-    evaluate = (
-        f"donut-hole evaluate --model models/{folder} --data <held-out set> "
-        f"--max-new-tokens {run.get('max_new_tokens', 256)}"
-    )
+    evaluate = f"donut-hole evaluate --model models/{folder} --data <held-out set>"
+    if run.get("max_new_tokens"):
+        evaluate += f" --max-new-tokens {run['max_new_tokens']}"
     target_rows = "\n".join(t.row() for t in checks)
     return f"""---
 library_name: transformers

@@ -55,8 +55,18 @@ class Prediction:
 
     data: dict[str, Any]
     sequence: str
-    confidence: float  # geometric mean of the chosen tokens' probabilities, in [0, 1]
+    confidence: float  # geometric mean of the chosen tokens' probabilities, in [0, 1]; halved when cut
     token_probs: list[float] = field(default_factory=list)
+    cut: bool = False  # the reading reached the token limit before the model ended it: fields may be missing
+
+    @property
+    def note(self) -> str | None:
+        """What a reader of the fields should know, or ``None``: a cut reading says so."""
+        return CUT_NOTE if self.cut else None
+
+
+CUT_NOTE = "cut: the reading reached the longest answer the model can write before the document ended"
+FALLBACK_MAX_NEW_TOKENS = 512  # a decoder that does not say how many positions it learned
 
 
 @dataclass
@@ -76,15 +86,17 @@ class DonutReader:
         model: VisionEncoderDecoderModel,
         processor: DonutProcessor,
         *,
-        max_new_tokens: int = 256,
+        max_new_tokens: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         task_token: str | None = None,
     ) -> None:
         self.model = model.eval()
         self.processor = processor
-        # the prompt plus the new tokens must fit the decoder's learned positions (cord-v2: 768)
-        positions = getattr(model.config.decoder, "max_position_embeddings", None) or max_new_tokens + 1
-        self.max_new_tokens = max(1, min(max_new_tokens, int(positions) - 1))
+        # the prompt plus the new tokens must fit the decoder's learned positions (cord-v2: 768; ours: 640);
+        # by default a reading may use all of them: it ends at the model's EOS, and a cut is flagged
+        positions = getattr(model.config.decoder, "max_position_embeddings", None)
+        limit = int(positions) - 1 if positions else FALLBACK_MAX_NEW_TOKENS
+        self.max_new_tokens = max(1, min(max_new_tokens or limit, limit))
         self.max_pixels = max_pixels
         self.task_token = task_token or task_token_of(model, processor)
         self.device = next(model.parameters()).device
@@ -352,7 +364,14 @@ class DonutReader:
         text = text.replace(tokenizer.eos_token, "").replace(tokenizer.pad_token, "").strip()
         text = re.sub(r"^<s_[^>]*>", "", text, count=1) if text.startswith(self.task_token) else text
         confidence = math.exp(sum(math.log(max(p, 1e-12)) for p in probs) / len(probs)) if probs else 0.0
-        return Prediction(data=token2json(text), sequence=text, confidence=confidence, token_probs=probs)
+        # cut: no EOS, or the EOS that generation forces at the last step (not the model's choice)
+        forced = self.model.generation_config.forced_eos_token_id is not None
+        cut = eos not in ids_list or (forced and length >= self.max_new_tokens)
+        if cut:
+            confidence /= 2  # the fields read may be right, but the document was not read to its end
+        return Prediction(
+            data=token2json(text), sequence=text, confidence=confidence, token_probs=probs, cut=cut
+        )
 
 
 # generation settings under which a plain greedy loop is not what ``generate`` would do (they add logits

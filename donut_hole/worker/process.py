@@ -361,7 +361,9 @@ def _persist(rt: Runtime, job: _Job, prediction: Any, *, latency_ms: float) -> N
         confidence=prediction.confidence,
         tokenizer=rt.reader.processor.tokenizer,
     )
-    note = schema_note(prediction.data)
+    note = (
+        "; ".join(n for n in (getattr(prediction, "note", None), schema_note(prediction.data)) if n) or None
+    )
     with session_scope(rt.sessions) as session:
         _record_source(session, job)
         repository.save_extraction(

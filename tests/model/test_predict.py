@@ -1,4 +1,5 @@
 import io
+import math
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,24 @@ def test_predict_on_real_phone_photos(tiny_model_dir):
     assert max(image.size) < 4032  # decoded at reduced scale
     out = reader.predict(photos, batch_size=2)
     assert len(out) == 3 and all(isinstance(d, dict) for d in out)
+
+
+def test_a_reading_may_use_every_position_and_a_cut_one_says_so(tiny_model_dir):
+    reader = DonutReader.from_path(tiny_model_dir)
+    positions = reader.model.config.decoder.max_position_embeddings
+    assert reader.max_new_tokens == positions - 1  # no shorter default: the model's own limit
+
+    short = DonutReader.from_path(tiny_model_dir, max_new_tokens=6)
+    eos = short.processor.tokenizer.eos_token_id
+    with torch.no_grad():  # EOS's logit 0 among random ones: the model never ends, the limit cuts it
+        short.model.decoder.lm_head.weight[eos] = 0.0
+    (cut,) = short.predict_detailed([_jpeg(_label("LABEL 1"))])
+    assert cut.cut and cut.note is not None and cut.note.startswith("cut: ")
+    assert len(cut.token_probs) == 6 and cut.token_probs[-1] == pytest.approx(1.0)  # the forced EOS
+    mean = math.exp(sum(math.log(p) for p in cut.token_probs) / len(cut.token_probs))
+    assert cut.confidence == pytest.approx(mean / 2)
+
+    token = short.processor.tokenizer.convert_tokens_to_ids("A")
+    ended = short._parse_read([token, eos], [math.log(0.9), math.log(0.9)])  # the model's own EOS
+    assert not ended.cut and ended.note is None and ended.confidence == pytest.approx(0.9)
+    assert short._parse_read([token] * 6, [math.log(0.9)] * 6).cut  # no EOS at all
