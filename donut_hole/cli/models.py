@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from donut_hole.cli.common import console, fail
+from donut_hole.cli.common import console, fail, load_settings
 
 TaskPrompt = Annotated[
     str | None,
@@ -28,9 +28,18 @@ Precision = Annotated[
 ]
 
 
+ModelOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Model folder (save_pretrained layout); default: DONUT_HOLE_MODEL_PATH, the shipped "
+        "DONUT-hole student."
+    ),
+]
+
+
 def evaluate(
-    model: Annotated[Path, typer.Option(help="Model folder (save_pretrained layout).")],
     data: Annotated[Path, typer.Option(help="DONUT dataset folder with metadata.jsonl.")],
+    model: ModelOption = None,
     out: Annotated[
         Path | None,
         typer.Option(help="Write the JSON report (scores and every document's prediction) here."),
@@ -53,6 +62,7 @@ def evaluate(
 
     if out is not None:  # checked before minutes of reading, not after them
         _check_out_file(out)
+    model = _model_folder(model)
     try:
         samples = read_dataset(data, limit=limit)
         reader = DonutReader.from_path(
@@ -86,8 +96,10 @@ def evaluate(
 
 
 def predict(
-    model: Annotated[Path, typer.Option(help="Model folder.")],
-    images: Annotated[list[Path], typer.Argument(help="Scans to read.")],
+    images: Annotated[
+        list[Path], typer.Argument(help="Scans to read: images, PDFs, TIFFs or folders of them.")
+    ],
+    model: ModelOption = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
     max_new_tokens: Annotated[
         int | None,
@@ -111,6 +123,7 @@ def predict(
     from donut_hole.scans import DocumentError, inspect_source, read_source
 
     images = _scan_paths(images)  # every path checked before the model loads
+    model = _model_folder(model)
     try:
         reader = DonutReader.from_path(
             model, device=device, precision=precision, task_prompt=task_prompt, max_new_tokens=max_new_tokens
@@ -152,6 +165,11 @@ def predict(
     read_pending()
     if failed:  # the rest was read and printed; the exit says that not everything was
         raise typer.Exit(2)
+
+
+def _model_folder(model: Path | None) -> Path:
+    """The ``--model`` folder, else the configured one (``DONUT_HOLE_MODEL_PATH``: the shipped student)."""
+    return model if model is not None else load_settings().model_path
 
 
 def _scan_paths(paths: list[Path]) -> list[Path]:

@@ -269,6 +269,11 @@ def load_model(
         )
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise ModelLoadError(f"{folder} has no weights: none of {', '.join(WEIGHT_FILES)}")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{folder} has no tokenizer: none of {', '.join(TOKENIZER_FILES)} (copy the model's own "
+            "tokenizer files into the folder)"
+        )
     hf_logging.disable_progress_bar()  # a local folder loads in a moment; its bar only clutters error output
     try:
         model = VisionEncoderDecoderModel.from_pretrained(folder, local_files_only=True, dtype=dtype)
@@ -277,10 +282,28 @@ def load_model(
         raise ModelLoadError(f"cannot load a DONUT checkpoint from {folder}: {one_line(exc)}") from exc
     if not isinstance(processor, DonutProcessor) or processor.tokenizer is None:
         raise ModelLoadError(f"{folder} has no usable DONUT processor (image processor + tokenizer)")
+    check_vocabulary(folder, model, processor)
     resolve_task_prompt(model, processor, task_prompt)
     model.to(torch.device(device))  # type: ignore[arg-type]  # transformers types .to() as a decorated method
     model.eval()
     return model, processor
+
+
+TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model")
+
+
+def check_vocabulary(folder: Path, model: VisionEncoderDecoderModel, processor: DonutProcessor) -> None:
+    """The tokenizer fits the model: no more tokens than the decoder's embedding has rows, else a
+    :class:`ModelLoadError` that says both sizes (the tokenizer files are another model's). Fewer tokens
+    than rows is allowed: a model may keep rows no token uses (the ``donut-base`` preset keeps the
+    published 57,525 whatever its tokenizer)."""
+    tokens = len(processor.tokenizer)
+    rows = int(model.decoder.get_input_embeddings().weight.shape[0])  # type: ignore[index]
+    if tokens > rows:
+        raise ModelLoadError(
+            f"{folder}: its tokenizer has {tokens:,} tokens but the model's decoder embeds only {rows:,}: "
+            "the tokenizer files are not this model's"
+        )
 
 
 WEIGHT_FILES = (

@@ -189,3 +189,26 @@ def test_every_command_is_registered_once_in_the_documented_order() -> None:
 
     assert list(get_command(app).commands) == COMMANDS  # type: ignore[attr-defined]
     assert [f.__name__ for f in functions] == COMMANDS
+
+
+def test_predict_and_evaluate_read_with_the_configured_model_by_default(dataset, model_dir, monkeypatch):
+    from donut_hole.settings import DEFAULT_MODEL_PATH, get_settings
+
+    scan = str(dataset / "000000.jpg")
+    monkeypatch.delenv("DONUT_HOLE_MODEL_PATH", raising=False)
+    get_settings.cache_clear()
+    try:
+        shipped = runner.invoke(app, ["predict", scan])  # no --model: the shipped student
+        monkeypatch.setenv("DONUT_HOLE_MODEL_PATH", str(model_dir))
+        get_settings.cache_clear()
+        configured = runner.invoke(app, ["evaluate", "--data", str(dataset), "--max-new-tokens", "4"])
+        monkeypatch.setenv("DONUT_HOLE_MODEL_PATH", str(dataset))  # not a model folder
+        get_settings.cache_clear()
+        refused = runner.invoke(app, ["predict", scan])
+    finally:
+        get_settings.cache_clear()
+    assert shipped.exit_code == 0, shipped.output
+    (line,) = [json.loads(text) for text in shipped.stdout.splitlines() if text.startswith("{")]
+    assert line["fields"] and line["confidence"] > 0 and DEFAULT_MODEL_PATH.is_dir()
+    assert configured.exit_code == 0 and str(model_dir) in "".join(configured.output.split())  # its title
+    assert refused.exit_code == 2 and "config.json is missing" in " ".join(refused.output.split())

@@ -1,7 +1,9 @@
 import json
+import shutil
 
 import pytest
 import torch
+from PIL import Image
 
 from donut_hole.model.build import (
     PRESETS,
@@ -63,3 +65,29 @@ def test_load_errors_are_clear(tmp_path):
 def test_image_too_small_for_the_window_is_refused():
     with pytest.raises(ValueError, match="too small for window"):
         new_model("tiny", documents=[{"a": "1"}], image_size=(96, 96))
+
+
+def test_a_folder_without_its_own_tokenizer_is_refused_in_one_line(tmp_path, tiny_model_dir):
+    from published import write_published
+    from typer.testing import CliRunner
+
+    from donut_hole.cli import app
+
+    folder = write_published(tmp_path / "cord", kind="cord-v2")
+    (folder / "tokenizer.json").unlink()  # the published layout's other files stay
+    with pytest.raises(ModelLoadError, match=r"has no tokenizer: none of tokenizer\.json"):
+        load_model(folder)
+    scan = tmp_path / "scan.png"
+    Image.new("RGB", (64, 64), "white").save(scan)
+    result = CliRunner().invoke(app, ["predict", "--model", str(folder), str(scan)])
+    said = " ".join(result.output.split())  # the console wraps long lines
+    assert result.exit_code == 2 and said.startswith("error: ") and "has no tokenizer" in said
+    assert "Traceback" not in said
+
+    for path in folder.glob("*.json"):  # another model's tokenizer, with more tokens than this one embeds
+        if path.name.startswith(("tokenizer", "special_tokens", "added_tokens")):
+            path.unlink()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_model_dir / name, folder / name)
+    with pytest.raises(ModelLoadError, match=r"its tokenizer has \d+ tokens but the model's decoder embeds"):
+        load_model(folder)
