@@ -18,6 +18,7 @@ demo: $(STAMP)
 
 test: lint services
 	$(BIN)/pytest -q
+	./scripts/check_interop.sh
 
 # PostgreSQL and Redis started, the compose parser installed, when missing (one script, also for .ci/run).
 services:

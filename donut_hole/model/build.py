@@ -395,6 +395,7 @@ def save_model(model: VisionEncoderDecoderModel, processor: DonutProcessor, path
     model.save_pretrained(folder, safe_serialization=True)
     processor.save_pretrained(folder)
     write_legacy_preprocessor(processor, folder)
+    make_portable(folder)
     # transformers writes the weights through a private temporary file (mode 0600): give them the mode
     # the umask gives the folder's other files, so that a worker running as another user can read them
     mode = (folder / "config.json").stat().st_mode & 0o777
@@ -429,6 +430,50 @@ def density_of(folder: str | Path) -> float | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return float(value) if isinstance(value, int | float) else None
+
+
+# The decoder config's fields that mBART's encoder would use: a decoder-only model never reads them, but
+# tools that size a model from its config do (optimum's ONNX export sizes the cross-attention cache from
+# encoder_attention_heads), so they repeat the decoder's own values.
+_MIRRORED_DECODER_FIELDS = {
+    "encoder_attention_heads": "decoder_attention_heads",
+    "encoder_layers": "decoder_layers",
+    "encoder_ffn_dim": "decoder_ffn_dim",
+}
+
+
+def make_portable(folder: str | Path) -> None:
+    """Make a saved folder readable by stock transformers 4.x as well as 5.x, and by optimum's exporter.
+
+    - ``tokenizer_config.json``: ``tokenizer_class`` ``PreTrainedTokenizerFast`` (both read it from
+      ``tokenizer.json``; 4.x does not know 5.x's ``TokenizersBackend``), and the added special tokens also
+      under 4.x's name ``additional_special_tokens`` (a list under ``extra_special_tokens`` means named
+      tokens to 4.x, which then fails);
+    - ``config.json``: the decoder's unused ``encoder_*`` sizes equal to its own (see above).
+
+    Only those fields change; the weights and every other field stay as they are. Idempotent.
+    """
+    folder = Path(folder)
+    tokenizer_config = folder / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        config = json.loads(tokenizer_config.read_text(encoding="utf-8"))
+        if config.get("tokenizer_class") in (None, "TokenizersBackend"):
+            config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        extra = config.pop("extra_special_tokens", None)
+        if isinstance(extra, list):
+            config["additional_special_tokens"] = extra
+        elif extra is not None:
+            config["extra_special_tokens"] = extra
+        tokenizer_config.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    model_config = folder / "config.json"
+    if model_config.is_file():
+        config = json.loads(model_config.read_text(encoding="utf-8"))
+        decoder = config.get("decoder")
+        if isinstance(decoder, dict) and decoder.get("model_type") == "mbart":
+            for unused, own in _MIRRORED_DECODER_FIELDS.items():
+                if own in decoder:
+                    decoder[unused] = decoder[own]
+            model_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def write_legacy_preprocessor(processor: DonutProcessor, folder: Path) -> Path:

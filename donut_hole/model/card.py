@@ -259,13 +259,14 @@ def render_card(info: dict[str, Any], *, side: str, folder: str, checks: list[Ta
     target_rows = "\n".join(t.row() for t in checks)
     return f"""---
 library_name: transformers
-pipeline_tag: image-to-text
 tags: [donut, donut-hole, document-understanding, logistics, synthetic-data]
 ---
 
 # {own}
 
 {summary}
+
+{stock_usage(f"models/{folder}")}
 
 ## Held-out metrics
 
@@ -309,6 +310,36 @@ Recipe (`recipe.yaml` of the run, defaults filled in):
 {recipe.strip()}
 ```
 """
+
+
+def stock_usage(folder: str) -> str:
+    """The card's "Use it" section: ``donut-hole predict``, and stock transformers (4.x or 5.x) alone,
+    as ``scripts/read_with_stock_transformers.py`` runs it in CI."""
+    return f"""## Use it
+
+```bash
+donut-hole predict --model {folder} scan.jpg       # one JSON line per page: fields, confidence
+```
+
+With stock transformers (4.x or 5.x) alone; the task prompt is `<s_logistics>`, the decoder start token:
+
+```python
+import re
+from PIL import Image
+from transformers import DonutProcessor, VisionEncoderDecoderModel
+
+processor = DonutProcessor.from_pretrained("{folder}")
+model = VisionEncoderDecoderModel.from_pretrained("{folder}").eval()
+tok = processor.tokenizer
+prompt = tok("<s_logistics>", add_special_tokens=False, return_tensors="pt").input_ids
+pixel_values = processor(Image.open("scan.jpg").convert("RGB"), return_tensors="pt").pixel_values
+out = model.generate(pixel_values, decoder_input_ids=prompt,
+                     max_length=model.decoder.config.max_position_embeddings,
+                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                     bad_words_ids=[[tok.unk_token_id]])
+sequence = tok.batch_decode(out)[0].replace(tok.eos_token, "").replace(tok.pad_token, "")
+print(processor.token2json(re.sub(r"<.*?>", "", sequence, count=1).strip()))
+```"""
 
 
 def copy_model(source: Path, target: Path) -> Path:

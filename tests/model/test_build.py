@@ -91,3 +91,19 @@ def test_a_folder_without_its_own_tokenizer_is_refused_in_one_line(tmp_path, tin
         shutil.copy(tiny_model_dir / name, folder / name)
     with pytest.raises(ModelLoadError, match=r"its tokenizer has \d+ tokens but the model's decoder embeds"):
         load_model(folder)
+
+
+def test_saved_folders_name_what_transformers_4_and_5_both_read(tiny_model_dir):
+    """What transformers 4.x needs (checked for real by scripts/check_interop.sh in a 4.57 environment)."""
+    tokenizer_config = json.loads((tiny_model_dir / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert "<s_logistics>" in tokenizer_config["additional_special_tokens"]
+    assert "extra_special_tokens" not in tokenizer_config  # a list there is named tokens to 4.x: it fails
+    decoder = json.loads((tiny_model_dir / "config.json").read_text())["decoder"]
+    for unused, own in (
+        ("encoder_attention_heads", "decoder_attention_heads"),
+        ("encoder_layers", "decoder_layers"),
+    ):
+        assert decoder[unused] == decoder[own]
+    _, processor = load_model(tiny_model_dir)
+    assert "<s_logistics>" in processor.tokenizer.all_special_tokens  # 5.x keeps them special
