@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from rich.progress import track
 
 from donut_hole.documents.canvas import FACES, Canvas, LayoutError, Point, TextBox, scan, scan_points
 from donut_hole.documents.forms import bill_of_lading, delivery_note
@@ -34,6 +33,7 @@ from donut_hole.documents.locations import field_centres, target_centres
 from donut_hole.documents.reading import LEVELS, reading_page
 from donut_hole.documents.schemas import DOCUMENT_TYPES, validate_document
 from donut_hole.documents.values import sample_document
+from donut_hole.progress import track
 
 __all__ = [
     "DEFAULT_SIZES",
@@ -250,14 +250,14 @@ def generate(
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(kinds[i % len(kinds)], seed, i, image_size, str(out)) for i in range(n)]
     show = progress and n >= PROGRESS_FROM
-    description = f"{', '.join(kinds)} scans"
+    description = f"synth {', '.join(kinds)}"
     processes = min(workers or os.cpu_count() or 1, max(1, n // 16))  # a process per 16 scans at most
     if processes <= 1:
-        lines = [_write_scan(job) for job in track(jobs, description=description, disable=not show)]
+        lines = [_write_scan(job) for job in track(jobs, description, total=n, enabled=show)]
     else:
         spawn = multiprocessing.get_context("spawn")  # safe whatever threads the caller runs
         with ProcessPoolExecutor(processes, mp_context=spawn) as pool:
             done = pool.map(_write_scan, jobs, chunksize=16)
-            lines = list(track(done, total=n, description=description, disable=not show))
+            lines = list(track(done, description, total=n, enabled=show))
     (out / "metadata.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return out

@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.progress import Progress
-
 from donut_hole.evaluation.dataset import Sample
 from donut_hole.evaluation.metrics import EvalResult, evaluate
 from donut_hole.model.predict import DonutReader
+from donut_hole.progress import Progress
 from donut_hole.scans import DocumentError
 
 
@@ -67,12 +66,11 @@ def evaluate_reader(
     """Predict every sample in batches; a document that cannot be read is scored as ``{}``."""
     records: list[dict[str, Any]] = []
     start = time.perf_counter()
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("evaluating", total=len(samples))
+    with Progress("evaluate", total=len(samples), enabled=progress) as shown:
         for offset in range(0, len(samples), batch_size):
             chunk = samples[offset : offset + batch_size]
             records.extend(_predict_chunk(reader, chunk))
-            bar.advance(task, len(chunk))
+            shown.advance(len(chunk))
     seconds = time.perf_counter() - start
     result = evaluate([r["prediction"] for r in records], [r["ground_truth"] for r in records])
     return Evaluation(result=result, records=records, seconds=seconds)

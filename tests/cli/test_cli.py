@@ -212,3 +212,16 @@ def test_predict_and_evaluate_read_with_the_configured_model_by_default(dataset,
     assert line["fields"] and line["confidence"] > 0 and DEFAULT_MODEL_PATH.is_dir()
     assert configured.exit_code == 0 and str(model_dir) in "".join(configured.output.split())  # its title
     assert refused.exit_code == 2 and "config.json is missing" in " ".join(refused.output.split())
+
+
+def test_long_commands_show_progress_without_a_terminal(tmp_path, dataset, model_dir):
+    """No TTY (a CI log, a pipe): plain progress lines on stderr instead of a bar that draws nothing."""
+    args = ["evaluate", "--model", str(model_dir), "--data", str(dataset), "--max-new-tokens", "4"]
+    evaluated = runner.invoke(app, args)
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "evaluate: 3/3 (100%)" in evaluated.stderr
+    synthesized = runner.invoke(
+        app, ["synth", "--kind", "shipping_label", "--n", "200", "--out", str(tmp_path)]
+    )
+    assert synthesized.exit_code == 0, synthesized.output
+    assert "synth shipping_label: 200/200 (100%)" in synthesized.stderr
