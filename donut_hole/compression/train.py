@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +42,7 @@ from donut_hole.model.predict import DonutReader, cpu_has_bf16
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+PLAIN_EVERY_S = 60.0  # without a terminal, a progress line on stderr this often (at a log step)
 TRAIN_LOG = "train_log.jsonl"  # one line per log_every steps: step, loss (and its parts), lr, img/s
 
 
@@ -583,6 +585,7 @@ def _run(
         parallel.stop_flag() if group is not None else _stop_on_sigterm() as signalled,
     ):
         task = bar.add_task("training", total=config.steps, completed=start, status="")
+        plain, plain_at = bool(main and main.progress and not sys.stderr.isatty()), time.monotonic()
         try:
             for step, batch in enumerate(loader, start=start):
                 # 1. schedules: learning rate (and the pruner's density) for this step
@@ -647,6 +650,15 @@ def _run(
                     parts_text = " ".join(f"{k} {v:.3f}" for k, v in values.items())
                     status = f"loss {recent_loss():.3f} {parts_text} lr {lr:.1e} {rate:.1f} img/s"
                     bar.update(task, status=status)
+                    if plain and time.monotonic() - plain_at >= PLAIN_EVERY_S:  # no terminal: a line
+                        plain_at = time.monotonic()
+                        left = (config.steps - run.step) * config.batch_size / max(rate, 1e-9)
+                        print(
+                            f"training: step {run.step}/{config.steps}, {record['images']:,} images, "
+                            f"{status}, about {left / 60:.0f} min left",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                 bar.advance(task)
                 # 5. stop early (a lone run; a group decides at the start of the next step)
                 if group is None and reached_target(run.history, step=step, target_f1=config.target_f1):

@@ -398,3 +398,34 @@ def test_a_one_layer_student_learns_where_its_teacher_looks(tiny_setup, tmp_path
     assert teacher.decoder.config._attn_implementation == "eager"
     objective.restore(student)
     assert teacher.decoder.config._attn_implementation == student.decoder.config._attn_implementation == own
+
+
+def test_compress_without_a_terminal_prints_progress_lines(tiny_setup, tmp_path, monkeypatch):
+    from donut_hole.compression import train as training
+
+    monkeypatch.setattr(training, "PLAIN_EVERY_S", 0.0)  # a line at every log step, not once a minute
+    small = ["report.cka_samples=4", "report.latency_samples=1", "report.latency_repeats=1"]
+    sets = [*small, "train.max_new_tokens=4", "train.log_every=1", "train.eval_every=100"]
+    result = CliRunner().invoke(
+        app,
+        [
+            "compress",
+            "--teacher",
+            str(tiny_setup["teacher"]),
+            "--recipe",
+            str(CONFIGS / "tiny.yaml"),
+            "--train",
+            str(tiny_setup["train"]),
+            "--val",
+            str(tiny_setup["val"]),
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "2",
+            *[arg for item in sets for arg in ("--set", item)],
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("training: step ")]
+    assert [line.split(",")[0] for line in lines] == ["training: step 1/2", "training: step 2/2"]
+    assert "loss " in lines[-1] and "min left" in lines[-1]
