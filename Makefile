@@ -18,6 +18,7 @@ demo: $(STAMP)
 
 test: lint services
 	$(BIN)/pytest -q
+	$(BIN)/pytest -q -p no:cacheprovider --doctest-modules donut_hole --ignore=donut_hole/db/migrations
 	./scripts/check_interop.sh
 
 # PostgreSQL and Redis started, the compose parser installed, when missing (one script, also for .ci/run).

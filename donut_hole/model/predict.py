@@ -29,7 +29,14 @@ from donut_hole.model import decoding, engine, swin
 from donut_hole.model.build import ModelLoadError, load_model, task_token_of
 from donut_hole.model.pixels import pixels_of
 from donut_hole.model.tokens import token2json
-from donut_hole.scans import DEFAULT_MAX_PIXELS, ImageInput, load_image, load_page
+from donut_hole.scans import (
+    DEFAULT_MAX_PIXELS,
+    ImageInput,
+    inspect_source,
+    load_image,
+    load_page,
+    read_source,
+)
 
 Key = TypeVar("Key")
 
@@ -160,6 +167,16 @@ class DonutReader:
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """DONUT preprocessing (resize to fit, pad, normalise): (B, 3, H, W) float tensor."""
         return self._pixels(images).to(self.device, dtype=self.model.dtype)
+
+    def read_file(self, source: bytes | str | Path, *, batch_size: int = 8) -> list[Prediction]:
+        """Every page of a scan: an image (one page), a PDF or a multi-page TIFF, as a path or its bytes;
+        one :class:`Prediction` per page, in page order. A file or page that cannot be read raises
+        :class:`~donut_hole.scans.DocumentError` with a reason for people."""
+        data = read_source(source)
+        pages = inspect_source(data).page_count
+        return self.predict_detailed(
+            [self.load_page(data, page=page) for page in range(1, pages + 1)], batch_size=batch_size
+        )
 
     def predict(self, images: Sequence[ImageInput], *, batch_size: int = 8) -> list[dict[str, Any]]:
         """Parsed fields for each image; an unreadable image raises :class:`DocumentError`."""
@@ -444,7 +461,8 @@ def apply_precision(
 ) -> VisionEncoderDecoderModel:
     """The model at ``precision`` (:data:`PRECISIONS`); a choice this device cannot run: ModelLoadError.
 
-    >>> apply_precision(model, "int8", device="cpu")   # doctest: +SKIP   (Linear layers → dynamic qint8)
+    >>> apply_precision(model, "int8", device="cpu")  # doctest: +SKIP
+    (Linear layers become dynamic qint8)
     """
     if precision not in PRECISIONS:
         raise ModelLoadError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")

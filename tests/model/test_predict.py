@@ -222,3 +222,24 @@ def test_a_reading_may_use_every_position_and_a_cut_one_says_so(tiny_model_dir):
     ended = short._parse_read([token, eos], [math.log(0.9), math.log(0.9)])  # the model's own EOS
     assert not ended.cut and ended.note is None and ended.confidence == pytest.approx(0.9)
     assert short._parse_read([token] * 6, [math.log(0.9)] * 6).cut  # no EOS at all
+
+
+def test_read_takes_every_page_of_an_image_or_a_pdf(tiny_model_dir, tmp_path):
+    from multipage import pdf_of
+
+    import donut_hole
+
+    scans = []
+    for i in range(3):
+        _label(f"LABEL {i}").save(tmp_path / f"{i}.png")
+        scans.append(tmp_path / f"{i}.png")
+    pdf = pdf_of(scans)
+    pages = donut_hole.read(pdf, model=tiny_model_dir, max_new_tokens=4)
+    one = donut_hole.read(scans[0], model=tiny_model_dir, max_new_tokens=4)
+    assert len(pages) == 3 and len(one) == 1
+    assert all(isinstance(p.data, dict) and 0 <= p.confidence <= 1 for p in pages)
+    assert donut_hole.reader(model=tiny_model_dir, max_new_tokens=4) is donut_hole.reader(
+        model=tiny_model_dir, max_new_tokens=4
+    )  # loaded once
+    with pytest.raises(DocumentError, match="empty file"):
+        donut_hole.read(b"", model=tiny_model_dir)
