@@ -224,6 +224,10 @@ class BatchResults(BaseModel):
 class SearchResult(BaseModel):
     field: str
     value: str
+    match: str = Field(description="exact or prefix.")
+    case_sensitive: bool
+    offset: int
+    next_offset: int | None = Field(description="The offset of the next page; null after the last one.")
     items: list[DocumentPublic] = Field(description="Matching documents, oldest first.")
 
 

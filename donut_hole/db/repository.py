@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple, TypedDict, TypeVar
+from typing import Any, Literal, NamedTuple, TypedDict, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -801,26 +801,46 @@ def save_extraction(
     ).one()
 
 
-def search_fields(session: Session, *, name: str, value: str, limit: int = 100) -> list[Document]:
-    """Documents with a field ``name`` (a key path such as ``"consignee.name"``) equal to ``value``.
+SearchMatch = Literal["exact", "prefix"]
 
-    Exact match on the indexed ``(name, value)`` pair; values are compared as stored (clipped to
-    ``FIELD_VALUE_MAX`` characters). Oldest documents first, at most ``limit``.
+
+def search_fields(
+    session: Session,
+    *,
+    name: str,
+    value: str,
+    limit: int = 100,
+    offset: int = 0,
+    match: SearchMatch = "exact",
+    case_sensitive: bool = True,
+) -> list[Document]:
+    """Documents with a field ``name`` (a key path such as ``"consignee.name"``) that matches ``value``.
+
+    ``match="exact"``: the value equals ``value`` (the indexed ``(name, value)`` pair); ``"prefix"``: it
+    starts with ``value`` (no wildcards: ``%`` and ``_`` are plain characters). ``case_sensitive=False``
+    compares both in lower case. Values are compared as stored (clipped to ``FIELD_VALUE_MAX``
+    characters). Oldest documents first: ``limit`` of them after skipping ``offset``.
     """
     if not 1 <= limit <= 10_000:
         raise InvalidInput(f"limit must be between 1 and 10000, got {limit}")
+    if offset < 0:
+        raise InvalidInput(f"offset must be at least 0, got {offset}")
     if "\x00" in name or "\x00" in value:
         return []  # no stored field holds a NUL byte (PostgreSQL text cannot)
-    matching = (
-        select(Extraction.document_id)
-        .join(Field)
-        .where(Field.name == name, Field.value == value[:FIELD_VALUE_MAX])
-    )
+    wanted = value[:FIELD_VALUE_MAX]
+    stored: Any = Field.value if case_sensitive else func.lower(Field.value)
+    if not case_sensitive:
+        wanted = wanted.lower()
+    if match == "prefix":  # substr, not LIKE: no wildcards to escape, and case-sensitive in SQLite too
+        stored = func.substr(stored, 1, len(wanted))
+    condition = stored == wanted
+    matching = select(Extraction.document_id).join(Field).where(Field.name == name, condition)
     return list(
         session.scalars(
             select(Document)
             .where(Document.id.in_(matching))
             .order_by(Document.created_at, Document.id)
+            .offset(offset)
             .limit(limit)
         )
     )

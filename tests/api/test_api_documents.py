@@ -223,3 +223,47 @@ def test_answers_name_a_local_stores_objects_by_key_and_never_the_servers_paths(
     assert document["error"] == "cannot read <store>/uploads/x.png: I/O error in <store>/uploads"
     assert (results[0]["uri"], results[0]["error"]) == (document["uri"], document["error"])
     assert root not in str(document) and root not in str(results)
+
+
+def test_search_by_prefix_without_case_and_page_by_page(
+    client: TestClient, auth: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    stem = f"Zq{uuid.uuid4().hex[:10]}"
+    uris = [f"s3://scans-allowed/{uuid.uuid4().hex[:8]}/{i}.png" for i in range(3)]
+    batch_id = client.post("/v1/batches", json={"uris": uris}, headers=auth).json()["id"]
+    ids = [
+        row["document_id"]
+        for row in client.get(f"/v1/batches/{batch_id}/results", headers=auth).json()["items"]
+    ]
+    with sessions() as session, session.begin():
+        model = repository.get_or_create_model(session, name="tiny-test", path="/m", sha256="0" * 64)
+        for i, document_id in enumerate(ids):
+            value = f"{stem}-{i}" if i < 2 else f"{stem}%x"
+            repository.save_extraction(
+                session,
+                document_id=document_id,
+                model_id=model.id,
+                raw_sequence="",
+                data={"reference": value},
+                confidence=0.9,
+                latency_ms=1.0,
+                fields=[("reference", value, 0.9)],
+            )
+
+    def search(**params: object) -> dict:
+        response = client.get("/v1/search", params={"field": "reference", **params}, headers=auth)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    assert search(value=stem.lower(), match="prefix")["items"] == []  # case-sensitive by default
+    first = search(value=stem.lower(), match="prefix", case_sensitive="false", limit=2)
+    rest = search(value=stem.lower(), match="prefix", case_sensitive="false", limit=2, offset=2)
+    pages = [[item["id"] for item in page["items"]] for page in (first, rest)]
+    assert [len(page) for page in pages] == [2, 1] and sorted(pages[0] + pages[1]) == sorted(ids)
+    assert (first["next_offset"], rest["next_offset"]) == (2, None)
+    assert [i["id"] for i in search(value=f"{stem}-1".upper(), case_sensitive="false")["items"]] == [ids[1]]
+    assert [i["id"] for i in search(value=f"{stem}%", match="prefix")["items"]] == [ids[2]]  # % is literal
+    unknown = client.get(
+        "/v1/search", params={"field": "reference", "value": stem, "match": "x"}, headers=auth
+    )
+    assert unknown.status_code == 422
