@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from donut_hole.db import BatchStatus, DocumentStatus
+from donut_hole.db import DocumentStatus
 from donut_hole.db.models import CallbackStatus
 from donut_hole.storage import InvalidLocation, parse_s3_uri
 
@@ -114,9 +114,10 @@ class BatchPublic(BaseModel):
     id: str
     created_at: datetime
     source: str
-    status: BatchStatus = Field(
-        description="expanding: a task is still listing the prefix; accepted: every document row exists; "
-        "failed: the listing failed (see error). Progress is in counts."
+    status: Literal["expanding", "accepted", "finished", "failed"] = Field(
+        description="expanding: a task is still listing the prefix; accepted: documents are waiting or "
+        "being read; finished: every document is done or failed (see counts); failed: the listing failed "
+        "(see error)."
     )
     error: str | None
     counts: DocumentCounts

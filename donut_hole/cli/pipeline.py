@@ -318,8 +318,8 @@ def results(
             found = repository.get_batch(session, batch_id=batch)
             if found is None:
                 raise fail(f"batch {batch!r} does not exist in {settings.database_url.split('@')[-1]}")
-            status, error = found.status.value, found.error
             counts = repository.batch_progress(session, batch_id=batch)
+            status, error = repository.batch_state(found.status, counts), found.error
             rows: list[dict[str, Any]] = [
                 dict(row) for row in repository.results_for_batch(session, batch_id=batch)
             ]
@@ -390,7 +390,7 @@ def batches(
                     "batch_id": batch.id,
                     "created_at": batch.created_at.isoformat(),
                     "source": batch.source,
-                    "status": batch.status.value,
+                    "status": repository.batch_state(batch.status, progress[batch.id]),
                     **{name: progress[batch.id][name] for name in statuses},
                 }
                 for batch in found

@@ -280,6 +280,23 @@ def get_batch(session: Session, *, batch_id: str) -> Batch | None:
     return session.get(Batch, batch_id) if is_id(batch_id) else None
 
 
+BATCH_STATES = ("expanding", "accepted", "finished", "failed")
+
+
+def batch_state(status: BatchStatus | str, progress: dict[str, int]) -> str:
+    """A batch's state as users see it: ``expanding`` (listing), ``accepted`` (documents waiting or being
+    read), ``finished`` (every document done or failed), ``failed`` (the listing failed). The stored status
+    only says whether the rows are all written; ``finished`` comes from the counts.
+
+    >>> batch_state("accepted", {"queued": 0, "processing": 0, "done": 3, "failed": 1, "total": 4})
+    'finished'
+    """
+    value = BatchStatus(status).value
+    if value == BatchStatus.accepted.value and not progress.get("queued") and not progress.get("processing"):
+        return "finished"
+    return value
+
+
 def batch_progress(session: Session, *, batch_id: str) -> dict[str, int]:
     """Documents per status and in total.
 

@@ -163,7 +163,7 @@ def payload(batch: Batch, *, counts: dict[str, int], settings: Settings, attempt
     body: dict[str, Any] = {
         "event": EVENT,
         "batch_id": batch.id,
-        "status": batch.status.value,
+        "status": repository.batch_state(batch.status, counts),
         "counts": counts,
         "results_url": settings.public_url.rstrip("/") + results if settings.public_url else results,
         "attempt": attempt,

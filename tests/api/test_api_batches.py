@@ -275,3 +275,22 @@ def test_documents_failed_for_a_transient_reason_are_queued_again(
     assert response.json()["counts"] == {"queued": 1, "processing": 0, "done": 0, "failed": 1}
     assert messages()[before:] == [("donut_hole.process_documents", [[transient]])]
     assert client.post("/v1/batches/nope/retry-failed", headers=auth).status_code == 404
+
+
+def test_a_batch_whose_documents_all_ended_is_finished(
+    client: TestClient, auth: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    batch = client.post("/v1/batches", json={"uris": _uris(2)}, headers=auth).json()
+    ids = [
+        r["document_id"]
+        for r in client.get(f"/v1/batches/{batch['id']}/results", headers=auth).json()["items"]
+    ]
+    with session_scope(sessions) as session:
+        repository.mark_failed(session, document_id=ids[0], error="corrupt image")
+    assert client.get(f"/v1/batches/{batch['id']}", headers=auth).json()["status"] == "accepted"  # one to go
+    with session_scope(sessions) as session:
+        repository.mark_failed(session, document_id=ids[1], error="corrupt image")
+    shown = client.get(f"/v1/batches/{batch['id']}", headers=auth).json()
+    assert shown["status"] == "finished" and shown["counts"]["failed"] == 2
+    listed = client.get("/v1/batches", params={"limit": 50}, headers=auth).json()["items"]
+    assert next(b for b in listed if b["id"] == batch["id"])["status"] == "finished"

@@ -161,7 +161,7 @@ def test_a_failed_try_is_retried_later_and_a_success_is_never_sent_again(
         "counts": {"done": 0, "failed": 1, "processing": 0, "queued": 0, "total": 1},
         "event": "batch.finished",
         "results_url": f"/v1/batches/{batch_id}/results",
-        "status": "accepted",
+        "status": "finished",
     }
 
 

@@ -48,7 +48,7 @@ def _public(batch: Batch, progress: dict[str, int]) -> BatchPublic:
         id=batch.id,
         created_at=batch.created_at,
         source=batch.source,
-        status=batch.status,
+        status=repository.batch_state(batch.status, progress),
         error=batch.error,
         counts=DocumentCounts(**counts),
         total=total,
