@@ -89,6 +89,15 @@ class Settings(BaseSettings):
     max_pages: int = Field(
         200, ge=1, le=100_000, description="Pages a PDF or multi-page TIFF may have; more fails the document."
     )
+    read_max_pages: int = Field(
+        5, ge=1, le=100, description="Pages of a scan POST /v1/read takes (a read that waits for its answer)."
+    )
+    read_wait_s: float = Field(
+        60.0,
+        gt=0,
+        le=600,
+        description="Longest wait of POST /v1/read for its answer; then 202 and the document's link.",
+    )
     task_time_limit_s: int = Field(600, ge=1)
     max_retries: int = Field(
         5, ge=0, description="Attempts a document may lose to a dying worker before it is failed, minus one."

@@ -20,7 +20,7 @@ from donut_hole.api.errors import install_error_handlers
 from donut_hole.api.limits import MAX_JSON_BODY_BYTES, MULTIPART_OVERHEAD_BYTES, BodySizeLimit
 from donut_hole.api.metrics import RequestMetrics
 from donut_hole.api.request_id import RequestId
-from donut_hole.api.routes import batches, documents, health, search
+from donut_hole.api.routes import batches, documents, health, read, search
 from donut_hole.logs import log_event
 from donut_hole.services import Services
 from donut_hole.settings import Settings, get_settings
@@ -81,10 +81,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     upload_limit = settings.max_image_bytes + MULTIPART_OVERHEAD_BYTES
     app.add_middleware(
-        BodySizeLimit, default=MAX_JSON_BODY_BYTES, limits={("POST", "/v1/documents"): upload_limit}
+        BodySizeLimit,
+        default=MAX_JSON_BODY_BYTES,
+        limits={("POST", "/v1/documents"): upload_limit, ("POST", "/v1/read"): upload_limit},
     )
     app.add_middleware(RequestMetrics)  # counts the 413s above too
     app.add_middleware(RequestId)  # added last = outermost: every answer carries X-Request-ID
-    for module in (batches, documents, search, health):
+    for module in (batches, documents, read, search, health):
         app.include_router(module.router)
     return app

@@ -55,13 +55,13 @@ REQUEST_SECONDS = Histogram(
 )
 DOCUMENTS_QUEUED = Counter(
     "donut_hole_api_documents_queued",
-    "Documents written and queued through the API, by kind (upload, uris).",
+    "Documents written and queued through the API, by kind (upload, read, uris).",
     ["kind"],
     registry=REGISTRY,
 )
 BATCHES_QUEUED = Counter(
     "donut_hole_api_batches_queued",
-    "Batches accepted through the API, by kind (upload, uris, prefix).",
+    "Batches accepted through the API, by kind (upload, read, uris, prefix).",
     ["kind"],
     registry=REGISTRY,
 )

@@ -222,6 +222,17 @@ class BatchResults(BaseModel):
     items: list[ResultPublic]
 
 
+class ReadResult(BaseModel):
+    """What ``POST /v1/read`` answers: every page read (200), or where to look later (202)."""
+
+    batch_id: str
+    document_id: str = Field(description="The first page's document.")
+    status: Literal["accepted", "finished", "failed"] = Field(
+        description="finished: every page is done or failed (pages holds them); accepted: still being read."
+    )
+    pages: list[DocumentPublic] = Field(description="Each page's document, in page order; [] until finished.")
+
+
 class SearchResult(BaseModel):
     field: str
     value: str

@@ -16,6 +16,7 @@ from donut_hole.api.queries import documents_public
 from donut_hole.api.schemas import DocumentPublic, UploadAccepted
 from donut_hole.db import repository
 from donut_hole.logs import log_event
+from donut_hole.settings import Settings
 from donut_hole.worker import enqueue
 
 log = logging.getLogger("donut_hole.api")
@@ -65,23 +66,9 @@ def upload_document(
     and ``GET /v1/documents/{id}`` lists the others under ``pages``. With an ``Idempotency-Key`` header, a
     retry of the same upload returns the batch and document the first try made, and stores nothing twice.
     """
-    limit = settings.max_image_bytes
-    data = file.file.read(limit + 1)
-    if len(data) > limit:
-        raise HTTPException(413, detail=f"the scan is larger than {limit} bytes (DONUT_HOLE_MAX_IMAGE_BYTES)")
-    if not data:
-        raise HTTPException(422, detail="the uploaded file is empty")
-    media_type = sniff_image_type(data[:SNIFF_BYTES])
-    if media_type is None:
-        raise HTTPException(
-            415,
-            detail="the file is not a JPEG, PNG, TIFF, WebP, BMP or GIF image nor a PDF "
-            "(checked by its content)",
-        )
-    pages = count_pages(data)
-    if pages is not None and pages > settings.max_pages:
-        detail = f"the file has {pages} pages, the limit is {settings.max_pages} (DONUT_HOLE_MAX_PAGES)"
-        raise HTTPException(413, detail=detail)
+    data, media_type = checked_scan(
+        file, settings, max_pages=settings.max_pages, setting="DONUT_HOLE_MAX_PAGES"
+    )
     filename = file.filename or "upload"
     request = claim(idempotency_key, filename, callback_url, hashlib.sha256(data).digest())
 
@@ -113,6 +100,28 @@ def upload_document(
     accepted = submit_once(session, request, response, submit=submit, replay=replay)
     response.headers["Location"] = f"/v1/documents/{accepted.document_id}"
     return accepted
+
+
+def checked_scan(file: UploadFile, settings: Settings, *, max_pages: int, setting: str) -> tuple[bytes, str]:
+    """The uploaded scan's bytes and media type, once its size, content and page count pass; else the
+    HTTPException to answer (413 too large or too many pages, 422 empty, 415 not a scan)."""
+    limit = settings.max_image_bytes
+    data = file.file.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, detail=f"the scan is larger than {limit} bytes (DONUT_HOLE_MAX_IMAGE_BYTES)")
+    if not data:
+        raise HTTPException(422, detail="the uploaded file is empty")
+    media_type = sniff_image_type(data[:SNIFF_BYTES])
+    if media_type is None:
+        raise HTTPException(
+            415,
+            detail="the file is not a JPEG, PNG, TIFF, WebP, BMP or GIF image nor a PDF "
+            "(checked by its content)",
+        )
+    pages = count_pages(data)
+    if pages is not None and pages > max_pages:
+        raise HTTPException(413, detail=f"the file has {pages} pages, the limit is {max_pages} ({setting})")
+    return data, media_type
 
 
 @router.get("/{document_id}", responses={404: {"description": "No document has this id."}})
