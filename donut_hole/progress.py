@@ -59,6 +59,12 @@ class Progress:
             self._task = self._bar.add_task(self.label, total=self.total)
         return self
 
+    def set_total(self, total: int) -> None:
+        """The amount of work changed (a batch that grew): ``total`` from now on."""
+        self.total = total
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, total=total)
+
     def advance(self, n: int = 1) -> None:
         self.done += n
         if not self.enabled:

@@ -19,16 +19,14 @@ second POST for a batch (a worker lost between the receiver's answer and the rec
 
 The request: ``POST`` with a JSON body (:func:`payload`) and the headers ``X-DonutHole-Timestamp: <unix
 seconds>`` and ``X-DonutHole-Signature: sha256=<hex>``, the HMAC-SHA256 with ``DONUT_HOLE_CALLBACK_SECRET``
-of ``b"<timestamp>." + body`` (:func:`sign`; receivers check it with :func:`verify`). Redirects are not
-followed (they could leave the allow-list); any answer but a complete 2xx (its whole body, within the
-deadline) is a failed try.
+of ``b"<timestamp>." + body`` (:func:`~donut_hole.signing.sign`; receivers check it with
+:func:`~donut_hole.signing.verify`). Redirects are not followed (they could leave the allow-list); any
+answer but a complete 2xx (its whole body, within the deadline) is a failed try.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import http.client
 import json
 import logging
@@ -45,13 +43,12 @@ from donut_hole.db.models import Batch, CallbackStatus, utcnow
 from donut_hole.logs import log_event
 from donut_hole.services import Services
 from donut_hole.settings import Settings
+from donut_hole.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from donut_hole.worker.app import TASK_CALLBACK, callback_queue
 
 log = logging.getLogger("donut_hole.webhook")
 
 EVENT = "batch.finished"
-SIGNATURE_HEADER = "X-DonutHole-Signature"
-TIMESTAMP_HEADER = "X-DonutHole-Timestamp"
 MAX_URL_CHARS = 2048
 LEASE_GRACE_S = 10.0
 _READ_CHUNK = 64 * 1024
@@ -132,29 +129,6 @@ def check_callback_url(settings: Settings, url: object) -> str:
 
 
 # -------------------------------------------------------------------------------------- body and signature
-
-
-def sign(secret: bytes, *, timestamp: int, body: bytes) -> str:
-    """``sha256=<hex>``: HMAC-SHA256 of ``b"<timestamp>." + body`` with ``secret``.
-
-    >>> sign(b"key", timestamp=1700000000, body=b"{}")
-    'sha256=9d713ed406bb7076d4123f0dc2c39d2df5c654ed4b0cd56b52c8b4c940bd63ae'
-    """
-    digest = hmac.new(secret, str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
-
-
-def verify(
-    secret: bytes, *, timestamp: str, body: bytes, signature: str, now: float, tolerance_s: float = 300.0
-) -> bool:
-    """What a receiver checks: the signature matches and the timestamp is within ``tolerance_s`` of now."""
-    try:
-        sent = int(timestamp)
-    except ValueError:
-        return False
-    if abs(now - sent) > tolerance_s:
-        return False
-    return hmac.compare_digest(sign(secret, timestamp=sent, body=body), signature)
 
 
 def payload(batch: Batch, *, counts: dict[str, int], settings: Settings, attempt: int) -> bytes:

@@ -263,6 +263,11 @@ def test_search_by_prefix_without_case_and_page_by_page(
     assert (first["next_offset"], rest["next_offset"]) == (2, None)
     assert [i["id"] for i in search(value=f"{stem}-1".upper(), case_sensitive="false")["items"]] == [ids[1]]
     assert [i["id"] for i in search(value=f"{stem}%", match="prefix")["items"]] == [ids[2]]  # % is literal
+    from donut_hole.client import Client
+
+    api = Client(api_key=auth["Authorization"].removeprefix("Bearer "), http=client)
+    found = api.search("reference", stem.lower(), match="prefix", case_sensitive=False)
+    assert sorted(document["id"] for document in found) == sorted(ids)  # every page
     unknown = client.get(
         "/v1/search", params={"field": "reference", "value": stem, "match": "x"}, headers=auth
     )

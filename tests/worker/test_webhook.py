@@ -28,8 +28,9 @@ from donut_hole.db import callbacks as callback_rows
 from donut_hole.db.models import utcnow
 from donut_hole.services import Services
 from donut_hole.settings import Settings, get_settings
+from donut_hole.signing import sign, verify
 from donut_hole.storage import open_store
-from donut_hole.worker.webhook import check_callback_url, deliver, post, sign, url_allowed, verify
+from donut_hole.worker.webhook import check_callback_url, deliver, post, url_allowed
 
 
 @pytest.fixture
