@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -53,10 +53,11 @@ class Client:
         http: httpx.Client | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("DONUT_HOLE_API_KEY")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._auth = (
+            {"Authorization": f"Bearer {key}"} if key else {}
+        )  # per request: a given http stays as it is
         self._own = http is None
         self.http = http if http is not None else httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
-        self.http.headers.update(headers)
 
     def __enter__(self) -> Client:
         return self
@@ -71,7 +72,8 @@ class Client:
     # ---------------------------------------------------------------------------------------- requests
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.http.request(method, path, **kwargs)
+        headers = {**self._auth, **(kwargs.pop("headers", None) or {})}
+        response = self.http.request(method, path, headers=headers, **kwargs)
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)
@@ -81,26 +83,29 @@ class Client:
         return response.json()
 
     @staticmethod
-    def _file(scan: str | Path | bytes, filename: str | None) -> dict[str, tuple[str, bytes]]:
+    def _part(scan: str | Path | bytes, filename: str | None) -> tuple[str, tuple[str, bytes]]:
         if isinstance(scan, bytes):
-            return {"file": (filename or "scan", scan)}
+            return ("file", (filename or "scan", scan))
         path = Path(scan)
-        return {"file": (filename or path.name, path.read_bytes())}
+        return ("file", (filename or path.name, path.read_bytes()))
 
     def upload(
         self,
-        scan: str | Path | bytes,
+        scans: str | Path | bytes | Sequence[str | Path | bytes],
         *,
         filename: str | None = None,
         callback_url: str | None = None,
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        """Store and queue one scan (an image, a PDF or a TIFF): ``{"batch_id", "document_id", ...}``."""
+        """Store and queue one scan (an image, a PDF or a TIFF), or a list of them as one batch:
+        ``{"batch_id", "document_id", "document_ids", ...}``. ``filename`` names bytes given alone."""
+        if isinstance(scans, list | tuple):
+            parts = [self._part(scan, None) for scan in scans]
+        else:
+            parts = [self._part(cast("str | Path | bytes", scans), filename)]
         data = {"callback_url": callback_url} if callback_url else None
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        return dict(
-            self._call("POST", "/v1/documents", files=self._file(scan, filename), data=data, headers=headers)
-        )
+        return dict(self._call("POST", "/v1/documents", files=parts, data=data, headers=headers))
 
     def read(
         self, scan: str | Path | bytes, *, filename: str | None = None, wait_s: float | None = None
@@ -108,7 +113,7 @@ class Client:
         """Read one small scan while waiting (``POST /v1/read``): ``{"status", "pages": [...]}``; when
         it took longer than the wait, ``status`` is ``accepted`` and ``document_id`` says where to look."""
         params = {"wait_s": wait_s} if wait_s else None
-        return dict(self._call("POST", "/v1/read", files=self._file(scan, filename), params=params))
+        return dict(self._call("POST", "/v1/read", files=[self._part(scan, filename)], params=params))
 
     def submit(self, uris: Sequence[str], *, callback_url: str | None = None) -> dict[str, Any]:
         """Queue scans already in the object store (or one prefix ending in ``/``): the batch."""

@@ -127,7 +127,8 @@ class BatchPublic(BaseModel):
 
 class UploadAccepted(BaseModel):
     batch_id: str
-    document_id: str
+    document_id: str = Field(description="The first file's document (its page 1).")
+    document_ids: list[str] = Field(description="Each file's document (its page 1), in upload order.")
     status: DocumentStatus = DocumentStatus.queued
 
 

@@ -193,17 +193,18 @@ def create_batch(
     return batch
 
 
-def first_page(session: Session, *, batch_id: str) -> Document:
-    """The document an upload's answer names: the first page of the batch's (single) source file."""
-    document = session.scalars(
-        select(Document)
-        .where(Document.batch_id == batch_id)
-        .order_by(Document.page, Document.created_at, Document.id)
-        .limit(1)
-    ).first()
-    if document is None:
+def first_pages(session: Session, *, batch_id: str) -> list[Document]:
+    """Each source file's first document (page 1, or a file not opened yet) in the batch, by URI."""
+    documents = list(
+        session.scalars(
+            select(Document)
+            .where(Document.batch_id == batch_id, or_(Document.page.is_(None), Document.page == 1))
+            .order_by(Document.uri, Document.id)
+        )
+    )
+    if not documents:
         raise BatchNotFound(batch_id)
-    return document
+    return documents
 
 
 def find_idempotent(session: Session, *, key_sha256: str) -> IdempotencyKey | None:

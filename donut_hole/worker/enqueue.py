@@ -176,37 +176,68 @@ def submit_upload(
     callback_url: str | None = None,
     idempotency: repository.Idempotency | None = None,
 ) -> tuple[str, str]:
-    """Store one uploaded scan under ``uploads/<uuid>/<safe filename>``, then queue it: (batch, document).
+    """Store one uploaded scan and queue it (:func:`submit_uploads` of one file): (batch, document)."""
+    batch_id, document_ids = submit_uploads(
+        services,
+        files=[(data, filename)],
+        session=session,
+        callback_url=callback_url,
+        idempotency=idempotency,
+    )
+    return batch_id, document_ids[0]
 
-    The row is committed before the object is written, so no object reaches the store without its row;
-    when the store refuses the write the document is ``failed`` with the reason and the error is raised.
+
+def submit_uploads(
+    services: Services,
+    *,
+    files: Sequence[tuple[bytes, str]],
+    session: Session | None = None,
+    callback_url: str | None = None,
+    idempotency: repository.Idempotency | None = None,
+) -> tuple[str, list[str]]:
+    """Store uploaded scans under ``uploads/<uuid>/<safe, distinct file name>``, then queue them as one
+    batch: (batch, one document per file, in order).
+
+    The rows are committed before any object is written, so no object reaches the store without its row.
+    When the store refuses a write, no document of the upload is queued: each is ``failed`` with the
+    reason and the error is raised (the request is answered 503 and may be sent again whole).
     """
     settings = services.settings
     _check_callback(settings, callback_url)
-    _check_upload(settings, data, filename)
+    if not files:
+        raise EnqueueError("no files to upload")
+    if len(files) > MAX_DOCUMENTS:
+        raise EnqueueError(f"{len(files)} files is more than {MAX_DOCUMENTS} in one upload")
+    for data, filename in files:
+        _check_upload(settings, data, filename)
     store = _store(services)
-    key = f"{UPLOAD_PREFIX}/{uuid.uuid4()}/{safe_filename(filename)}"
+    folder = f"{UPLOAD_PREFIX}/{uuid.uuid4()}"
+    keys = [f"{folder}/{name}" for name in _unique_names([Path(filename) for _, filename in files])]
     with _transaction(services, session) as writing:
         batch = repository.create_batch(
             writing,
             source="upload",
-            uris=[_resolve(store, key)],
-            sha256s=[_sha256(data)],
+            uris=[_resolve(store, key) for key in keys],
+            sha256s=[_sha256(data) for data, _ in files],
             callback_url=callback_url,
             idempotency=idempotency,
         )
-        batch_id, document_id = batch.id, batch.documents[0].id
-    try:
-        store.put(key, data)
-    except StorageError as exc:
-        _fail_unstored(services, {document_id: exc})
-        if idempotency is not None:  # nothing usable came of this try: a retry with its key starts afresh
-            with session_scope(services.sessions) as writing:
-                repository.forget_idempotent(writing, batch_id=batch_id)
-        raise
-    _send(services, [document_id], batch_id=batch_id)
-    log_event(log, "batch.submitted", batch_id=batch_id, documents=1, source="upload")
-    return batch_id, document_id
+        batch_id, document_ids = batch.id, [document.id for document in batch.documents]
+    for key, (data, _), document_id in zip(keys, files, document_ids, strict=True):
+        try:
+            store.put(key, data)
+        except StorageError as exc:
+            _fail_unstored(services, dict.fromkeys(document_ids, exc))
+            if idempotency is not None:  # nothing usable came of this try: a retry with its key starts afresh
+                with session_scope(services.sessions) as writing:
+                    repository.forget_idempotent(writing, batch_id=batch_id)
+            log_event(
+                log, "upload.unstored", level=logging.WARNING, batch_id=batch_id, document_id=document_id
+            )
+            raise
+    _send(services, document_ids, batch_id=batch_id)
+    log_event(log, "batch.submitted", batch_id=batch_id, documents=len(document_ids), source="upload")
+    return batch_id, document_ids
 
 
 def submit_files(

@@ -272,3 +272,35 @@ def test_search_by_prefix_without_case_and_page_by_page(
         "/v1/search", params={"field": "reference", "value": stem, "match": "x"}, headers=auth
     )
     assert unknown.status_code == 422
+
+
+def test_several_files_are_one_batch_and_a_bad_one_refuses_them_all(
+    client: TestClient, auth: dict[str, str], messages: Any, settings: Settings, s3_bucket: str
+) -> None:
+    s3 = make_s3_client(endpoint_url=settings.s3_endpoint_url)
+
+    def stored() -> int:
+        return s3.list_objects_v2(Bucket=s3_bucket, Prefix="api-store/uploads/")["KeyCount"]
+
+    files = [("file", ("a.png", _png(), "image/png")), ("file", ("a.png", _png(), "image/png"))]
+    files.append(("file", ("manifest.pdf", pdf_of(coloured_pages(2)), "application/pdf")))
+    key = {"Idempotency-Key": f"multi-{uuid.uuid4().hex}"}
+    response = client.post("/v1/documents", files=files, headers={**auth, **key})
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert len(accepted["document_ids"]) == 3 and accepted["document_id"] == accepted["document_ids"][0]
+    batch = client.get(f"/v1/batches/{accepted['batch_id']}", headers=auth).json()
+    assert batch["total"] == 3 and batch["counts"]["queued"] == 3
+    uris = [
+        row["uri"]
+        for row in client.get(f"/v1/batches/{accepted['batch_id']}/results", headers=auth).json()["items"]
+    ]
+    assert sorted(uri.rsplit("/", 1)[1] for uri in uris) == ["a-2.png", "a.png", "manifest.pdf"]  # distinct
+    again = client.post("/v1/documents", files=files, headers={**auth, **key})  # a retry: the same batch
+    assert again.json()["batch_id"] == accepted["batch_id"]
+    assert sorted(again.json()["document_ids"]) == sorted(accepted["document_ids"])
+
+    before = (len(messages()), stored())
+    bad = [files[0], ("file", ("notes.txt", b"hello, this is text", "text/plain"))]
+    refused = client.post("/v1/documents", files=bad, headers=auth)
+    assert refused.status_code == 415 and (len(messages()), stored()) == before  # nothing queued or kept

@@ -52,7 +52,9 @@ def test_delete_removes_a_finished_batch_and_its_uploaded_files(settings: Settin
 
     engine = make_engine(settings.database_url)
     with session_scope(session_factory(engine)) as session:
-        (document,) = repository.pages_of(session, document=repository.first_page(session, batch_id=batch_id))
+        (document,) = repository.pages_of(
+            session, document=repository.first_pages(session, batch_id=batch_id)[0]
+        )
         repository.mark_failed(session, document_id=document.id, error="corrupt")
     engine.dispose()
     result = runner.invoke(app, ["delete", batch_id, "0" * 36])

@@ -27,9 +27,12 @@ def test_the_client_uploads_waits_and_fetches_results(
     uris = [store.put(f"client/{p.name}", p.read_bytes()) for p in scans[:2]]
     with TestClient(create_app(pipeline_settings)) as http, Client(api_key=API_KEY, http=http) as api:
         uploaded = api.upload(pdf_of(scans[:2]), filename="two.pdf")
+        several = api.upload(scans[2:4])  # two files, one batch
         submitted = api.submit(uris)
         finished = api.wait(uploaded["batch_id"], timeout_s=120, poll_s=0.2)
         rows = list(api.results(uploaded["batch_id"]))
+        assert api.wait(several["batch_id"], timeout_s=120, poll_s=0.2, progress=False)["counts"]["done"] == 2
+        assert len(several["document_ids"]) == 2
         assert api.wait(submitted["id"], timeout_s=120, poll_s=0.2, progress=False)["counts"]["done"] == 2
         read = api.read(scans[0])
         with pytest.raises(ApiError) as missing:

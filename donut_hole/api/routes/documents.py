@@ -29,8 +29,8 @@ router = APIRouter(prefix="/v1/documents", tags=["documents"], dependencies=[Api
     status_code=202,
     responses={
         413: {
-            "description": "The scan is larger than DONUT_HOLE_MAX_IMAGE_BYTES, or has more pages than "
-            "DONUT_HOLE_MAX_PAGES."
+            "description": "The scans are larger than DONUT_HOLE_MAX_IMAGE_BYTES together, or one has more "
+            "pages than DONUT_HOLE_MAX_PAGES."
         },
         415: {"description": "Not a JPEG, PNG, TIFF, WebP, BMP or GIF image, nor a PDF."},
         422: {
@@ -42,8 +42,11 @@ router = APIRouter(prefix="/v1/documents", tags=["documents"], dependencies=[Api
 )
 def upload_document(
     file: Annotated[
-        UploadFile,
-        File(description="One scan: JPEG, PNG, WebP, BMP or GIF, or a PDF or TIFF of one or more pages."),
+        list[UploadFile],
+        File(
+            description="A scan: JPEG, PNG, WebP, BMP or GIF, or a PDF or TIFF of one or more pages. Repeat "
+            "the part for several scans in one batch (together at most DONUT_HOLE_MAX_IMAGE_BYTES)."
+        ),
     ],
     settings: SettingsDep,
     services: ServicesDep,
@@ -59,43 +62,51 @@ def upload_document(
         ),
     ] = None,
 ) -> UploadAccepted:
-    """Store one scan in the object store and queue it as a batch of one document.
+    """Store the scans in the object store and queue them as one batch, a document per scan.
 
-    The type is read from the file's first bytes, not from its name or declared content type. A PDF or
-    multi-page TIFF becomes one document per page once a worker opens it: the returned document is page 1,
-    and ``GET /v1/documents/{id}`` lists the others under ``pages``. With an ``Idempotency-Key`` header, a
-    retry of the same upload returns the batch and document the first try made, and stores nothing twice.
+    The type is read from each file's first bytes, not from its name or declared content type; one bad
+    file refuses the whole request (nothing is stored). A PDF or multi-page TIFF becomes one document per
+    page once a worker opens it: ``document_ids`` are each file's page 1 (in upload order),
+    ``document_id`` the first file's, and ``GET /v1/documents/{id}`` lists a file's other pages under
+    ``pages``. With an ``Idempotency-Key`` header, a retry of the same upload returns the batch and
+    documents the first try made, and stores nothing twice.
     """
-    data, media_type = checked_scan(
-        file, settings, max_pages=settings.max_pages, setting="DONUT_HOLE_MAX_PAGES"
-    )
-    filename = file.filename or "upload"
-    request = claim(idempotency_key, filename, callback_url, hashlib.sha256(data).digest())
+    scans = [
+        checked_scan(part, settings, max_pages=settings.max_pages, setting="DONUT_HOLE_MAX_PAGES")
+        for part in file
+    ]
+    names = [part.filename or "upload" for part in file]
+    digests = [hashlib.sha256(data).digest() for data, _ in scans]
+    request = claim(idempotency_key, *names, callback_url, *digests)  # one file: as it always was
 
     def submit() -> UploadAccepted:
-        batch_id, document_id = enqueue.submit_upload(
+        batch_id, document_ids = enqueue.submit_uploads(
             services,
-            data=data,
-            filename=filename,
+            files=[(data, name) for (data, _), name in zip(scans, names, strict=True)],
             session=session,
             callback_url=callback_url,
             idempotency=request,
         )
         metrics.BATCHES_QUEUED.labels("upload").inc()
-        metrics.DOCUMENTS_QUEUED.labels("upload").inc()
+        metrics.DOCUMENTS_QUEUED.labels("upload").inc(len(document_ids))
         log_event(
             log,
             "api.upload",
             batch_id=batch_id,
-            document_id=document_id,
-            bytes=len(data),
-            media_type=media_type,
+            documents=len(document_ids),
+            bytes=sum(len(data) for data, _ in scans),
+            media_types=sorted({media_type for _, media_type in scans}),
         )
-        return UploadAccepted(batch_id=batch_id, document_id=document_id)
+        return UploadAccepted(batch_id=batch_id, document_id=document_ids[0], document_ids=document_ids)
 
-    def replay(batch_id: str) -> UploadAccepted:  # where the first try's document stands now
-        document = repository.first_page(session, batch_id=batch_id)
-        return UploadAccepted(batch_id=batch_id, document_id=document.id, status=document.status)
+    def replay(batch_id: str) -> UploadAccepted:  # where the first try's documents stand now
+        firsts = repository.first_pages(session, batch_id=batch_id)
+        return UploadAccepted(
+            batch_id=batch_id,
+            document_id=firsts[0].id,
+            document_ids=[document.id for document in firsts],
+            status=firsts[0].status,
+        )
 
     accepted = submit_once(session, request, response, submit=submit, replay=replay)
     response.headers["Location"] = f"/v1/documents/{accepted.document_id}"
