@@ -20,6 +20,7 @@ test: lint services
 	$(BIN)/pytest -q
 	$(BIN)/pytest -q -p no:cacheprovider --doctest-modules donut_hole --ignore=donut_hole/db/migrations
 	./scripts/check_interop.sh
+	./scripts/check_readme_examples.sh
 
 # PostgreSQL and Redis started, the compose parser installed, when missing (one script, also for .ci/run).
 services:
