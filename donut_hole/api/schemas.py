@@ -174,7 +174,9 @@ class DocumentPublic(BaseModel):
         description='Flattened key paths and values: {"consignee.name": "ACME"}; a repeated path '
         'gives a list ({"items.name": ["bolt", "nut"]}).'
     )
-    data: dict[str, Any] | None = Field(description="The extraction as nested JSON, values unclipped.")
+    data: dict[str, Any] | None = Field(
+        description="The extraction as nested JSON, values unclipped: repeated items as a list of objects."
+    )
     confidence: float | None
     field_confidence: FieldConfidences = Field(description=FIELD_CONFIDENCE_HELP)
     note: str | None = Field(
@@ -200,6 +202,11 @@ class ResultPublic(BaseModel):
     note: str | None = None
     fields: FieldValues
     field_confidence: FieldConfidences = Field(description=FIELD_CONFIDENCE_HELP)
+    data: dict[str, Any] | None = Field(
+        None,
+        description="The extraction as nested JSON, values unclipped: repeated items as a list of objects "
+        '({"items": [{"sku": "A-1", "quantity": "2"}, ...]}).',
+    )
 
 
 class BatchList(BaseModel):

@@ -118,7 +118,9 @@ class ResultRow(TypedDict):
     """One document of a batch, flat enough for a table, JSON or CSV.
 
     ``fields`` maps each key path to its value, or to the list of values when the path repeats
-    (list items: ``{"items.name": ["bolt", "nut"]}``). It comes from the document's latest extraction.
+    (list items: ``{"items.name": ["bolt", "nut"]}``); ``data`` is the same extraction as nested JSON,
+    repeated items as a list of objects (``{"items": [{"name": "bolt"}, {"name": "nut"}]}``). Both come
+    from the document's latest extraction.
     """
 
     document_id: str
@@ -133,6 +135,7 @@ class ResultRow(TypedDict):
     note: str | None
     fields: FieldValues
     field_confidence: FieldConfidences
+    data: dict[str, Any] | None
 
 
 # ---------------------------------------------------------------------------------------------- batches
@@ -437,6 +440,7 @@ def results_for_batch(
             Extraction.model_id,
             Extraction.confidence,
             Extraction.note,
+            Extraction.data,
         ).where(Extraction.id.in_(in_batch))
     )
     for row in extractions:
@@ -468,6 +472,7 @@ def results_for_batch(
                 note=found.note if found else None,
                 fields=fields.get(found.id, {}) if found else {},
                 field_confidence=confidences.get(found.id, {}) if found else {},
+                data=found.data if found else None,
             )
         )
     return rows

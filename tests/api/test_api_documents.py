@@ -175,6 +175,8 @@ def test_extracted_fields_are_read_and_searched(
 
     results = client.get(f"/v1/batches/{batch_id}/results", headers=auth).json()["items"]
     assert results[0]["fields"] == document["fields"] and results[0]["note"] == document["note"]
+    assert results[0]["data"]["items"] == [{"name": "bolt"}, {"name": "nut"}]  # a list of objects
+    assert results[1]["data"] is None
     assert results[0]["field_confidence"] == document["field_confidence"]
     assert results[1]["field_confidence"] == {}
     assert results[1]["document_id"] == other_id and results[1]["fields"] == {} and results[1]["note"] is None
