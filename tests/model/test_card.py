@@ -127,8 +127,10 @@ def test_forced_ship_writes_lean_folders_cards_and_the_readme_table(run, tmp_pat
             "test machine",
             "SMOKE=1 scripts/train_default_model.sh",
             "**not met**",
+            f'DonutProcessor.from_pretrained("models/{name}")',  # the stock-transformers snippet
         ):
             assert expected in card, expected
+        assert "pipeline_tag" not in card  # no transformers pipeline reads DONUT's fields
         load_model(folder)  # a complete checkpoint
 
     # the card's held-out F1 is what `donut-hole evaluate` gives on the same set
