@@ -12,7 +12,8 @@ VENV4=${VENV4:-.venv-tf4}
 if ! "$VENV4/bin/python" -c 'import sys, transformers; sys.exit(not transformers.__version__.startswith("4.57."))' 2>/dev/null; then
     echo "interop: making $VENV4 (torch 2.13.0, transformers 4.57)"
     python3 -m venv "$VENV4"
-    "$VENV4/bin/python" -m pip install --quiet torch==2.13.0 'transformers==4.57.*' pillow
+    "$VENV4/bin/python" -m pip install --quiet torch==2.13.0 'transformers==4.57.*' pillow \
+        >"$VENV4/install.log" 2>&1 || { tail -20 "$VENV4/install.log"; exit 1; }
 fi
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
