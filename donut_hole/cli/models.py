@@ -109,8 +109,10 @@ def predict(
     device: Device = "auto",
     precision: Precision = "fp32",
 ) -> None:
-    """Read scans and print one JSON line per page ({"file", "page", "fields", "confidence"}, with "note"
-    when the reading was cut at the longest answer, or {"error"}).
+    """Read scans and print one JSON line per page: its fields and confidence, or its error.
+
+    Each line is {"file", "page", "fields", "confidence"}, with "note" when the reading was cut at the
+    longest answer the model can write; or {"file", "error"} (with "page" when one page failed).
 
     A single image is page 1; a PDF or multi-page TIFF gives one line per page. Pages are decoded one by
     one (an unreadable one gets its error line) and read ``--batch-size`` at a time in one batched

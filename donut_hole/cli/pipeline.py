@@ -305,8 +305,7 @@ def results(
         OutputFormat, typer.Option("--format", help="table, json or csv.")
     ] = OutputFormat.table,
 ) -> None:
-    """Show a batch's documents (one per page of a PDF or TIFF): status, error or note, confidence and
-    extracted fields."""
+    """Show a batch's documents (a page each): status, error or note, confidence and fields."""
     from sqlalchemy.exc import OperationalError
 
     from donut_hole.db import repository, session_scope
