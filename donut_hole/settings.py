@@ -36,13 +36,15 @@ class Settings(BaseSettings):
         "", description="s3://bucket[/prefix] or a local directory; default: data_dir/store."
     )
     s3_endpoint_url: str | None = Field(None, description="Endpoint override for MinIO or moto.")
-    s3_region: str = "us-east-1"
+    s3_region: str = Field("us-east-1", description="Region of the S3 client.")
     allowed_buckets: list[str] = Field(
         default_factory=list, description="Buckets the API may read; [] = any."
     )
 
     model_path: Path = Field(DEFAULT_MODEL_PATH, description="Folder of a saved DONUT checkpoint.")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the model runs: auto (a GPU when there is one), cpu or cuda."
+    )
     precision: Literal["fp32", "bf16", "int8"] = Field(
         "fp32",
         description="fp32; bf16 on GPUs, and on CPUs with AVX512-BF16/AMX (there the encoder's arithmetic "
@@ -98,7 +100,9 @@ class Settings(BaseSettings):
         le=600,
         description="Longest wait of POST /v1/read for its answer; then 202 and the document's link.",
     )
-    task_time_limit_s: int = Field(600, ge=1)
+    task_time_limit_s: int = Field(
+        600, ge=1, description="Seconds a group of documents may take in a worker before it is stopped."
+    )
     max_retries: int = Field(
         5, ge=0, description="Attempts a document may lose to a dying worker before it is failed, minus one."
     )
@@ -123,7 +127,9 @@ class Settings(BaseSettings):
         description="A document 'processing' this long lost its worker and is sent again by a worker's "
         "watchdog; default: the hard task time limit + 60 s.",
     )
-    queue: str = "cpu"
+    queue: str = Field(
+        "cpu", description="The documents' queue (cpu, gpu, ...); webhooks use <queue>.callbacks."
+    )
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Worker Prometheus port; unset = off.")
 
     api_keys: list[str] = Field(default_factory=list, description="Bearer keys the API accepts.")
@@ -158,7 +164,9 @@ class Settings(BaseSettings):
     callback_backoff_max_s: float = Field(
         300.0, gt=0, description="Longest wait between two tries of a callback (exponential backoff cap)."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Lowest level of the JSON log lines."
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -191,3 +199,33 @@ def get_settings() -> Settings:
             f"DONUT_HOLE_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
         )
         raise SettingsError(f"invalid settings: {problems}") from exc
+
+
+def reference_markdown() -> str:
+    """``docs/configuration.md``: every setting's variable, default and description, from :class:`Settings`
+    (``python -m donut_hole.settings > docs/configuration.md``; a test fails when the file is stale)."""
+    lines = [
+        "# Configuration",
+        "",
+        'Every setting is an environment variable `DONUT_HOLE_<NAME>`; lists are JSON (`\'["a", "b"]\'`).',
+        "The defaults are the embedded ones (`make demo`). Generated from `donut_hole/settings.py` by",
+        "`python -m donut_hole.settings > docs/configuration.md`; do not edit by hand.",
+        "",
+        "| variable | default | what it sets |",
+        "|---|---|---|",
+    ]
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = repr(field.default_factory())  # type: ignore[call-arg]
+        else:
+            default = "" if field.default in (None, "") else str(field.default)
+        if isinstance(field.default, Path) and field.default.is_absolute():
+            default = str(field.default.relative_to(REPO_ROOT))  # not this machine's path
+        description = " ".join((field.description or "").split()).replace("|", "\\|")
+        default_text = f"`{default}`" if default else "(none)"
+        lines.append(f"| `DONUT_HOLE_{name.upper()}` | {default_text} | {description} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

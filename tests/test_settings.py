@@ -33,3 +33,13 @@ def test_bad_values_fail_fast_naming_the_variable(monkeypatch):
     with pytest.raises(SettingsError, match="sqlite or postgresql"):
         get_settings()
     get_settings.cache_clear()
+
+
+def test_the_configuration_reference_is_current() -> None:
+    """docs/configuration.md is what ``python -m donut_hole.settings`` writes: every setting, described."""
+    from donut_hole.settings import REPO_ROOT, reference_markdown
+
+    written = (REPO_ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert written == reference_markdown(), "stale: run python -m donut_hole.settings > docs/configuration.md"
+    assert "|  |" not in written  # every setting has a description
+    assert "/work/" not in written and "/root/" not in written  # no machine's paths
