@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test services lint format clean
+.PHONY: demo test test-fast services lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: lint services
 	$(BIN)/pytest -q -p no:cacheprovider --doctest-modules donut_hole --ignore=donut_hole/db/migrations
 	./scripts/check_interop.sh
 	./scripts/check_readme_examples.sh
+
+# The fast loop: what needs no service and runs in seconds (tests marked services or slow are left out;
+# tests/conftest.py marks every test that uses a service's fixture). `make test` stays the whole suite.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not services and not slow" -p no:cacheprovider
 
 # PostgreSQL and Redis started, the compose parser installed, when missing (one script, also for .ci/run).
 services:

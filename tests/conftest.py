@@ -19,6 +19,35 @@ from hypothesis import settings as hypothesis_settings
 hypothesis_settings.register_profile("donut-hole", derandomize=True)
 hypothesis_settings.load_profile("donut-hole")
 
+# Fixtures that reach a service (PostgreSQL, Redis, moto's S3 server, worker processes, the compose
+# parser): a test that uses one, or runs on the postgresql parameter, is marked ``services`` here, so
+# ``make test-fast`` (``-m "not services and not slow"``) runs what needs nothing but this checkout.
+SERVICE_FIXTURES = frozenset(
+    {
+        "postgres_url",
+        "redis_url",
+        "redis_client",
+        "queue",
+        "messages",
+        "s3_server",
+        "s3_bucket",
+        "pipeline_settings",
+        "shared_worker",
+        "start_worker",
+        "compose_config",
+        "empty_env_file",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if names & SERVICE_FIXTURES or "postgresql" in params.values():
+            item.add_marker(pytest.mark.services)
+
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "DONUT_HOLE_TEST_POSTGRES_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )

@@ -77,6 +77,7 @@ def quick(tmp_path_factory) -> dict:
     return json.loads(out.read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow  # over 4 s: left out of make test-fast
 def test_quick_run_has_every_variant_and_field(quick):
     assert quick["complete"] is True
     assert list(quick["variants"]) == CPU_VARIANTS + GPU_VARIANTS
@@ -125,6 +126,7 @@ def test_planner_and_percentile():
         m.parse_sizes("2560-1920")
 
 
+@pytest.mark.slow  # over 4 s: left out of make test-fast
 def test_vocabulary_pruned_student_generates_with_renumbered_ids(tmp_path):
     """A recipe with prune.vocabulary: the structured student keeps --vocab-rows rows and still generates."""
     recipe = tmp_path / "vocab.yaml"

@@ -218,6 +218,7 @@ def test_rows_are_committed_before_the_broker_is_asked(
         assert batch["counts"]["queued"] == 1
 
 
+@pytest.mark.slow  # over 4 s: left out of make test-fast
 def test_work_is_written_through_the_request_session_and_the_one_engine_is_disposed(
     settings_factory: Any, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

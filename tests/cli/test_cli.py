@@ -214,6 +214,7 @@ def test_predict_and_evaluate_read_with_the_configured_model_by_default(dataset,
     assert refused.exit_code == 2 and "config.json is missing" in " ".join(refused.output.split())
 
 
+@pytest.mark.slow  # over 4 s: left out of make test-fast
 def test_long_commands_show_progress_without_a_terminal(tmp_path, dataset, model_dir):
     """No TTY (a CI log, a pipe): plain progress lines on stderr instead of a bar that draws nothing."""
     args = ["evaluate", "--model", str(model_dir), "--data", str(dataset), "--max-new-tokens", "4"]

@@ -229,6 +229,7 @@ def test_donut_base_layout_steps_zero(tmp_path):
     assert reloaded.config.decoder.vocab_size == vocab["vocab_after"]
 
 
+@pytest.mark.slow  # over 4 s: left out of make test-fast
 def test_a_student_can_read_smaller_images_than_its_teacher(tiny_setup, tmp_path):
     docs = [s.gt_parse for s in read_dataset(tiny_setup["train"])]
     teacher = save_model(*new_model("tiny", documents=docs, image_size=(320, 320)), tmp_path / "teacher")
@@ -356,6 +357,7 @@ def test_a_student_learns_from_scans_rendered_by_its_recipe(tiny_setup, tmp_path
         load_recipe(CONFIGS / "tiny.yaml", CompressRecipe, overrides={**overrides, "prune.vocabulary": True})
 
 
+@pytest.mark.slow  # over 4 s: left out of make test-fast
 def test_a_one_layer_student_learns_where_its_teacher_looks(tiny_setup, tmp_path):
     """distill.attention with a shallow student (its one layer: the teacher's last), in two processes: the
     term is logged, the student keeps one layer, and both decoders read as before once training ends."""

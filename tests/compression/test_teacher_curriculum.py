@@ -90,6 +90,7 @@ def test_recipe_and_data_must_go_together(tmp_path, val):
 
 
 @pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.slow  # over 4 s: left out of make test-fast
 def test_sigterm_to_the_whole_process_group_still_checkpoints(tmp_path, val, processes):
     """A stop sent to every process of the run (CI ending a session) reaches the trainer's checkpoint; the
     loader process does not die first and fail the run (a race: seen in a real run, where the trainer was
@@ -143,6 +144,7 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+@pytest.mark.slow  # over 4 s: left out of make test-fast
 def test_two_processes_train_the_run_one_process_trains(tmp_path, val):
     """Data-parallel CPU training: each process takes half of every batch and the averaged gradients keep
     one model. The weights end where a lone run's do, up to the loss being a mean of two half-batch means

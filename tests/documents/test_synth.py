@@ -153,6 +153,7 @@ def test_same_seed_gives_identical_bytes_and_other_seeds_differ(tmp_path: Path) 
     assert all(longer[f"{i:06d}.jpg"] == first[f"{i:06d}.jpg"] for i in range(3))
 
 
+@pytest.mark.slow  # over 4 s: left out of make test-fast
 def test_worker_processes_write_the_same_bytes(tmp_path: Path) -> None:
     kinds = ["shipping_label", "bill_of_lading", "delivery_note"]
     one = generate(kinds, n=32, out=tmp_path / "one", seed=5, progress=False, workers=1)

@@ -77,6 +77,7 @@ def test_the_shipped_teacher_is_read_by_the_native_engine(teacher):
 
 
 @pytest.mark.parametrize(("slots", "native"), [(1, True), (3, True), (2, False)])
+@pytest.mark.slow  # over 4 s: left out of make test-fast
 def test_pages_read_as_generate_reads_each_alone(teacher, pages, slots, native):
     """Each page's tokens equal ``generate``'s on that page alone and its log-probabilities agree, whether
     it decoded alone or beside others that entered and left the running batch at other positions."""

@@ -132,6 +132,7 @@ def _reads_as_generate(reader: DonutReader, pixels: torch.Tensor, monkeypatch: p
     return own
 
 
+@pytest.mark.slow  # over 4 s: left out of make test-fast
 def test_the_greedy_loop_reads_as_generate_does(tiny_model_dir, tmp_path, monkeypatch):
     """The reader's own greedy loop gives the tokens and probabilities transformers' ``generate`` gives,
     with documents of one batch ending at different steps, and at the token limit (a forced EOS)."""

@@ -48,6 +48,7 @@ def _start_cli_worker(tmp_path: Path, model: Path, **env: str) -> subprocess.Com
         ("cord", {"DONUT_HOLE_TASK_PROMPT": CORD, "DONUT_HOLE_PRECISION": "fp8"}, "DONUT_HOLE_PRECISION"),
     ],
 )
+@pytest.mark.slow  # over 4 s: left out of make test-fast
 def test_the_worker_refuses_to_start_on_a_model_it_cannot_use(tmp_path, cord, folder, env, says):
     model = cord if folder == "cord" else tmp_path / "empty"
     model.mkdir(exist_ok=True)
