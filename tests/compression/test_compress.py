@@ -159,26 +159,21 @@ def test_compress_cli_reports_clear_errors(tiny_setup, tmp_path):
     assert "Swin stages" in result.output
 
 
+SMALL_REPORT = ["report.cka_samples=4", "report.latency_samples=1", "report.latency_repeats=1"]
+
+
+def _compress_tiny(tiny_setup, out: Path, *, steps: int, sets: list[str], train: bool = False):
+    """``donut-hole compress`` of the tiny teacher with ``configs/tiny.yaml``, through the CLI."""
+    args = ["compress", "--teacher", str(tiny_setup["teacher"]), "--recipe", str(CONFIGS / "tiny.yaml")]
+    if train:
+        args += ["--train", str(tiny_setup["train"])]
+    args += ["--val", str(tiny_setup["val"]), "--out", str(out), "--steps", str(steps)]
+    return CliRunner().invoke(app, [*args, *[arg for item in sets for arg in ("--set", item)]])
+
+
 def test_compress_cli_prints_the_report_it_returns(tiny_setup, tmp_path):
     out = tmp_path / "run"
-    small = ["report.cka_samples=4", "report.latency_samples=1", "report.latency_repeats=1"]
-    result = CliRunner().invoke(
-        app,
-        [
-            "compress",
-            "--teacher",
-            str(tiny_setup["teacher"]),
-            "--recipe",
-            str(CONFIGS / "tiny.yaml"),
-            "--val",
-            str(tiny_setup["val"]),
-            "--out",
-            str(out),
-            "--steps",
-            "0",
-            *[arg for item in [*small, "train.max_new_tokens=4"] for arg in ("--set", item)],
-        ],
-    )
+    result = _compress_tiny(tiny_setup, out, steps=0, sets=[*SMALL_REPORT, "train.max_new_tokens=4"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     printed = " ".join(result.stdout.split())  # the console wraps long lines
@@ -406,27 +401,8 @@ def test_compress_without_a_terminal_prints_progress_lines(tiny_setup, tmp_path,
     from donut_hole.compression import train as training
 
     monkeypatch.setattr(training, "PLAIN_EVERY_S", 0.0)  # a line at every log step, not once a minute
-    small = ["report.cka_samples=4", "report.latency_samples=1", "report.latency_repeats=1"]
-    sets = [*small, "train.max_new_tokens=4", "train.log_every=1", "train.eval_every=100"]
-    result = CliRunner().invoke(
-        app,
-        [
-            "compress",
-            "--teacher",
-            str(tiny_setup["teacher"]),
-            "--recipe",
-            str(CONFIGS / "tiny.yaml"),
-            "--train",
-            str(tiny_setup["train"]),
-            "--val",
-            str(tiny_setup["val"]),
-            "--out",
-            str(tmp_path / "run"),
-            "--steps",
-            "2",
-            *[arg for item in sets for arg in ("--set", item)],
-        ],
-    )
+    sets = [*SMALL_REPORT, "train.max_new_tokens=4", "train.log_every=1", "train.eval_every=100"]
+    result = _compress_tiny(tiny_setup, tmp_path / "run", steps=2, sets=sets, train=True)
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stderr.splitlines() if line.startswith("training: step ")]
     assert [line.split(",")[0] for line in lines] == ["training: step 1/2", "training: step 2/2"]
