@@ -284,9 +284,6 @@ def get_batch(session: Session, *, batch_id: str) -> Batch | None:
     return session.get(Batch, batch_id) if is_id(batch_id) else None
 
 
-BATCH_STATES = ("expanding", "accepted", "finished", "failed")
-
-
 def batch_state(status: BatchStatus | str, progress: dict[str, int]) -> str:
     """A batch's state as users see it: ``expanding`` (listing), ``accepted`` (documents waiting or being
     read), ``finished`` (every document done or failed), ``failed`` (the listing failed). The stored status
@@ -728,11 +725,11 @@ def requeue_stalled(
 
 
 TRANSIENT = "transient: "
+"""How ``documents.error`` begins when a document failed for a passing reason (an outage past the retry
+budget): :func:`requeue_transient_failures` (``donut-hole enqueue --retry-failed``) queues it again."""
 NOT_UPLOADED = "not uploaded: "
 """The reason of a document whose file the submitter could not put in the store: nothing to read, so
 :func:`requeue_transient_failures` leaves it (its file must be enqueued again)."""
-"""How ``documents.error`` begins when a document failed for a passing reason (an outage past the retry
-budget): :func:`requeue_transient_failures` (``donut-hole enqueue --retry-failed``) queues it again."""
 
 
 def requeue_transient_failures(session: Session, *, batch_id: str) -> list[str]:
