@@ -412,6 +412,13 @@ def still_read(session: Session, *, uris: Sequence[str]) -> set[str]:
     return found
 
 
+def batch_documents(session: Session, *, batch_id: str) -> list[Document]:
+    """The batch's documents alone (no extraction read), in the order of :func:`results_for_batch`."""
+    _batch_or_raise(session, batch_id)
+    order = (_source_uri_sql(), Document.page, Document.id)
+    return list(session.scalars(select(Document).where(Document.batch_id == batch_id).order_by(*order)))
+
+
 def results_for_batch(
     session: Session, *, batch_id: str, limit: int | None = None, offset: int = 0
 ) -> list[ResultRow]:

@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 from sqlalchemy.orm import Session
 
 from donut_hole.db import DocumentStatus, repository, session_scope
-from donut_hole.db.models import utcnow
+from donut_hole.db.models import Document, utcnow
 from donut_hole.logs import log_event
 from donut_hole.services import Services
 from donut_hole.settings import Settings
@@ -373,29 +373,33 @@ def _fail_unstored(services: Services, refused: dict[str, Exception]) -> None:
 
 def never_uploaded(services: Services, *, batch_id: str) -> list[str]:
     """File names of the batch's documents whose upload the store refused (``not uploaded: ...``)."""
-    with session_scope(services.sessions) as session:
-        try:
-            rows = repository.results_for_batch(session, batch_id=batch_id)
-        except repository.BatchNotFound as exc:
-            raise EnqueueError(str(exc)) from exc
     return [
-        row["uri"].rsplit("/", 1)[-1]
-        for row in rows
-        if row["status"] == DocumentStatus.failed.value
-        and (row["error"] or "").startswith(repository.NOT_UPLOADED)
+        document.uri.rsplit("/", 1)[-1]
+        for document in _documents(services, batch_id=batch_id)
+        if document.status == DocumentStatus.failed
+        and (document.error or "").startswith(repository.NOT_UPLOADED)
     ]
 
 
 def resend_queued(services: Services, *, batch_id: str) -> int:
     """Send messages again for the batch's documents that are still ``queued``; returns how many."""
-    with session_scope(services.sessions) as session:
-        try:
-            rows = repository.results_for_batch(session, batch_id=batch_id)
-        except repository.BatchNotFound as exc:
-            raise EnqueueError(str(exc)) from exc
-    queued = [row["document_id"] for row in rows if row["status"] == DocumentStatus.queued.value]
+    queued = [
+        document.id
+        for document in _documents(services, batch_id=batch_id)
+        if document.status == DocumentStatus.queued
+    ]
     _send(services, queued, batch_id=batch_id)
     return len(queued)
+
+
+def _documents(services: Services, *, batch_id: str) -> list[Document]:
+    """The batch's documents (their rows alone), or :class:`EnqueueError` for a batch that does not exist."""
+    with session_scope(services.sessions) as session:
+        try:
+            documents = repository.batch_documents(session, batch_id=batch_id)
+        except repository.BatchNotFound as exc:
+            raise EnqueueError(str(exc)) from exc
+    return documents
 
 
 def retry_failed(services: Services, *, batch_id: str) -> int:
