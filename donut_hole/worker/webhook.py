@@ -163,6 +163,7 @@ def post(url: str, *, body: bytes, headers: dict[str, str], timeout_s: float) ->
     connection = connection_class(parts.hostname or "", parts.port, timeout=timeout_s)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     expired = threading.Event()
+    late = f"no complete answer within {timeout_s:g} s"
 
     def cut() -> None:  # at the deadline: end whatever read or write is waiting on the socket
         expired.set()
@@ -188,7 +189,7 @@ def post(url: str, *, body: bytes, headers: dict[str, str], timeout_s: float) ->
         status = int(response.status)
     except (OSError, ValueError, http.client.HTTPException) as exc:  # TimeoutError is an OSError
         if expired.is_set() or isinstance(exc, TimeoutError):
-            return f"no complete answer within {timeout_s:g} s"
+            return late
         if isinstance(exc, http.client.IncompleteRead):
             return "no complete answer: the connection closed before the end of the answer"
         if isinstance(exc, OSError) and exc.strerror:
@@ -197,8 +198,8 @@ def post(url: str, *, body: bytes, headers: dict[str, str], timeout_s: float) ->
     finally:
         deadline.cancel()
         connection.close()
-    if expired.is_set():
-        return f"no complete answer within {timeout_s:g} s"
+    if expired.is_set():  # cut mid-body of an answer that ends when the connection does
+        return late
     if 300 <= status < 400:
         return f"HTTP {status} (redirects are not followed)"
     return None if 200 <= status < 300 else f"HTTP {status}"
