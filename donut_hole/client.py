@@ -138,7 +138,7 @@ class Client:
         batch = self.batch(batch_id)
         with Progress(f"batch {batch_id[:8]}", total=batch["total"], enabled=progress) as shown:
             while True:
-                ended = batch["counts"]["done"] + batch["counts"]["failed"]
+                ended = sum(batch["counts"].get(key, 0) for key in ("done", "failed", "needs_review"))
                 shown.set_total(batch["total"])
                 shown.advance(ended - shown.done)
                 if batch["status"] in ("finished", "failed"):

@@ -268,7 +268,7 @@ def follow_batch(
         while True:
             with session_scope(sessions) as session:
                 counts = repository.batch_progress(session, batch_id=batch_id)
-            finished = counts["done"] + counts["failed"]
+            finished = counts["done"] + counts["failed"] + counts.get("needs_review", 0)
             progress.update(task, total=counts["total"], completed=finished, failed=counts["failed"])
             if finished == counts["total"]:
                 return counts

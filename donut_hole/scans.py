@@ -63,6 +63,7 @@ def load_image(
     With ``target_size`` (height, width) a JPEG is decoded at a reduced scale that still covers it,
     which makes 12-megapixel photos cheap.
     """
+    stored: tuple[int, int] | None = None  # the file's own pixels, before a reduced-scale decode
     if isinstance(source, Image.Image):
         image = source
     else:
@@ -78,6 +79,7 @@ def load_image(
                     raise DocumentError(
                         f"image too large: {width}x{height} pixels exceeds the limit of {max_pixels:,}"
                     )
+                stored = (width, height)
                 if target_size is not None and image.format in ("JPEG", "MPO"):
                     side = max(target_size)
                     image.draft("RGB", (side, side))
@@ -88,6 +90,7 @@ def load_image(
             raise DocumentError(f"not a readable image: {short_reason(exc)}") from exc
         except (OSError, SyntaxError, ValueError) as exc:
             raise DocumentError(f"corrupt image: {short_reason(exc)}") from exc
+    scale = stored[0] / image.size[0] if stored and image.size[0] else 1.0
     # A broken EXIF block is no reason to refuse a readable image.
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
         image = ImageOps.exif_transpose(image) or image
@@ -95,7 +98,20 @@ def load_image(
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
+    image = image.convert("RGB")
+    image.info[PAGE_SIZE] = (round(image.size[0] * scale), round(image.size[1] * scale))
+    return image
+
+
+PAGE_SIZE = "donut_hole.page_size"
+"""``image.info`` key of a loaded scan: the upright page's size in the file's own pixels (a JPEG decoded at
+a reduced scale is smaller), for answers in the page's pixels."""
+
+
+def page_size(image: Image.Image) -> tuple[int, int]:
+    """The upright page's size in the file's pixels (:data:`PAGE_SIZE`), else the image's own."""
+    size = image.info.get(PAGE_SIZE)
+    return (int(size[0]), int(size[1])) if size else image.size
 
 
 _PILLOW_CAP_LOCK = threading.Lock()

@@ -79,6 +79,19 @@ class Settings(BaseSettings):
         "shipped models, which write one token per character). A reading cut at the limit is noted "
         "and its confidence halved.",
     )
+    locate_fields: bool = Field(
+        True,
+        description="Store where each field was read on the page (a box per field, from the decoder's "
+        "cross-attention; one extra pass of the decoder per page).",
+    )
+    review_threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="A document with a field below this confidence ends needs_review instead of done and "
+        "waits for a person (GET /v1/reviews, the /review page); a batch may set its own. Unset or 0: "
+        "no review. The model card says which threshold sends what share of documents.",
+    )
 
     batch_size: int = Field(4, ge=1, le=256, description="Documents per forward pass in a worker.")
     batch_wait_s: float = Field(0.5, ge=0.0, le=60.0, description="Longest wait to fill a batch.")
@@ -133,6 +146,11 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Worker Prometheus port; unset = off.")
 
     api_keys: list[str] = Field(default_factory=list, description="Bearer keys the API accepts.")
+    reviewer_keys: list[str] = Field(
+        default_factory=list,
+        description="Bearer keys of reviewers, as name:key (the name is recorded with each correction): "
+        "they may only list reviews, see a document and its scan, and correct it.",
+    )
     public_url: str = Field(
         "",
         description="The API's address as clients see it, for links in callbacks: https://donut.example.com.",

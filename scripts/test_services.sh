@@ -49,3 +49,8 @@ if ! command -v docker-compose >/dev/null 2>&1; then
     echo "test set-up: installing docker-compose (the compose parser tests/deploy uses)"
     apt_install docker-compose
 fi
+
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    echo "test set-up: installing Chromium and its driver (the review page's browser test)"
+    apt_install chromium chromium-driver
+fi

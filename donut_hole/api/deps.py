@@ -86,3 +86,37 @@ def require_api_key(
 
 
 ApiKeyDep = Depends(require_api_key)
+
+
+REVIEWER = "api"
+"""Who a correction made with a full API key is recorded as."""
+
+
+def reviewer_of(presented: str, settings: Settings) -> str | None:
+    """The name behind a key that may review: ``api`` for a full API key, the name of a reviewer key
+    (``DONUT_HOLE_REVIEWER_KEYS``, ``name:key``), or None. Compared in constant time against every key."""
+    if key_matches(presented, usable_keys(settings.api_keys)):
+        return REVIEWER
+    found: str | None = None
+    for entry in settings.reviewer_keys:
+        name, sep, key = entry.partition(":")
+        name, key = (name.strip() or "reviewer", key) if sep else ("reviewer", entry)
+        if key and hmac.compare_digest(presented.encode(), key.encode()) and found is None:
+            found = name
+    return found
+
+
+def require_reviewer(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> str:
+    """401 unless the request carries an API key or a reviewer key; the reviewer's name."""
+    if not usable_keys(settings.api_keys) and not settings.reviewer_keys:
+        raise HTTPException(401, detail=NO_KEYS_DETAIL, headers={"WWW-Authenticate": "Bearer"})
+    who = reviewer_of(credentials.credentials, settings) if credentials is not None else None
+    if who is None:
+        raise HTTPException(401, detail=BAD_KEY_DETAIL, headers={"WWW-Authenticate": "Bearer"})
+    return who
+
+
+ReviewerDep = Annotated[str, Depends(require_reviewer)]

@@ -20,7 +20,7 @@ from donut_hole.api.errors import install_error_handlers
 from donut_hole.api.limits import MAX_JSON_BODY_BYTES, MULTIPART_OVERHEAD_BYTES, BodySizeLimit
 from donut_hole.api.metrics import RequestMetrics
 from donut_hole.api.request_id import RequestId
-from donut_hole.api.routes import batches, documents, health, read, search
+from donut_hole.api.routes import batches, documents, health, read, reviews, search
 from donut_hole.logs import log_event
 from donut_hole.services import Services
 from donut_hole.settings import Settings, get_settings
@@ -87,6 +87,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestMetrics)  # counts the 413s above too
     app.add_middleware(RequestId)  # added last = outermost: every answer carries X-Request-ID
-    for module in (batches, documents, read, search, health):
+    for module in (batches, documents, read, reviews, search, health):
         app.include_router(module.router)
     return app

@@ -69,8 +69,12 @@ def documents_public(
                 data=extraction.data if extraction else None,
                 confidence=extraction.confidence if extraction else None,
                 field_confidence=repository.field_confidences(extraction) if extraction else {},
+                field_boxes=repository.field_boxes(extraction) if extraction else {},
+                reviewed_by=extraction.reviewer if extraction else None,
                 note=extraction.note if extraction else None,
-                model=ModelRef(id=extraction.model.id, name=extraction.model.name) if extraction else None,
+                model=ModelRef(id=extraction.model.id, name=extraction.model.name)
+                if extraction and extraction.model
+                else None,
             )
         )
     return public

@@ -19,10 +19,17 @@ Location = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URI_CHA
 CallbackUrl = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URI_CHARS)]
 FieldValues = dict[str, str | list[str]]
 FieldConfidences = dict[str, float | list[float | None] | None]
+FieldBoxes = dict[str, list[float] | list[list[float] | None] | None]
 FIELD_CONFIDENCE_HELP = (
-    "The confidence of each field, in [0, 1], shaped like `fields`: the mean probability of the tokens "
-    "that spell the value, or the document's confidence where the tokens could not be lined up."
+    "The confidence of each field, in [0, 1], shaped like `fields`: the calibrated probability that the "
+    "value is right where the model has a calibration, else the mean probability of the tokens that "
+    "spell it (the document's where they could not be lined up); 1 for a reviewer's value."
 )
+FIELD_BOXES_HELP = (
+    "Where each field was read, shaped like `fields`: [x0, y0, x1, y1] as fractions of the page's width "
+    "and height (origin top left; multiply by the page's size for pixels), null where not located."
+)
+ReviewThreshold = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 def _check_location(uri: str, *, require_key: bool) -> str:
@@ -60,6 +67,11 @@ class BatchCreate(BaseModel):
         description="Receives one signed POST once the batch has no queued or processing document left; "
         "must be under DONUT_HOLE_CALLBACK_ALLOWED_URLS (else 422).",
     )
+    review_threshold: ReviewThreshold | None = Field(
+        None,
+        description="A document of this batch with a field below this confidence ends needs_review "
+        "instead of done; default: DONUT_HOLE_REVIEW_THRESHOLD (0 or unset: no review).",
+    )
 
     @field_validator("uris")
     @classmethod
@@ -96,6 +108,7 @@ class DocumentCounts(BaseModel):
     processing: int = 0
     done: int = 0
     failed: int = 0
+    needs_review: int = 0
 
 
 class CallbackPublic(BaseModel):
@@ -116,7 +129,8 @@ class BatchPublic(BaseModel):
     source: str
     status: Literal["expanding", "accepted", "finished", "failed"] = Field(
         description="expanding: a task is still listing the prefix; accepted: documents are waiting or "
-        "being read; finished: every document is done or failed (see counts); failed: the listing failed "
+        "being read; finished: every document is done, failed or needs_review (see counts); failed: the "
+        "listing failed "
         "(see error)."
     )
     error: str | None
@@ -179,6 +193,10 @@ class DocumentPublic(BaseModel):
     )
     confidence: float | None
     field_confidence: FieldConfidences = Field(description=FIELD_CONFIDENCE_HELP)
+    field_boxes: FieldBoxes = Field(default_factory=dict, description=FIELD_BOXES_HELP)
+    reviewed_by: str | None = Field(
+        None, description="Who reviewed the values shown; null: the model's reading."
+    )
     note: str | None = Field(
         None,
         description='What is off in the stored reading, e.g. "schema: ... lacks tracking_number", or '
@@ -202,6 +220,8 @@ class ResultPublic(BaseModel):
     note: str | None = None
     fields: FieldValues
     field_confidence: FieldConfidences = Field(description=FIELD_CONFIDENCE_HELP)
+    field_boxes: FieldBoxes = Field(default_factory=dict, description=FIELD_BOXES_HELP)
+    reviewed_by: str | None = None
     data: dict[str, Any] | None = Field(
         None,
         description="The extraction as nested JSON, values unclipped: repeated items as a list of objects "
@@ -260,3 +280,40 @@ class Health(BaseModel):
     status: str = Field(description='"ok" when every check passed, else "unavailable".')
     database: Check
     broker: Check
+
+
+class ReviewItem(BaseModel):
+    """A document that waits for review."""
+
+    document_id: str
+    batch_id: str
+    uri: str
+    page: int
+    finished_at: datetime | None = Field(description="When the model's reading was stored.")
+    confidence: float | None = Field(description="The document's confidence.")
+    lowest: float | None = Field(description="Its lowest field confidence: why it waits.")
+    fields: int
+
+
+class ReviewList(BaseModel):
+    """Documents that wait for review, oldest first."""
+
+    reviews: list[ReviewItem]
+    total: int = Field(description="How many documents wait in all.")
+    next_offset: int | None = Field(description="The offset of the next page; null on the last.")
+
+
+class ReviewField(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    value: Annotated[str, StringConstraints(max_length=4096)]
+
+
+class ReviewSubmit(BaseModel):
+    """A reviewer's version of a document: every field of its latest reading, in order, as it should
+    read (values edited or not). Sending them approves the document: it ends ``done``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fields: list[ReviewField] = Field(max_length=2000)

@@ -20,6 +20,7 @@ COMMANDS: tuple[Callable[..., Any], ...] = (
     documents.synth,
     models.evaluate,
     models.predict,
+    models.calibrate,
     compression.train,
     compression.compress,
     models.ship,

@@ -210,6 +210,15 @@ def enqueue(
             "under DONUT_HOLE_CALLBACK_ALLOWED_URLS."
         ),
     ] = None,
+    review_threshold: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="A document with a field below this confidence ends needs_review (a person checks it: "
+            "the API's /review page) instead of done; default: DONUT_HOLE_REVIEW_THRESHOLD.",
+        ),
+    ] = None,
 ) -> None:
     """Queue scans for reading; prints the batch id."""
     from sqlalchemy.exc import OperationalError
@@ -238,6 +247,8 @@ def enqueue(
         raise fail("--older-than goes with --recover")
     if callback_url is not None and modes:
         raise fail("--callback-url goes with new scans to enqueue")
+    if review_threshold is not None and modes:
+        raise fail("--review-threshold goes with new scans to enqueue")
     if not (targets or modes):
         raise fail("give an s3:// prefix, s3:// URIs, a folder or files to enqueue")
     s3 = [t.startswith("s3://") for t in targets]
@@ -267,12 +278,29 @@ def enqueue(
                 err_console.print(f"sent {sent} {what} again")
                 return
             if any(s3) and len(targets) == 1 and _is_prefix(targets[0]):
-                batch_id = submit_prefix(services, prefix_uri=targets[0], callback_url=callback_url)
+                batch_id = submit_prefix(
+                    services,
+                    prefix_uri=targets[0],
+                    callback_url=callback_url,
+                    review_threshold=review_threshold,
+                )
             elif any(s3):
-                batch_id = submit_uris(services, uris=targets, source="cli", callback_url=callback_url)
+                batch_id = submit_uris(
+                    services,
+                    uris=targets,
+                    source="cli",
+                    callback_url=callback_url,
+                    review_threshold=review_threshold,
+                )
             else:
                 files = _local_files(targets)
-                batch_id = submit_files(services, paths=files, source="cli", callback_url=callback_url)
+                batch_id = submit_files(
+                    services,
+                    paths=files,
+                    source="cli",
+                    callback_url=callback_url,
+                    review_threshold=review_threshold,
+                )
     except NotStored as exc:  # the others are queued: their batch id still goes to stdout
         typer.echo(exc.batch_id)
         raise fail(str(exc), code=1) from exc

@@ -4,13 +4,15 @@ Schema (PostgreSQL in production, SQLite for the embedded default)::
 
     models       (id, name, path, sha256, density, metrics, created_at)      UNIQUE(name, sha256)
     batches      (id, source, status, error, created_at, callback_url, callback_status,
-                  callback_attempts, callback_next_at, callback_delivered_at, callback_error)
+                  callback_attempts, callback_next_at, callback_delivered_at, callback_error,
+                  review_threshold)
     documents    (id, batch_id → batches, uri, sha256, status, error, attempts,
                   created_at, updated_at, started_at, finished_at, sent_at,
                   page, page_count, source_sha256)                          UNIQUE(batch_id, uri)
-    extractions  (id, document_id → documents, model_id → models, raw_sequence, data, confidence,
-                  latency_ms, note, created_at)                              UNIQUE(document_id, model_id)
-    fields       (id, extraction_id → extractions, name, value, confidence)  INDEX(name, value)
+    extractions  (id, document_id → documents, model_id → models (null: a reviewer's), source, reviewer,
+                  raw_sequence, data, confidence, latency_ms, note, created_at)
+                                                                             UNIQUE(document_id, model_id)
+    fields       (id, extraction_id → extractions, name, value, confidence, box)  INDEX(name, value)
 
 A document is one *page*: a single image is page 1 of 1; a PDF or multi-frame TIFF has one row per page,
 all with the source's ``page_count`` and ``source_sha256``. Page 1 keeps the URI it was submitted with;
@@ -115,6 +117,14 @@ class DocumentStatus(enum.StrEnum):
     processing = "processing"
     done = "done"
     failed = "failed"
+    needs_review = "needs_review"  # read, with a field below the review threshold: waits for a person
+
+
+class ExtractionSource(enum.StrEnum):
+    """Who wrote an extraction: a model's reading, or a person's reviewed version of it."""
+
+    model = "model"
+    reviewer = "reviewer"
 
 
 class CallbackStatus(enum.StrEnum):
@@ -186,6 +196,8 @@ class Batch(Base):
     callback_next_at: Mapped[datetime | None]  # next try (or the lease of the try under way)
     callback_delivered_at: Mapped[datetime | None]
     callback_error: Mapped[str | None] = mapped_column(Text)  # the last failed try, without the URL
+    # a document with a field below this confidence waits for review (None: the service's setting)
+    review_threshold: Mapped[float | None] = mapped_column(Float)
 
     documents: Mapped[list[Document]] = relationship(
         back_populates="batch", cascade="all, delete-orphan", passive_deletes=True, order_by="Document.uri"
@@ -247,14 +259,21 @@ class Document(Base):
 
 
 class Extraction(Base):
-    """One model's reading of one document; (document_id, model_id) is the idempotency key."""
+    """One model's reading of one document, or a reviewer's version of it.
+
+    A model's reading is keyed by (document_id, model_id), its idempotency key; a reviewer's has no model
+    (``model_id`` null, ``source`` ``reviewer``, ``reviewer`` who) and is a new row at every review, so the
+    model's reading is never overwritten. A document's newest extraction is the one served.
+    """
 
     __tablename__ = "extractions"
     __table_args__ = (UniqueConstraint("document_id", "model_id"),)
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
     document_id: Mapped[str] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
-    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"), index=True)
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"), index=True)
+    source: Mapped[str] = mapped_column(String(16), default="model", server_default="model")
+    reviewer: Mapped[str | None] = mapped_column(String(255))
     raw_sequence: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any]]
     confidence: Mapped[float | None] = mapped_column(Float)
@@ -264,7 +283,7 @@ class Extraction(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())  # last write
 
     document: Mapped[Document] = relationship(back_populates="extractions")
-    model: Mapped[Model] = relationship()
+    model: Mapped[Model | None] = relationship()
     fields: Mapped[list[Field]] = relationship(
         back_populates="extraction", cascade="all, delete-orphan", passive_deletes=True, order_by="Field.id"
     )
@@ -283,6 +302,7 @@ class Field(Base):
     name: Mapped[str] = mapped_column(String(FIELD_NAME_MAX))
     value: Mapped[str] = mapped_column(Text)
     confidence: Mapped[float | None] = mapped_column(Float)
+    box: Mapped[list[float] | None] = mapped_column(JSONType)  # [x0, y0, x1, y1], fractions of the page
 
     extraction: Mapped[Extraction] = relationship(back_populates="fields")
 

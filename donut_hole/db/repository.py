@@ -36,6 +36,7 @@ from donut_hole.db.models import (
     Document,
     DocumentStatus,
     Extraction,
+    ExtractionSource,
     Field,
     IdempotencyKey,
     Model,
@@ -95,6 +96,10 @@ FieldConfidences = dict[str, float | list[float | None] | None]
 """Shaped like :data:`FieldValues`, one confidence per value: ``{"consignee.name": 0.97, "items.name":
 [0.91, 0.88]}`` (``None`` where the extraction stored none)."""
 
+FieldBoxes = dict[str, list[float] | list[list[float] | None] | None]
+"""Shaped like :data:`FieldValues`, one box per value: ``{"carrier": [0.1, 0.05, 0.3, 0.09]}`` (``[x0, y0,
+x1, y1]``, fractions of the page; ``None`` where the field was not located)."""
+
 _V = TypeVar("_V")
 
 
@@ -135,6 +140,8 @@ class ResultRow(TypedDict):
     note: str | None
     fields: FieldValues
     field_confidence: FieldConfidences
+    field_boxes: FieldBoxes
+    reviewed_by: str | None
     data: dict[str, Any] | None
 
 
@@ -151,6 +158,7 @@ def create_batch(
     expanding: bool = False,
     callback_url: str | None = None,
     idempotency: Idempotency | None = None,
+    review_threshold: float | None = None,
 ) -> Batch:
     """A batch and one ``queued`` document per URI, in the caller's transaction.
 
@@ -175,6 +183,7 @@ def create_batch(
         status=BatchStatus.expanding if expanding else BatchStatus.accepted,
         callback_url=callback_url,
         callback_status=CallbackStatus.waiting.value if callback_url else None,
+        review_threshold=_threshold(review_threshold),
         documents=[
             Document(id=new_id(), uri=uri, sha256=sha, status=DocumentStatus.queued)
             if reason is None
@@ -445,20 +454,23 @@ def results_for_batch(
             Extraction.confidence,
             Extraction.note,
             Extraction.data,
+            Extraction.reviewer,
         ).where(Extraction.id.in_(in_batch))
     )
     for row in extractions:
         latest[row.document_id] = row
     fields: dict[int, FieldValues] = {}
     confidences: dict[int, FieldConfidences] = {}
+    box_rows: dict[int, list[tuple[str, Any]]] = {}
     field_rows = session.execute(
-        select(Field.extraction_id, Field.name, Field.value, Field.confidence)
+        select(Field.extraction_id, Field.name, Field.value, Field.confidence, Field.box)
         .where(Field.extraction_id.in_(in_batch))
         .order_by(Field.id)
     )
-    for extraction_id, name, value, confidence in field_rows:
+    for extraction_id, name, value, confidence, box in field_rows:
         put_field(fields.setdefault(extraction_id, {}), name, value)
         put_field(confidences.setdefault(extraction_id, {}), name, confidence)
+        box_rows.setdefault(extraction_id, []).append((name, box))
     rows: list[ResultRow] = []
     for document in documents:
         found = latest.get(document.id)
@@ -476,6 +488,8 @@ def results_for_batch(
                 note=found.note if found else None,
                 fields=fields.get(found.id, {}) if found else {},
                 field_confidence=confidences.get(found.id, {}) if found else {},
+                field_boxes=grouped(box_rows.get(found.id, [])) if found else {},
+                reviewed_by=found.reviewer if found else None,
                 data=found.data if found else None,
             )
         )
@@ -537,6 +551,128 @@ def field_confidences(extraction: Extraction) -> FieldConfidences:
     for field in extraction.fields:
         put_field(confidences, field.name, field.confidence)
     return confidences
+
+
+def field_boxes(extraction: Extraction) -> FieldBoxes:
+    """Where each of :func:`field_values`' values was read (``[x0, y0, x1, y1]``, fractions of the page;
+    None: not located), in the same shape."""
+    return grouped([(field.name, field.box) for field in extraction.fields])
+
+
+def grouped(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """``(key path, value)`` rows as ``{path: value}``, a repeated path as the list of its values; unlike
+    :func:`put_field`, values may be lists themselves (boxes).
+
+    >>> grouped([("a", [1, 2]), ("b", [3, 4]), ("b", None)])
+    {'a': [1, 2], 'b': [[3, 4], None]}
+    """
+    lists: dict[str, list[Any]] = {}
+    for name, value in pairs:
+        lists.setdefault(name, []).append(value)
+    return {name: values[0] if len(values) == 1 else values for name, values in lists.items()}
+
+
+# ---------------------------------------------------------------------------------------------- reviews
+
+
+def reviews(session: Session, *, limit: int = 50, offset: int = 0) -> tuple[list[Document], int]:
+    """Documents that wait for review (``needs_review``), oldest read first, and how many wait in all."""
+    waiting = Document.status == DocumentStatus.needs_review
+    total = session.scalar(select(func.count()).select_from(Document).where(waiting)) or 0
+    documents = session.scalars(
+        select(Document)
+        .where(waiting)
+        .order_by(Document.finished_at, Document.id)
+        .offset(offset)
+        .limit(limit)
+    ).all()
+    return list(documents), int(total)
+
+
+def save_review(
+    session: Session, *, document_id: str, reviewer: str, values: Sequence[tuple[str, str]]
+) -> Extraction:
+    """A reviewer's version of a document's latest reading, as a new extraction; the document ends ``done``.
+
+    ``values`` are the reading's fields as ``(key path, value)``, each as the reviewer left it: every field
+    of the reading, the values edited or not. They pair with the reading's fields by key path and, for a
+    repeated path (list items), by their order among that path's values. The new extraction (``source``
+    reviewer, no model) carries them with confidence 1 and the boxes of the fields they correct; its
+    ``data`` is the reading's with the values replaced. The model's extraction is kept as it was.
+    :class:`InvalidInput` when the paths are not the reading's, or the document has no reading.
+    """
+    document = _lock_document(session, document_id)
+    latest = latest_extractions(session, document_ids=[document_id]).get(document_id)
+    if latest is None:
+        raise InvalidInput("this document has no reading to review yet")
+    sent: dict[str, list[str]] = {}
+    for name, value in values:
+        sent.setdefault(name, []).append(value)
+    stored: dict[str, int] = {}
+    for field in latest.fields:
+        stored[field.name] = stored.get(field.name, 0) + 1
+    if {name: len(v) for name, v in sent.items()} != stored:
+        raise InvalidInput(
+            "the fields sent are not the reading's: send every field of the document's latest reading "
+            f"({len(latest.fields)} fields), with its key path"
+        )
+    ordered = [(field.name, sent[field.name].pop(0), field.box) for field in latest.fields]
+    rows = [_field_row(name, value, 1.0, box) for name, value, box in ordered]
+    now = utcnow()
+    extraction = Extraction(
+        document_id=document_id,
+        model_id=None,
+        source=ExtractionSource.reviewer.value,
+        reviewer=_clip(reviewer, 255) or "reviewer",
+        raw_sequence="",
+        data=replace_leaves(latest.data, _by_path([(name, value) for name, value, _ in ordered])),
+        confidence=1.0,
+        latency_ms=None,
+        note=None,
+        created_at=now,
+    )
+    session.add(extraction)
+    session.flush()
+    session.execute(insert(Field), [{"extraction_id": extraction.id, **row} for row in rows])
+    document.status = DocumentStatus.done
+    document.error = None
+    session.flush()
+    return session.scalars(
+        select(Extraction)
+        .where(Extraction.id == extraction.id)
+        .options(selectinload(Extraction.fields))
+        .execution_options(populate_existing=True)
+    ).one()
+
+
+def _by_path(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, value in pairs:
+        out.setdefault(name, []).append(value)
+    return out
+
+
+def replace_leaves(data: Any, values: dict[str, list[str]]) -> Any:
+    """``data`` with each leaf replaced by the next of ``values[its key path]`` (paths as
+    :func:`donut_hole.model.readings.flatten_parse` writes them; list items in order); a leaf whose path has
+    no value left keeps its own. Key order does not matter (PostgreSQL's JSONB reorders keys).
+
+    >>> replace_leaves({"a": "x", "items": [{"b": "y"}, {"b": "z"}]}, {"a": ["1"], "items.b": ["2", "3"]})
+    {'a': '1', 'items': [{'b': '2'}, {'b': '3'}]}
+    """
+    queues = {path: list(v) for path, v in values.items()}
+
+    def walk(node: Any, path: str) -> Any:
+        if isinstance(node, dict):
+            return {key: walk(value, f"{path}.{key}" if path else key) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(item, path) for item in node]
+        if node is None or not path:
+            return node
+        queue = queues.get(path)
+        return queue.pop(0) if queue else node
+
+    return walk(data, "")
 
 
 # -------------------------------------------------------------------------------------------- documents
@@ -785,20 +921,29 @@ def save_extraction(
     data: dict[str, Any],
     confidence: float | None,
     latency_ms: float | None,
-    fields: Iterable[tuple[str, str, float | None]],
+    fields: Iterable[tuple[str, str, float | None] | tuple[str, str, float | None, list[float] | None]],
     note: str | None = None,
+    review_threshold: float | None = None,
 ) -> Extraction:
-    """Store one model's reading of a document and mark the document ``done``; idempotent.
+    """Store one model's reading of a document and mark the document ``done`` (or ``needs_review``);
+    idempotent.
 
     Keyed by ``(document_id, model_id)``: a second call for the same key overwrites the extraction row and
     replaces its fields instead of adding rows (``INSERT ... ON CONFLICT DO UPDATE`` on PostgreSQL and
     SQLite; the unique constraint is the guard even between concurrent writers). ``fields`` are
     ``(key path, value, confidence)``; values longer than ``FIELD_VALUE_MAX`` characters are clipped in the
     search table (``data`` keeps them whole). ``note`` says what is off in a reading that is stored all
-    the same (a schema mismatch); the document is ``done`` either way and ``documents.error`` is cleared.
+    the same (a schema mismatch); ``documents.error`` is cleared. ``fields`` may carry a fourth item, the
+    field's box (``[x0, y0, x1, y1]``, fractions of the page).
+
+    The document ends ``needs_review`` when a threshold applies (its batch's ``review_threshold``, else
+    ``review_threshold``) and the reading has no field or a field whose confidence is below it
+    (:func:`needs_review`); else ``done``.
     """
-    field_rows = [_field_row(name, value, field_confidence) for name, value, field_confidence in fields]
+    field_rows = [_field_row(*row) for row in fields]
     document = _lock_document(session, document_id)  # lock order everywhere: document, then its extraction
+    batch_threshold = session.scalar(select(Batch.review_threshold).where(Batch.id == document.batch_id))
+    threshold = batch_threshold if batch_threshold is not None else review_threshold
     now = utcnow()
     values = {
         "raw_sequence": raw_sequence,
@@ -816,7 +961,10 @@ def save_extraction(
     session.execute(delete(Field).where(Field.extraction_id == extraction_id))
     if field_rows:
         session.execute(insert(Field), [{"extraction_id": extraction_id, **row} for row in field_rows])
-    document.status = DocumentStatus.done
+    confidences = [row["confidence"] for row in field_rows]
+    document.status = (
+        DocumentStatus.needs_review if needs_review(confidences, threshold) else DocumentStatus.done
+    )
     document.error = None
     document.finished_at = now
     session.flush()
@@ -947,12 +1095,33 @@ def _pairs(uris: Sequence[str], sha256s: Sequence[str | None] | None) -> list[tu
     return list(zip(uris, shas, strict=True))
 
 
-def _field_row(name: str, value: str, confidence: float | None) -> dict[str, Any]:
+def _field_row(
+    name: str, value: str, confidence: float | None, box: Sequence[float] | None = None
+) -> dict[str, Any]:
     if not name or len(name) > FIELD_NAME_MAX:
         raise InvalidInput(
             f"field name must have 1 to {FIELD_NAME_MAX} characters, got {len(name)}: {name[:40]!r}"
         )
-    return {"name": name, "value": str(value)[:FIELD_VALUE_MAX], "confidence": confidence}
+    kept = [round(float(v), 4) for v in box] if box is not None and len(box) == 4 else None
+    return {"name": name, "value": str(value)[:FIELD_VALUE_MAX], "confidence": confidence, "box": kept}
+
+
+def _threshold(value: float | None) -> float | None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise InvalidInput(f"a review threshold is a confidence between 0 and 1, got {value}")
+    return value
+
+
+def needs_review(confidences: Sequence[float | None], threshold: float | None) -> bool:
+    """Whether a reading waits for a person: a threshold applies and the reading has no field, or a field
+    whose confidence is below it (a field without a confidence counts as below).
+
+    >>> [needs_review(c, 0.5) for c in ([0.99, 0.4], [0.99], [])], needs_review([0.1], None)
+    ([True, False, True], False)
+    """
+    if threshold is None or threshold <= 0:
+        return False
+    return not confidences or any(c is None or c < threshold for c in confidences)
 
 
 def put_field(fields: dict[str, _V | list[_V]], name: str, value: _V) -> None:

@@ -21,6 +21,7 @@ import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,9 @@ class Located:
     centres: list[Point | None]
     glyphs: list[tuple[str, Point]]
     quality: int
+    field_boxes: dict[str, tuple[float, float, float, float]] = dataclass_field(default_factory=dict)
+    """Per printed field (dotted path, list positions included: ``items.0.sku``), the box around its
+    print on the scanned page (left, top, right, bottom; the tilt's corners included)."""
 
 
 def render_sample(source: str, *, seed: int, index: int, size: tuple[int, int] | None = None) -> Located:
@@ -190,15 +194,34 @@ def render_sample(source: str, *, seed: int, index: int, size: tuple[int, int] |
         return Located(page.image, gt, page.text, list(page.centres), glyphs, rng.randint(40, 95))
     gt, canvas = sample_layout(source, rng, size)
     flat = [(ch, c) for box in canvas.boxes for ch, c in zip(box.text, box.centres, strict=False)]
-    image, moved = scan_points(canvas.image, rng, paper=canvas.paper, points=[c for _, c in flat])
+    corners = [
+        (float(x), float(y)) for box in canvas.boxes if box.field for x in box.box[::2] for y in box.box[1::2]
+    ]
+    image, moved_all = scan_points(
+        canvas.image, rng, paper=canvas.paper, points=[c for _, c in flat] + corners
+    )
+    moved, moved_corners = moved_all[: len(flat)], moved_all[len(flat) :]
     where = dict(zip([c for _, c in flat], moved, strict=True))  # clean page → scanned page
+    boxes: dict[str, tuple[float, float, float, float]] = {}
+    located = [box for box in canvas.boxes if box.field]
+    for i, box in enumerate(located):
+        quad = moved_corners[4 * i : 4 * i + 4]
+        xs, ys = [p[0] for p in quad], [p[1] for p in quad]
+        assert box.field is not None
+        old = boxes.get(box.field)
+        new = (min(xs), min(ys), max(xs), max(ys))
+        boxes[box.field] = (
+            new
+            if old is None
+            else (min(old[0], new[0]), min(old[1], new[1]), max(old[2], new[2]), max(old[3], new[3]))
+        )
     printed = {
         field: [None if c is None else where.get(c) for c in centres]
         for field, centres in field_centres(canvas.boxes).items()
     }
     target, centres = target_centres(gt, printed)
     glyphs = [(ch, m) for (ch, _), m in zip(flat, moved, strict=True) if ch != " "]
-    return Located(image, gt, target, centres, glyphs, rng.randint(40, 95))
+    return Located(image, gt, target, centres, glyphs, rng.randint(40, 95), boxes)
 
 
 def jpeg_round_trip(sample: Located) -> Image.Image:

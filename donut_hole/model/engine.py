@@ -184,6 +184,7 @@ class Read:
     tokens: list[int]
     logps: list[float]
     hit_limit: bool
+    cells: torch.Tensor | None = None  # the page's encoder cells (1, S, C), kept when the engine is asked to
 
 
 class Engine(Generic[Key]):
@@ -209,6 +210,7 @@ class Engine(Generic[Key]):
         slots: int = 4,
         cells_dtype: torch.dtype | None = None,
         cells_budget: int | None = None,
+        keep_cells: bool = False,
     ) -> None:
         self.weights = decoder if isinstance(decoder, DecoderWeights) else DecoderWeights(decoder)
         self.encode = encode
@@ -220,6 +222,7 @@ class Engine(Generic[Key]):
         self.cells_dtype = cells_dtype  # the cross-attention's keys and values (None: the weights' dtype)
         # at most this many bytes of cells in the running rows (at least one row); None: ``slots`` rows
         self.cells_budget = cells_budget
+        self.keep_cells = keep_cells  # each Read keeps its page's cells (to locate what it read)
         self.steps = 0  # decoding steps run (all rows together), for benchmarks
         self.row_steps = 0  # rows x steps
 
@@ -239,9 +242,10 @@ class Engine(Generic[Key]):
                     exhausted = True
                     break
                 key, pixels = item
-                batch.admit(self.encode(pixels))
+                cells = self.encode(pixels)
+                batch.admit(cells)
                 keys.append(key)
-                reads.append(Read([], [], hit_limit=False))
+                reads.append(Read([], [], hit_limit=False, cells=cells if self.keep_cells else None))
                 if self.cells_budget is not None and batch.native:  # PyTorch's steps gain from rows
                     slots = max(1, min(self.slots, self.cells_budget // batch.page_bytes))
             if batch.rows == 0:

@@ -25,8 +25,9 @@ import torch
 from PIL import Image
 from transformers import DonutProcessor, VisionEncoderDecoderModel
 
-from donut_hole.model import decoding, engine, swin
-from donut_hole.model.build import ModelLoadError, load_model, task_token_of
+from donut_hole.model import decoding, engine, locate, swin
+from donut_hole.model.build import ModelLoadError, encoder_stride, load_model, task_token_of
+from donut_hole.model.confidence import Calibration, load_calibration
 from donut_hole.model.pixels import pixels_of
 from donut_hole.model.tokens import token2json
 from donut_hole.scans import (
@@ -65,6 +66,10 @@ class Prediction:
     confidence: float  # geometric mean of the chosen tokens' probabilities, in [0, 1]; halved when cut
     token_probs: list[float] = field(default_factory=list)
     cut: bool = False  # the reading reached the token limit before the model ended it: fields may be missing
+    token_ids: list[int] = field(default_factory=list)  # the chosen tokens, EOS included when it came
+    # where each chosen token was read, in the model's input pixels, and the attention mass there
+    # (x, y, mass): with ``DonutReader.locate``
+    points: list[tuple[float, float, float]] | None = None
 
     @property
     def note(self) -> str | None:
@@ -119,6 +124,11 @@ class DonutReader:
         self.cells_dtype: torch.dtype | None = None
         # the engine keeps the running pages' cells within this many bytes where it can (CPU: cache-sized)
         self.cells_budget: int | None = CPU_CELLS_BUDGET if self.device.type == "cpu" else None
+        # where each token was read (Prediction.points): one teacher-forced pass of the decoder per page
+        self.locate = False
+        self.stride = encoder_stride(model.config.encoder)
+        # the model folder's calibration of field confidences (None: raw token probabilities)
+        self.calibration: Calibration | None = None
 
     @classmethod
     def from_path(
@@ -151,6 +161,7 @@ class DonutReader:
         if precision == "fp32" and device == "cpu":
             swin.speed_up(model.encoder)  # this reader's own copy: inference only
         reader.precision = precision
+        reader.calibration = load_calibration(path)
         return reader
 
     def load(self, source: ImageInput) -> Image.Image:
@@ -228,9 +239,23 @@ class DonutReader:
             slots=slots,
             cells_dtype=self.cells_dtype,
             cells_budget=self.cells_budget,
+            keep_cells=self.locate,
         )
         for key, read in runner.read(pages):
-            yield key, self._parse_read(read.tokens, read.logps)
+            prediction = self._parse_read(read.tokens, read.logps)
+            if read.cells is not None:
+                prediction.points = self.token_points(read.cells, prediction.token_ids)
+            yield key, prediction
+
+    def token_points(self, cells: torch.Tensor, token_ids: Sequence[int]) -> list[tuple[float, float, float]]:
+        """Where each of ``token_ids`` was read (input pixels), from the decoder's last cross-attention over
+        a page's ``cells`` (1, S, C) (:mod:`donut_hole.model.locate`)."""
+        if not token_ids:
+            return []
+        start = self.processor.tokenizer.convert_tokens_to_ids(self.task_token)
+        attention = locate.last_cross_attention(self.model.decoder, cells, [start, *token_ids[:-1]])
+        grid = (-(-self.image_size[0] // self.stride), -(-self.image_size[1] // self.stride))
+        return locate.token_points(attention, grid=grid, stride=self.stride)
 
     def _loaded(self, images: Sequence[ImageInput]) -> Iterator[tuple[int, torch.Tensor]]:
         for index, source in enumerate(images):
@@ -313,7 +338,12 @@ class DonutReader:
             ]
         self.timings.encode_s += t1 - t0
         self.timings.generate_s += time.perf_counter() - t1
-        return [self._parse(seq, logp) for seq, logp in zip(sequences, chosen, strict=True)]
+        out = [self._parse(seq, logp) for seq, logp in zip(sequences, chosen, strict=True)]
+        if self.locate:
+            cells = self._at_decoder_width(encoder_outputs[0])
+            for row, prediction in enumerate(out):
+                prediction.points = self.token_points(cells[row : row + 1], prediction.token_ids)
+        return out
 
     def _greedy(self, encoder_outputs: Any, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Greedy decoding as ``generate`` does it here (the unknown token barred, a configured forced EOS
@@ -387,7 +417,12 @@ class DonutReader:
         if cut:
             confidence /= 2  # the fields read may be right, but the document was not read to its end
         return Prediction(
-            data=token2json(text), sequence=text, confidence=confidence, token_probs=probs, cut=cut
+            data=token2json(text),
+            sequence=text,
+            confidence=confidence,
+            token_probs=probs,
+            cut=cut,
+            token_ids=list(ids_list[:length]),
         )
 
 

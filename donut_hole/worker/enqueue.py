@@ -107,12 +107,14 @@ def submit_uris(
     source: str,
     session: Session | None = None,
     callback_url: str | None = None,
+    review_threshold: float | None = None,
     idempotency: repository.Idempotency | None = None,
 ) -> str:
     """Queue the scans at ``uris`` (``s3://bucket/key`` or keys of the configured store) as one batch.
 
     ``callback_url`` (every ``submit_*`` takes one): posted to once the batch is finished
     (:mod:`.webhook`); refused with :class:`EnqueueError` outside ``DONUT_HOLE_CALLBACK_ALLOWED_URLS``.
+    ``review_threshold`` (every ``submit_*`` too): the batch's own review threshold (None: the setting's).
     ``idempotency`` (the API's ``Idempotency-Key``) is stored with the batch: a batch already recorded
     under it makes the commit fail with IntegrityError, and nothing is sent.
     """
@@ -123,6 +125,7 @@ def submit_uris(
         source=source,
         session=session,
         callback_url=callback_url,
+        review_threshold=review_threshold,
         idempotency=idempotency,
     )
     return batch_id
@@ -134,6 +137,7 @@ def submit_prefix(
     prefix_uri: str,
     session: Session | None = None,
     callback_url: str | None = None,
+    review_threshold: float | None = None,
     idempotency: repository.Idempotency | None = None,
 ) -> str:
     """Queue every image under ``prefix_uri``; a task lists it, so this returns at once.
@@ -150,6 +154,7 @@ def submit_prefix(
             uris=[],
             expanding=True,
             callback_url=callback_url,
+            review_threshold=review_threshold,
             idempotency=idempotency,
         )
         batch_id = batch.id
@@ -174,6 +179,7 @@ def submit_upload(
     filename: str,
     session: Session | None = None,
     callback_url: str | None = None,
+    review_threshold: float | None = None,
     idempotency: repository.Idempotency | None = None,
 ) -> tuple[str, str]:
     """Store one uploaded scan and queue it (:func:`submit_uploads` of one file): (batch, document)."""
@@ -182,6 +188,7 @@ def submit_upload(
         files=[(data, filename)],
         session=session,
         callback_url=callback_url,
+        review_threshold=review_threshold,
         idempotency=idempotency,
     )
     return batch_id, document_ids[0]
@@ -193,6 +200,7 @@ def submit_uploads(
     files: Sequence[tuple[bytes, str]],
     session: Session | None = None,
     callback_url: str | None = None,
+    review_threshold: float | None = None,
     idempotency: repository.Idempotency | None = None,
 ) -> tuple[str, list[str]]:
     """Store uploaded scans under ``uploads/<uuid>/<safe, distinct file name>``, then queue them as one
@@ -220,6 +228,7 @@ def submit_uploads(
             uris=[_resolve(store, key) for key in keys],
             sha256s=[_sha256(data) for data, _ in files],
             callback_url=callback_url,
+            review_threshold=review_threshold,
             idempotency=idempotency,
         )
         batch_id, document_ids = batch.id, [document.id for document in batch.documents]
@@ -241,7 +250,12 @@ def submit_uploads(
 
 
 def submit_files(
-    services: Services, *, paths: Sequence[Path], source: str = "cli", callback_url: str | None = None
+    services: Services,
+    *,
+    paths: Sequence[Path],
+    source: str = "cli",
+    callback_url: str | None = None,
+    review_threshold: float | None = None,
 ) -> str:
     """Upload local scans to the store (``uploads/<uuid>/<name>``) and queue them as one batch.
 
@@ -277,7 +291,13 @@ def submit_files(
         errors.append(error)
     with session_scope(services.sessions) as writing:
         batch = repository.create_batch(
-            writing, source=source, uris=uris, sha256s=shas, errors=errors, callback_url=callback_url
+            writing,
+            source=source,
+            uris=uris,
+            sha256s=shas,
+            errors=errors,
+            callback_url=callback_url,
+            review_threshold=review_threshold,
         )
         batch_id = batch.id
         document_ids = [document.id for document in batch.documents]
@@ -535,6 +555,7 @@ def _submit(
     sha256s: Sequence[str | None] | None = None,
     session: Session | None = None,
     callback_url: str | None = None,
+    review_threshold: float | None = None,
     idempotency: repository.Idempotency | None = None,
 ) -> tuple[str, list[str]]:
     with _transaction(services, session) as writing:
@@ -544,6 +565,7 @@ def _submit(
             uris=uris,
             sha256s=sha256s,
             callback_url=callback_url,
+            review_threshold=review_threshold,
             idempotency=idempotency,
         )
         batch_id, document_ids = batch.id, [document.id for document in batch.documents]

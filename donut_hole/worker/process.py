@@ -46,6 +46,7 @@ from donut_hole.db import DocumentStatus, repository, session_scope
 from donut_hole.db.models import BatchStatus, source_uri
 from donut_hole.documents.schemas import SchemaError, detect_kind, validate_document
 from donut_hole.logs import log_event
+from donut_hole.model.locate import input_geometry
 from donut_hole.storage import (
     ObjectNotFound,
     ObjectTooLarge,
@@ -77,6 +78,7 @@ class _Job:
     source_sha256: str | None = None
     data: bytes = b""
     image: Any = None
+    size: tuple[int, int] | None = None  # the decoded page's (width, height), kept after its pixels go
     source: SourceInfo | None = None  # to record with the document's end (a single page seen the first time)
 
     @property
@@ -336,6 +338,7 @@ def _decode(rt: Runtime, job: _Job, outcome: GroupOutcome) -> bool:
 
     try:
         job.image = rt.reader.load_page(job.data, page=job.page)
+        job.size = job.image.size
     except DocumentError as exc:
         _fail(rt, job, outcome, exc.reason, "unreadable")
         return False
@@ -354,12 +357,16 @@ def schema_note(data: dict[str, Any]) -> str | None:
 
 
 def _persist(rt: Runtime, job: _Job, prediction: Any, *, latency_ms: float) -> None:
+    reader = rt.reader
+    geometry = None
+    if job.size is not None and getattr(prediction, "points", None) is not None:
+        geometry = input_geometry(reader.processor.image_processor, job.size)
     rows = field_rows(
-        data=prediction.data,
-        sequence=prediction.sequence,
-        token_probs=prediction.token_probs,
-        confidence=prediction.confidence,
-        tokenizer=rt.reader.processor.tokenizer,
+        prediction,
+        reader.processor.tokenizer,
+        calibration=reader.calibration,
+        geometry=geometry,
+        stride=reader.stride,
     )
     note = (
         "; ".join(n for n in (getattr(prediction, "note", None), schema_note(prediction.data)) if n) or None
@@ -376,6 +383,7 @@ def _persist(rt: Runtime, job: _Job, prediction: Any, *, latency_ms: float) -> N
             latency_ms=round(latency_ms, 3),
             fields=rows,
             note=note,
+            review_threshold=rt.settings.review_threshold,
         )
     log_event(
         log,

@@ -174,7 +174,7 @@ def load_reader(settings: Settings) -> DonutReader:
     """The configured model as a reader (path, device, precision, task prompt); ModelLoadError otherwise."""
     from donut_hole.model.predict import DonutReader
 
-    return DonutReader.from_path(
+    reader = DonutReader.from_path(
         settings.model_path,
         device=settings.device,
         precision=settings.precision,
@@ -182,6 +182,8 @@ def load_reader(settings: Settings) -> DonutReader:
         max_new_tokens=settings.max_new_tokens,
         max_pixels=settings.max_image_pixels,
     )
+    reader.locate = settings.locate_fields
+    return reader
 
 
 def model_digest(folder: Path) -> str:

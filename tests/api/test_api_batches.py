@@ -34,7 +34,7 @@ def test_a_batch_of_uris_is_stored_then_queued(
     assert response.headers["location"] == f"/v1/batches/{batch['id']}"
     assert batch["source"] == "api"
     assert batch["status"] == "accepted"
-    assert batch["counts"] == {"queued": 3, "processing": 0, "done": 0, "failed": 0}
+    assert batch["counts"] == {"queued": 3, "processing": 0, "done": 0, "failed": 0, "needs_review": 0}
     assert batch["total"] == 3
 
     assert client.get(f"/v1/batches/{batch['id']}", headers=auth).json() == batch
@@ -273,7 +273,13 @@ def test_documents_failed_for_a_transient_reason_are_queued_again(
     response = client.post(f"/v1/batches/{batch_id}/retry-failed", headers=auth)
 
     assert response.status_code == 202, response.text
-    assert response.json()["counts"] == {"queued": 1, "processing": 0, "done": 0, "failed": 1}
+    assert response.json()["counts"] == {
+        "queued": 1,
+        "processing": 0,
+        "done": 0,
+        "failed": 1,
+        "needs_review": 0,
+    }
     assert messages()[before:] == [("donut_hole.process_documents", [[transient]])]
     assert client.post("/v1/batches/nope/retry-failed", headers=auth).status_code == 404
 

@@ -181,7 +181,7 @@ def test_extracted_fields_are_read_and_searched(
     assert results[1]["field_confidence"] == {}
     assert results[1]["document_id"] == other_id and results[1]["fields"] == {} and results[1]["note"] is None
     progress = client.get(f"/v1/batches/{batch_id}", headers=auth).json()
-    assert progress["counts"] == {"queued": 1, "processing": 0, "done": 1, "failed": 0}
+    assert progress["counts"] == {"queued": 1, "processing": 0, "done": 1, "failed": 0, "needs_review": 0}
 
     found = client.get("/v1/search", params={"field": "tracking_number", "value": tracking}, headers=auth)
     assert found.status_code == 200

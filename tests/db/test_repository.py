@@ -80,6 +80,7 @@ def test_create_batch_writes_queued_documents_in_one_transaction(factory: Factor
             "processing": 0,
             "done": 0,
             "failed": 0,
+            "needs_review": 0,
             "total": 2,
         }
 
@@ -204,7 +205,7 @@ def test_mark_failed_records_the_reason_and_the_batch_goes_on(factory: Factory) 
         assert (document.status, document.error) == ("failed", "object s3://a/bad does not exist")
         assert document.finished_at is not None
         progress = repository.batch_progress(session, batch_id=batch_id)
-    assert progress == {"queued": 0, "processing": 1, "done": 1, "failed": 1, "total": 3}
+    assert progress == {"queued": 0, "processing": 1, "done": 1, "failed": 1, "needs_review": 0, "total": 3}
 
 
 def test_a_retry_after_failure_clears_the_error(factory: Factory) -> None:

@@ -78,7 +78,7 @@ def test_a_pdf_enqueued_with_the_cli_is_read_page_by_page_and_a_broken_one_fails
     batch_id = enqueued.stdout.strip().splitlines()[0]
     counts = wait_for_batch(pipeline_settings, batch_id, worker=shared_worker)
 
-    assert counts == {"queued": 0, "processing": 0, "done": 4, "failed": 1, "total": 5}
+    assert counts == {"queued": 0, "processing": 0, "done": 4, "failed": 1, "needs_review": 0, "total": 5}
     pages = _pages(pipeline_settings, batch_id)
     assert [row[:4] for row in pages] == [
         ("label.jpg", 1, 1, "done"),

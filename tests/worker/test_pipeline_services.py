@@ -59,7 +59,7 @@ def test_a_batch_of_20_scans_flows_from_s3_to_postgres(
     batch_id = _submit(pipeline_settings, uris)
     counts = wait_for_batch(pipeline_settings, batch_id, worker=shared_worker)
 
-    assert counts == {"queued": 0, "processing": 0, "done": 20, "failed": 0, "total": 20}
+    assert counts == {"queued": 0, "processing": 0, "done": 20, "failed": 0, "needs_review": 0, "total": 20}
     documents = _documents(pipeline_settings, batch_id)
     assert all(d["extractions"] == 1 and d["fields"] >= 1 and d["attempts"] == 1 for d in documents)
     engine = make_engine(pipeline_settings.database_url)
@@ -216,3 +216,22 @@ def test_a_worker_loads_its_model_before_the_first_group_comes(
 
     assert counts["done"] == 2
     assert worker.log_path.read_text(errors="replace").count('"model.loaded"') == 1, worker.log_tail()
+
+
+def test_a_batch_with_a_review_threshold_ends_its_unsure_documents_needs_review(
+    pipeline_settings: Settings, shared_worker: Worker, scan_dir: Path
+) -> None:
+    """The untrained model is unsure of everything: at a threshold of 1 every document waits for review;
+    without one the same scans end done."""
+    uris = _upload(pipeline_settings, scan_dir, f"review-{uuid.uuid4().hex[:6]}")[:3]
+    with Services(pipeline_settings) as services:
+        reviewed = submit_uris(services, uris=uris, source="test", review_threshold=1.0)
+    counts = wait_for_batch(pipeline_settings, reviewed, worker=shared_worker)
+    assert counts["needs_review"] == 3 and counts["done"] == 0
+    with database(pipeline_settings) as sessions, session_scope(sessions) as session:
+        waiting, _ = repository.reviews(session, limit=500)
+        assert {d.batch_id for d in waiting} >= {reviewed}
+        batch = repository.get_batch(session, batch_id=reviewed)
+        assert batch is not None and repository.batch_state(batch.status, counts) == "finished"
+    plain = _submit(pipeline_settings, uris)
+    assert wait_for_batch(pipeline_settings, plain, worker=shared_worker)["done"] == 3

@@ -312,3 +312,38 @@ def test_each_document_is_stored_as_soon_as_it_is_read(runtime: Runtime, scan_di
     monkeypatch.setattr(reader, "stream", watched)
     assert sorted(process_group(runtime, ids).done) == sorted(ids)
     assert stored == [0, 1, 2]  # as each prediction came out, the ones before it were already stored
+
+
+def test_a_worker_stores_where_each_field_was_read_and_routes_unsure_readings(tmp_path: Path) -> None:
+    """With the shipped student, each stored field carries its box, which overlaps where the generator
+    printed it; at a threshold above every confidence the document waits for review."""
+    from donut_hole.documents.synth import render_sample
+    from donut_hole.evaluation.boxes import box_iou, truth_boxes
+    from donut_hole.model.confidence import kind_of
+
+    student = Path(__file__).parents[2] / "models" / "donut-hole-small"
+    settings = Settings(data_dir=tmp_path, model_path=student, batch_size=2)
+    migrate.upgrade(settings.database_url)
+    rt = Runtime(settings)
+    try:
+        store = open_store(settings.storage_url)
+        sample = render_sample("shipping_label", seed=4545, index=0)
+        path = tmp_path / "label.jpg"
+        sample.image.save(path, format="JPEG", quality=sample.quality)
+        uri = store.put("in/label.jpg", path.read_bytes())
+        with session_scope(rt.sessions) as session:
+            sure = repository.create_batch(session, source="test", uris=[uri]).documents[0].id
+            unsure = repository.create_batch(session, source="test", uris=[uri], review_threshold=1.0)
+            unsure_id = unsure.documents[0].id
+        assert sorted(process_group(rt, [sure, unsure_id]).done) == sorted([sure, unsure_id])
+        with session_scope(rt.sessions) as session:
+            latest = repository.latest_extractions(session, document_ids=[sure, unsure_id])
+            statuses = {d: repository.get_document(session, document_id=d).status for d in (sure, unsure_id)}  # type: ignore[union-attr]
+            fields = [(f.name, f.box) for f in latest[sure].fields]
+        assert statuses == {sure: "done", unsure_id: "needs_review"}
+        _, truth = truth_boxes("shipping_label", seed=4545, index=0)
+        printed = {kind_of(name): box for name, box in truth}
+        ious = [box_iou(box, printed[name]) for name, box in fields if box is not None and name in printed]
+        assert len(ious) >= 0.8 * len(fields) and sum(v >= 0.5 for v in ious) >= 0.7 * len(fields)
+    finally:
+        rt.close()

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from donut_hole.model.predict import Prediction
 from donut_hole.model.tokens import build_tokenizer, field_tokens, json2token
 from donut_hole.settings import Settings
 from donut_hole.worker.app import TASK_CALLBACK, celery_config, time_limits
@@ -81,13 +82,17 @@ def test_field_confidence_is_the_mean_probability_of_the_value_tokens() -> None:
     # <s_carrier> D H L </s_carrier> <s_ship_to> <s_city> L y o n </s_city> </s_ship_to> </s>
     assert tokens[:5] == ["<s_carrier>", "D", "H", "L", "</s_carrier>"]
     probs = [0.9, 0.9, 0.6, 0.3, 0.9, 0.9, 0.9, 0.2, 0.4, 0.6, 0.8, 0.9, 0.9, 0.95]
-    rows = field_rows(data=data, sequence=sequence, token_probs=probs, confidence=0.42, tokenizer=tokenizer)
-    assert rows == [("carrier", "DHL", 0.6), ("ship_to.city", "Lyon", 0.5)]
+    read = Prediction(data=data, sequence=sequence, confidence=0.42, token_probs=probs)
+    rows = field_rows(read, tokenizer)
+    assert rows == [("carrier", "DHL", 0.6, None), ("ship_to.city", "Lyon", 0.5, None)]
+    # The chosen token ids, where the reader kept them, line the fields up without tokenizing again.
+    ids = tokenizer(sequence, add_special_tokens=False)["input_ids"]
+    assert field_rows(Prediction(data, sequence, 0.42, probs, token_ids=ids), tokenizer) == rows
     # Tokens that do not line up with the probabilities: every field gets the document's confidence.
     rows = field_rows(
-        data=data, sequence=sequence, token_probs=probs[:5], confidence=0.42, tokenizer=tokenizer
+        Prediction(data=data, sequence=sequence, confidence=0.42, token_probs=probs[:5]), tokenizer
     )
-    assert rows == [("carrier", "DHL", 0.42), ("ship_to.city", "Lyon", 0.42)]
+    assert rows == [("carrier", "DHL", 0.42, None), ("ship_to.city", "Lyon", 0.42, None)]
 
 
 def test_schema_note_explains_a_parse_that_does_not_fit() -> None:

@@ -159,7 +159,7 @@ def test_a_failed_try_is_retried_later_and_a_success_is_never_sent_again(
     assert body == {
         "attempt": 2,
         "batch_id": batch_id,
-        "counts": {"done": 0, "failed": 1, "processing": 0, "queued": 0, "total": 1},
+        "counts": {"done": 0, "failed": 1, "needs_review": 0, "processing": 0, "queued": 0, "total": 1},
         "event": "batch.finished",
         "results_url": f"/v1/batches/{batch_id}/results",
         "status": "finished",
@@ -281,7 +281,14 @@ def test_a_batch_enqueued_with_the_cli_posts_one_signed_callback_when_finished(
     assert all(signature_ok(p, CALLBACK_SECRET.encode()) for p in posts)
     body = json.loads(posts[-1].body)
     assert body["batch_id"] == batch_id and posts[-1].headers["x-donuthole-batch"] == batch_id
-    assert body["counts"] == {"queued": 0, "processing": 0, "done": 3, "failed": 1, "total": 4}
+    assert body["counts"] == {
+        "queued": 0,
+        "processing": 0,
+        "done": 3,
+        "failed": 1,
+        "needs_review": 0,
+        "total": 4,
+    }
     assert body["results_url"] == f"/v1/batches/{batch_id}/results"
     time.sleep(2.5)  # longer than the backoff: nothing more comes after the success
     assert len(receiver.posts("/hooks/cli")) == 2

@@ -136,7 +136,8 @@ class Worker:
 def wait_for_batch(
     settings: Settings, batch_id: str, *, worker: Worker, timeout_s: float = 120
 ) -> dict[str, int]:
-    """Poll the batch's counts until every document is done or failed (and its listing is over)."""
+    """Poll the batch's counts until every document is done, failed or needs_review (and its listing is
+    over)."""
     deadline = time.monotonic() + timeout_s
     with database(settings) as sessions:
         while True:
@@ -144,7 +145,8 @@ def wait_for_batch(
                 counts = repository.batch_progress(session, batch_id=batch_id)
                 batch = repository.get_batch(session, batch_id=batch_id)
                 listing_over = batch is not None and batch.status.value != "expanding"
-            if listing_over and counts["total"] and counts["done"] + counts["failed"] == counts["total"]:
+            ended = counts["done"] + counts["failed"] + counts["needs_review"]
+            if listing_over and counts["total"] and ended == counts["total"]:
                 return counts
             if listing_over and batch is not None and batch.status.value == "failed":
                 return counts

@@ -99,6 +99,7 @@ def create_batch(
                 source="api",
                 session=session,
                 callback_url=body.callback_url,
+                review_threshold=body.review_threshold,
                 idempotency=request,
             )
             metrics.BATCHES_QUEUED.labels("uris").inc()
@@ -110,6 +111,7 @@ def create_batch(
             prefix_uri=body.prefix,
             session=session,
             callback_url=body.callback_url,
+            review_threshold=body.review_threshold,
             idempotency=request,
         )
         metrics.BATCHES_QUEUED.labels("prefix").inc()

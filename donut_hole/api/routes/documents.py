@@ -61,6 +61,15 @@ def upload_document(
             "DONUT_HOLE_CALLBACK_ALLOWED_URLS (else 422).",
         ),
     ] = None,
+    review_threshold: Annotated[
+        float | None,
+        Form(
+            ge=0.0,
+            le=1.0,
+            description="A document with a field below this confidence ends needs_review instead of done; "
+            "default: DONUT_HOLE_REVIEW_THRESHOLD.",
+        ),
+    ] = None,
 ) -> UploadAccepted:
     """Store the scans in the object store and queue them as one batch, a document per scan.
 
@@ -77,7 +86,8 @@ def upload_document(
     ]
     names = [part.filename or "upload" for part in file]
     digests = [hashlib.sha256(data).digest() for data, _ in scans]
-    request = claim(idempotency_key, *names, callback_url, *digests)  # one file: as it always was
+    threshold = None if review_threshold is None else repr(review_threshold)
+    request = claim(idempotency_key, *names, callback_url, *digests, *([threshold] if threshold else []))
 
     def submit() -> UploadAccepted:
         batch_id, document_ids = enqueue.submit_uploads(
@@ -85,6 +95,7 @@ def upload_document(
             files=[(data, name) for (data, _), name in zip(scans, names, strict=True)],
             session=session,
             callback_url=callback_url,
+            review_threshold=review_threshold,
             idempotency=request,
         )
         metrics.BATCHES_QUEUED.labels("upload").inc()

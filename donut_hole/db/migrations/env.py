@@ -68,8 +68,17 @@ def run_migrations_online() -> None:
     engine = make_engine(_url())
     try:
         with engine.connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                # batch mode copies a table and drops the old one; with foreign keys on, that drop would
+                # cascade into the rows that refer to it (PRAGMA has no effect inside a transaction)
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                connection.commit()
             _run_on(connection)
             connection.commit()
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
     finally:
         engine.dispose()
 
