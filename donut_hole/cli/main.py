@@ -28,6 +28,7 @@ COMMANDS: tuple[Callable[..., Any], ...] = (
     pipeline.worker,
     pipeline.enqueue,
     pipeline.results,
+    pipeline.export,
     pipeline.batches,
     retention.delete,
     retention.purge,

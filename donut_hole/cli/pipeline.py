@@ -327,6 +327,76 @@ def _csv_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any
     return header, out
 
 
+def export(
+    out: Annotated[Path, typer.Option(help="Folder to write (new or empty): images and metadata.jsonl.")],
+    reviewed: Annotated[
+        bool,
+        typer.Option("--reviewed", help="Every document a person reviewed, its truth the reviewed values."),
+    ] = False,
+    batch: Annotated[str | None, typer.Option(help="Only this batch's documents.")] = None,
+) -> None:
+    """Write documents as a DONUT dataset (images and metadata.jsonl) for training.
+
+    With --reviewed: every document whose latest values are a reviewer's, its page as a JPEG and its
+    ground truth the reviewed values; `donut-hole train` with `init:` the current model fine-tunes on the
+    folder (--train). A scan the store cannot give back is left out with a line saying so.
+    """
+    from sqlalchemy.exc import OperationalError
+
+    from donut_hole.db import repository, session_scope
+    from donut_hole.scans import DocumentError, load_page
+    from donut_hole.services import Services
+    from donut_hole.storage import StorageError
+
+    if not reviewed:
+        raise fail("say what to export: --reviewed (the documents people reviewed)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise fail(f"--out {out} is not an empty folder: name a new one")
+    settings = load_settings()
+    try:
+        with Services(settings) as services:
+            with session_scope(services.sessions) as session:
+                rows = [
+                    (document.id, document.source_uri, document.page, extraction.data, extraction.reviewer)
+                    for document, extraction in repository.reviewed(session, batch_id=batch)
+                ]
+            out.mkdir(parents=True, exist_ok=True)
+            lines: list[str] = []
+            skipped = 0
+            for document_id, uri, page, data, reviewer in rows:
+                try:
+                    blob = services.store.get(uri, max_bytes=settings.max_image_bytes)
+                    image = load_page(
+                        blob, page=page, target_size=(2560, 2560), max_pixels=settings.max_image_pixels
+                    )
+                except (StorageError, DocumentError) as exc:
+                    skipped += 1
+                    err_console.print(
+                        f"left out {document_id}: {getattr(exc, 'reason', None) or type(exc).__name__}"
+                    )
+                    continue
+                name = f"{len(lines):06d}.jpg"
+                image.save(out / name, format="JPEG", quality=95)
+                truth = json.dumps({"gt_parse": data}, ensure_ascii=False)
+                lines.append(
+                    json.dumps(
+                        {
+                            "file_name": name,
+                            "ground_truth": truth,
+                            "document_id": document_id,
+                            "reviewer": reviewer,
+                        },
+                        ensure_ascii=False,
+                    )
+                )
+    except OperationalError as exc:
+        raise fail(database_problem(settings, exc)) from exc
+    (out / "metadata.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    err_console.print(
+        f"wrote {len(lines)} reviewed document(s) to {out}" + (f"; {skipped} left out" if skipped else "")
+    )
+
+
 def results(
     batch: Annotated[str, typer.Option("--batch", help="Batch id (printed by enqueue).")],
     format: Annotated[

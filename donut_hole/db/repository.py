@@ -652,6 +652,21 @@ def _by_path(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     return out
 
 
+def reviewed(session: Session, *, batch_id: str | None = None) -> list[tuple[Document, Extraction]]:
+    """Documents whose latest extraction is a reviewer's, with it (oldest review first): what a person
+    checked, as training data. ``batch_id``: one batch's only."""
+    latest = latest_extraction_ids()
+    query = (
+        select(Document, Extraction)
+        .join(Extraction, Extraction.document_id == Document.id)
+        .where(Extraction.id.in_(latest), Extraction.source == ExtractionSource.reviewer.value)
+        .order_by(Extraction.created_at, Extraction.id)
+    )
+    if batch_id is not None:
+        query = query.where(Document.batch_id == batch_id)
+    return [(document, extraction) for document, extraction in session.execute(query).all()]
+
+
 def replace_leaves(data: Any, values: dict[str, list[str]]) -> Any:
     """``data`` with each leaf replaced by the next of ``values[its key path]`` (paths as
     :func:`donut_hole.model.readings.flatten_parse` writes them; list items in order); a leaf whose path has
@@ -924,6 +939,7 @@ def save_extraction(
     fields: Iterable[tuple[str, str, float | None] | tuple[str, str, float | None, list[float] | None]],
     note: str | None = None,
     review_threshold: float | None = None,
+    doubtful: bool = False,
 ) -> Extraction:
     """Store one model's reading of a document and mark the document ``done`` (or ``needs_review``);
     idempotent.
@@ -937,8 +953,9 @@ def save_extraction(
     field's box (``[x0, y0, x1, y1]``, fractions of the page).
 
     The document ends ``needs_review`` when a threshold applies (its batch's ``review_threshold``, else
-    ``review_threshold``) and the reading has no field or a field whose confidence is below it
-    (:func:`needs_review`); else ``done``.
+    ``review_threshold``) and the reading has no field, a field whose confidence is below it, or is
+    ``doubtful`` (cut at the token limit, or not a valid document of its kind) (:func:`needs_review`);
+    else ``done``.
     """
     field_rows = [_field_row(*row) for row in fields]
     document = _lock_document(session, document_id)  # lock order everywhere: document, then its extraction
@@ -963,7 +980,9 @@ def save_extraction(
         session.execute(insert(Field), [{"extraction_id": extraction_id, **row} for row in field_rows])
     confidences = [row["confidence"] for row in field_rows]
     document.status = (
-        DocumentStatus.needs_review if needs_review(confidences, threshold) else DocumentStatus.done
+        DocumentStatus.needs_review
+        if needs_review(confidences, threshold, doubtful=doubtful)
+        else DocumentStatus.done
     )
     document.error = None
     document.finished_at = now
@@ -1112,16 +1131,18 @@ def _threshold(value: float | None) -> float | None:
     return value
 
 
-def needs_review(confidences: Sequence[float | None], threshold: float | None) -> bool:
-    """Whether a reading waits for a person: a threshold applies and the reading has no field, or a field
-    whose confidence is below it (a field without a confidence counts as below).
+def needs_review(
+    confidences: Sequence[float | None], threshold: float | None, *, doubtful: bool = False
+) -> bool:
+    """Whether a reading waits for a person: a threshold applies and the reading is ``doubtful``, has no
+    field, or a field whose confidence is below it (a field without a confidence counts as below).
 
     >>> [needs_review(c, 0.5) for c in ([0.99, 0.4], [0.99], [])], needs_review([0.1], None)
     ([True, False, True], False)
     """
     if threshold is None or threshold <= 0:
         return False
-    return not confidences or any(c is None or c < threshold for c in confidences)
+    return doubtful or not confidences or any(c is None or c < threshold for c in confidences)
 
 
 def put_field(fields: dict[str, _V | list[_V]], name: str, value: _V) -> None:

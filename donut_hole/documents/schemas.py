@@ -200,3 +200,16 @@ def validate_document(kind: str, data: Mapping[str, Any]) -> LogisticsDocument:
         return model.model_validate(dict(data))
     except ValidationError as error:
         raise SchemaError(_reason(kind, error)) from None
+
+
+def schema_note(data: dict[str, Any]) -> str | None:
+    """``None`` when a parse is a valid document of its kind, else ``"schema: <readable reason>"``.
+
+    >>> schema_note({"document_type": "shipping_label", "carrier": "DHL"})[:31]
+    'schema: shipping_label lacks tr'
+    """
+    try:
+        validate_document(detect_kind(data), data)
+    except SchemaError as exc:
+        return f"schema: {exc.reason}"
+    return None

@@ -4,7 +4,8 @@ Each held-out page is read once; each field is labelled right when its (key path
 truth (as field F1 counts it), and a document is *wrong* when any field is wrong or missing. Pages no
 document schema fits (reading pages, blank pages, pages turned a quarter or upside down, real photos)
 have every field wrong except what their truth names. :func:`review_curve` gives, per threshold on a
-document's lowest field confidence, the share of right documents and of wrong ones that go to review.
+document's lowest field confidence, the share of right documents and of wrong ones that go to review
+(a reading cut at the token limit or not valid for its document type always goes, as in the worker).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from donut_hole.documents.reading import LEVELS, reading_page
+from donut_hole.documents.schemas import schema_note
 from donut_hole.evaluation.dataset import Sample
 from donut_hole.evaluation.metrics import flatten, normalize_dict
 from donut_hole.model import locate
@@ -47,7 +49,7 @@ class ReadPage:
     fields: list[FieldReading]
     right: list[bool]
     missing: int  # truth fields not read
-    cut: bool = False
+    doubtful: bool = False  # cut at the token limit, or not a valid document of its kind: always reviewed
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -56,7 +58,10 @@ class ReadPage:
 
     @property
     def lowest(self) -> float:
-        """The document's review score: its lowest field confidence (0 with no field)."""
+        """The document's review score: its lowest field confidence (0 with no field, or doubtful), as
+        the worker routes it (:func:`donut_hole.db.repository.needs_review`)."""
+        if self.doubtful:
+            return 0.0
         return min((f.confidence for f in self.fields), default=0.0)
 
 
@@ -143,7 +148,8 @@ def read_pages(
                     if f.name == "tracking_number":
                         f.value = f.value.replace(" ", "")
             right, missing = label(fields, page.truth)
-            out.append(ReadPage(page.group, fields, right, missing, cut=prediction.cut))
+            doubtful = prediction.cut or schema_note(prediction.data) is not None
+            out.append(ReadPage(page.group, fields, right, missing, doubtful=doubtful))
     return out
 
 

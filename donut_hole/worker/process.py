@@ -44,7 +44,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from donut_hole.db import DocumentStatus, repository, session_scope
 from donut_hole.db.models import BatchStatus, source_uri
-from donut_hole.documents.schemas import SchemaError, detect_kind, validate_document
+from donut_hole.documents.schemas import schema_note
 from donut_hole.logs import log_event
 from donut_hole.model.locate import input_geometry
 from donut_hole.storage import (
@@ -347,15 +347,6 @@ def _decode(rt: Runtime, job: _Job, outcome: GroupOutcome) -> bool:
     return True
 
 
-def schema_note(data: dict[str, Any]) -> str | None:
-    """``None`` when the parse is a valid document of its kind, else ``"schema: <readable reason>"``."""
-    try:
-        validate_document(detect_kind(data), data)
-    except SchemaError as exc:
-        return f"schema: {exc.reason}"
-    return None
-
-
 def _persist(rt: Runtime, job: _Job, prediction: Any, *, latency_ms: float) -> None:
     reader = rt.reader
     geometry = None
@@ -384,6 +375,7 @@ def _persist(rt: Runtime, job: _Job, prediction: Any, *, latency_ms: float) -> N
             fields=rows,
             note=note,
             review_threshold=rt.settings.review_threshold,
+            doubtful=note is not None,
         )
     log_event(
         log,

@@ -13,7 +13,7 @@ from donut_hole.model.build import new_model, save_model
 runner = CliRunner()
 COMMANDS = [
     "synth", "evaluate", "predict", "calibrate", "train", "compress", "ship",
-    "demo", "worker", "enqueue", "results", "batches", "delete", "purge", "migrate", "api",
+    "demo", "worker", "enqueue", "results", "export", "batches", "delete", "purge", "migrate", "api",
 ]  # fmt: skip
 
 

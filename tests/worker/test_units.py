@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from donut_hole.documents.schemas import schema_note
 from donut_hole.model.predict import Prediction
 from donut_hole.model.tokens import build_tokenizer, field_tokens, json2token
 from donut_hole.settings import Settings
@@ -13,7 +14,7 @@ from donut_hole.worker.app import TASK_CALLBACK, celery_config, time_limits
 from donut_hole.worker.batching import Grouper, chunked
 from donut_hole.worker.enqueue import safe_filename
 from donut_hole.worker.fields import field_rows, flatten_parse
-from donut_hole.worker.process import is_image_uri, schema_note
+from donut_hole.worker.process import is_image_uri
 from donut_hole.worker.tasks import backoff_s
 
 
