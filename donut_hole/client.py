@@ -96,14 +96,17 @@ class Client:
         filename: str | None = None,
         callback_url: str | None = None,
         idempotency_key: str | None = None,
+        review_threshold: float | None = None,
     ) -> dict[str, Any]:
         """Store and queue one scan (an image, a PDF or a TIFF), or a list of them as one batch:
-        ``{"batch_id", "document_id", "document_ids", ...}``. ``filename`` names bytes given alone."""
+        ``{"batch_id", "document_id", "document_ids", ...}``. ``filename`` names bytes given alone;
+        ``review_threshold``: a document with a field below it ends ``needs_review``."""
         if isinstance(scans, list | tuple):
             parts = [self._part(scan, None) for scan in scans]
         else:
             parts = [self._part(cast("str | Path | bytes", scans), filename)]
-        data = {"callback_url": callback_url} if callback_url else None
+        form = {"callback_url": callback_url, "review_threshold": review_threshold}
+        data = {key: str(value) for key, value in form.items() if value is not None} or None
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return dict(self._call("POST", "/v1/documents", files=parts, data=data, headers=headers))
 
@@ -115,11 +118,15 @@ class Client:
         params = {"wait_s": wait_s} if wait_s else None
         return dict(self._call("POST", "/v1/read", files=[self._part(scan, filename)], params=params))
 
-    def submit(self, uris: Sequence[str], *, callback_url: str | None = None) -> dict[str, Any]:
+    def submit(
+        self, uris: Sequence[str], *, callback_url: str | None = None, review_threshold: float | None = None
+    ) -> dict[str, Any]:
         """Queue scans already in the object store (or one prefix ending in ``/``): the batch."""
         body: dict[str, Any] = {"uris": list(uris)}
         if callback_url:
             body["callback_url"] = callback_url
+        if review_threshold is not None:
+            body["review_threshold"] = review_threshold
         return dict(self._call("POST", "/v1/batches", json=body))
 
     def batch(self, batch_id: str) -> dict[str, Any]:
@@ -179,6 +186,20 @@ class Client:
             page = self._call("GET", "/v1/search", params=params)
             yield from page["items"]
             offset = page["next_offset"]
+
+    def reviews(self) -> Iterator[dict[str, Any]]:
+        """Documents waiting for review (``needs_review``), oldest first (an API or a reviewer key)."""
+        offset: int | None = 0
+        while offset is not None:
+            page = self._call("GET", "/v1/reviews", params={"limit": PAGE, "offset": offset})
+            yield from page["reviews"]
+            offset = page["next_offset"]
+
+    def review(self, document_id: str, fields: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        """Send a document's values as they should read, every field of its reading as ``(key path,
+        value)``, edited or not: stored beside the model's reading; the document ends ``done``."""
+        body = {"fields": [{"name": name, "value": value} for name, value in fields]}
+        return dict(self._call("POST", f"/v1/reviews/{document_id}", json=body))
 
 
 def verify(secret: str | bytes, headers: Any, body: bytes, *, now: float | None = None) -> bool:

@@ -143,3 +143,55 @@ def test_0002_moves_schema_notes_from_documents_to_extractions_and_back(db_url: 
         engine.dispose()
         downgrade(db_url, "base")
         upgrade(db_url)
+
+
+def test_0007_keeps_every_reading_and_allows_review(db_url: str) -> None:
+    """Adding review copies tables on SQLite: nothing that refers to them may be lost on the way (foreign
+    keys are off while a table is copied); back down, reviews go and waiting documents are done."""
+    upgrade(db_url, "0006")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text("INSERT INTO models (id, name, path, sha256) VALUES (1, 'm', '/m', :s)"),
+                {"s": "0" * 64},
+            )
+            connection.execute(
+                sa.text("INSERT INTO batches (id, source, status) VALUES ('b', 't', 'accepted')")
+            )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO documents (id, batch_id, uri, status) VALUES ('d', 'b', 's3://x/d', 'done')"
+                )
+            )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO extractions (id, document_id, model_id, raw_sequence, data) "
+                    "VALUES (1, 'd', 1, '', '{}')"
+                )
+            )
+            connection.execute(
+                sa.text("INSERT INTO fields (id, extraction_id, name, value) VALUES (1, 1, 'carrier', 'DHL')")
+            )
+
+        upgrade(db_url)
+        with engine.begin() as connection:
+            assert connection.execute(sa.text("SELECT name, value, box FROM fields")).all() == [
+                ("carrier", "DHL", None)
+            ]
+            assert connection.execute(sa.text("SELECT source, reviewer FROM extractions")).all() == [
+                ("model", None)
+            ]
+            connection.execute(sa.text("UPDATE documents SET status = 'needs_review'"))
+            connection.execute(sa.text(
+                "INSERT INTO extractions (id, document_id, model_id, source, reviewer, raw_sequence, data) "
+                "VALUES (2, 'd', NULL, 'reviewer', 'ana', '', '{}')"
+            ))  # fmt: skip
+
+        downgrade(db_url, "0006")
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT id FROM extractions")).all() == [(1,)]
+            assert connection.execute(sa.text("SELECT status FROM documents")).all() == [("done",)]
+            assert connection.execute(sa.text("SELECT value FROM fields")).all() == [("DHL",)]
+    finally:
+        engine.dispose()

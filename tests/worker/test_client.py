@@ -29,12 +29,24 @@ def test_the_client_uploads_waits_and_fetches_results(
         uploaded = api.upload(pdf_of(scans[:2]), filename="two.pdf")
         several = api.upload(scans[2:4])  # two files, one batch
         submitted = api.submit(uris)
+        unsure = api.upload(scans[4], review_threshold=1.0)  # the untrained model: sure of nothing
         finished = api.wait(uploaded["batch_id"], timeout_s=120, poll_s=0.2)
         rows = list(api.results(uploaded["batch_id"]))
         assert api.wait(several["batch_id"], timeout_s=120, poll_s=0.2, progress=False)["counts"]["done"] == 2
         assert len(several["document_ids"]) == 2
         assert api.wait(submitted["id"], timeout_s=120, poll_s=0.2, progress=False)["counts"]["done"] == 2
         read = api.read(scans[0])
+        assert (
+            api.wait(unsure["batch_id"], timeout_s=120, poll_s=0.2, progress=False)["counts"]["needs_review"]
+            == 1
+        )
+        waiting = [item for item in api.reviews() if item["batch_id"] == unsure["batch_id"]]
+        assert [item["document_id"] for item in waiting] == [unsure["document_id"]]
+        reading = api.document(unsure["document_id"])
+        values = [(name, value) for name, many in reading["fields"].items()
+                  for value in (many if isinstance(many, list) else [many])]  # fmt: skip
+        reviewed = api.review(unsure["document_id"], values)
+        assert reviewed["status"] == "done" and reviewed["reviewed_by"] == "api"
         with pytest.raises(ApiError) as missing:
             api.batch("00000000-0000-0000-0000-000000000000")
         with pytest.raises(ApiError) as empty:
