@@ -24,9 +24,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from donut_hole.db import make_engine, session_factory
+from donut_hole.queue import make_celery
 from donut_hole.settings import Settings
 from donut_hole.storage import ObjectStore, open_store
-from donut_hole.worker.app import make_celery
 
 
 class Services:

@@ -7,10 +7,10 @@ from pathlib import Path
 from sqlalchemy import event, text
 
 from donut_hole.db import session_scope
+from donut_hole.queue import make_celery
 from donut_hole.services import Services
 from donut_hole.settings import Settings
 from donut_hole.storage import LocalStore
-from donut_hole.worker.app import make_celery
 
 
 def test_each_part_is_made_once_and_only_when_used(tmp_path: Path) -> None:

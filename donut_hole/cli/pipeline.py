@@ -77,8 +77,9 @@ def worker(
     if metrics_port:
         # Before prometheus_client is imported: the pool processes then write their samples to files.
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="donut-hole-metrics-"))
+    import donut_hole.worker.app  # noqa: F401  # a worker's hooks: cores per process, model preload, JSON logs
     from donut_hole.model.build import density_of
-    from donut_hole.worker.app import make_celery
+    from donut_hole.queue import make_celery
     from donut_hole.worker.metrics import set_model_info, start_metrics_server
     from donut_hole.worker.ready import ready_file, watch
 

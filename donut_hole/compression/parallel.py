@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -125,9 +125,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(world: int, payload: dict[str, Any]) -> Group:
-    """Spawn ``world - 1`` helpers that train on a copy of ``payload`` (see :func:`_helper_main`) and join
-    them as rank 0. Each rank gets an equal share of this process's torch threads (at least one)."""
+def start(world: int, payload: dict[str, Any], *, entry: Callable[[dict[str, Any], Group], None]) -> Group:
+    """Spawn ``world - 1`` helpers that each run ``entry(copy of payload, their Group)`` (see
+    :func:`_helper_main`) and join them as rank 0. Each rank gets an equal share of this process's torch
+    threads (at least one). ``entry`` is a module-level function (a helper imports it by name), so this
+    module knows nothing of what the processes do."""
     buffer = io.BytesIO()
     _portable(_modules(payload))
     try:
@@ -144,7 +146,7 @@ def start(world: int, payload: dict[str, Any]) -> Group:
     for rank in range(1, world):
         process = ctx.Process(
             target=_helper_main,
-            args=(rank, world, port, threads, os.getpid(), buffer.getvalue(), ready),
+            args=(rank, world, port, threads, os.getpid(), buffer.getvalue(), ready, entry),
             name=f"donut-hole-train-rank{rank}",
         )
         process.start()
@@ -244,11 +246,16 @@ def _watch_parent(parent: int) -> None:
 
 
 def _helper_main(
-    rank: int, world: int, port: int, threads: int, parent: int, blob: bytes, ready: Any
+    rank: int,
+    world: int,
+    port: int,
+    threads: int,
+    parent: int,
+    blob: bytes,
+    ready: Any,
+    entry: Callable[[dict[str, Any], Group], None],
 ) -> None:
-    """A helper rank: load the copied state, join the group, train its slice of every batch."""
-    from donut_hole.compression.train import train_helper  # the loop's module imports this one
-
+    """A helper rank: load the copied state, join the group, run ``entry`` (its slice of every batch)."""
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
     try:
@@ -262,7 +269,7 @@ def _helper_main(
         dist.init_process_group(
             "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=TIMEOUT
         )
-        train_helper(payload, Group(rank=rank, world=world))
+        entry(payload, Group(rank=rank, world=world))
     except BaseException:
         # Leave at once: the closed connection fails rank 0's next exchange, which then reports it (a
         # clean shutdown could wait on the group for the whole timeout).

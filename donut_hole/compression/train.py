@@ -432,6 +432,7 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "step": run.step,
             },
+            entry=train_helper,
         )
     failed = True
     try:

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from donut_hole.db import DocumentStatus, repository, session_scope
 from donut_hole.db.models import Document, utcnow
 from donut_hole.logs import log_event
+from donut_hole.queue import TASK_EXPAND, TASK_PROCESS, resend_after_s, stalled_after_s
 from donut_hole.services import Services
 from donut_hole.settings import Settings
 from donut_hole.storage import (
@@ -47,7 +48,6 @@ from donut_hole.storage import (
     check_key,
     parse_s3_uri,
 )
-from donut_hole.worker.app import TASK_EXPAND, TASK_PROCESS, resend_after_s, stalled_after_s
 from donut_hole.worker.batching import chunked
 from donut_hole.worker.webhook import CallbackNotAllowed, check_callback_url, notify_finished
 
@@ -443,10 +443,10 @@ def recover_stalled(services: Services, *, older_than_s: float | None = None) ->
 
     They are ``processing`` for longer than ``older_than_s`` (their worker stopped without finishing
     them: killed, out of memory, a lost machine), ``queued`` with a last message older than
-    :func:`~donut_hole.worker.app.resend_after_s` (a retry whose worker vanished, or a task that gave up
+    :func:`~donut_hole.queue.resend_after_s` (a retry whose worker vanished, or a task that gave up
     while the database was down), or ``queued`` and never sent for ``unsent_after_s`` (the broker was
     down when their batch was stored). The default age is
-    :func:`~donut_hole.worker.app.stalled_after_s`, past the hard time limit, so no live worker is still
+    :func:`~donut_hole.queue.stalled_after_s`, past the hard time limit, so no live worker is still
     reading them; a copy that still arrives later finds them done and skips them. Each worker runs this
     once a minute (:mod:`.watchdog`); ``donut-hole enqueue --recover`` runs it by hand.
     """

@@ -25,9 +25,9 @@ from celery import Celery
 
 from donut_hole.db import repository, session_scope
 from donut_hole.logs import log_event
+from donut_hole.queue import settings_of
 from donut_hole.services import Services
 from donut_hole.settings import Settings
-from donut_hole.worker.app import settings_of
 
 if TYPE_CHECKING:
     from donut_hole.model.predict import DonutReader

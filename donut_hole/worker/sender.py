@@ -117,12 +117,12 @@ class CallbackSender(bootsteps.ConsumerStep):
         self.scheduler: Scheduler | None = None
 
     def _settings(self) -> Settings:
-        from donut_hole.worker.app import settings_of
+        from donut_hole.queue import settings_of
 
         return settings_of(self.app)
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
-        from donut_hole.worker.app import callback_queue
+        from donut_hole.queue import callback_queue
 
         settings = self._settings()
         if self.scheduler is None:  # made once: the consumer is made again after a broker reconnect

@@ -1,7 +1,7 @@
 """Celery tasks: thin shells that take ids, call :mod:`.process` and decide about retries.
 
 The tasks are bound to whichever app runs them (``shared_task``); the settings are the app's
-(:func:`~donut_hole.worker.app.make_celery` attaches them), so tests can run workers with their own settings,
+(:func:`~donut_hole.queue.make_celery` attaches them), so tests can run workers with their own settings,
 and the process's :class:`~donut_hole.worker.runtime.Runtime` sends with that same app.
 
 Retries run on a time budget, not a count: a transient error (object store or database unreachable) sends
@@ -26,10 +26,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from donut_hole.logs import log_event
+from donut_hole.queue import TASK_EXPAND, TASK_PROCESS, time_limits
 from donut_hole.settings import Settings
 from donut_hole.storage import TransientStorageError
 from donut_hole.worker import metrics, process, webhook
-from donut_hole.worker.app import TASK_EXPAND, TASK_PROCESS, time_limits
 from donut_hole.worker.enqueue import send_group
 from donut_hole.worker.runtime import get_runtime
 

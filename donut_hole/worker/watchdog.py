@@ -28,10 +28,10 @@ from typing import Any
 from celery import signals
 
 from donut_hole.logs import log_event
+from donut_hole.queue import settings_of, stalled_after_s
 from donut_hole.services import Services
 from donut_hole.settings import Settings
 from donut_hole.worker import webhook
-from donut_hole.worker.app import settings_of, stalled_after_s
 from donut_hole.worker.enqueue import recover_stalled
 
 log = logging.getLogger("donut_hole.worker")

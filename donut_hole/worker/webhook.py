@@ -41,10 +41,10 @@ from donut_hole.db import callbacks as callback_rows
 from donut_hole.db import repository, session_scope
 from donut_hole.db.models import Batch, CallbackStatus, utcnow
 from donut_hole.logs import log_event
+from donut_hole.queue import TASK_CALLBACK, callback_queue
 from donut_hole.services import Services
 from donut_hole.settings import Settings
 from donut_hole.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from donut_hole.worker.app import TASK_CALLBACK, callback_queue
 
 log = logging.getLogger("donut_hole.webhook")
 

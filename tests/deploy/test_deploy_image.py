@@ -29,8 +29,8 @@ from deploy_helpers import (
     runtime_stage,
 )
 
+from donut_hole.queue import time_limits
 from donut_hole.settings import DEFAULT_MODEL_PATH, Settings
-from donut_hole.worker.app import time_limits
 
 Manifests = list[tuple[str, dict[str, Any]]]
 

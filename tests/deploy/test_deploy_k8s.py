@@ -21,8 +21,8 @@ import yaml
 from deploy_helpers import K8S, find, image_env, runtime_stage
 from referencing import Registry, Resource
 
+from donut_hole.queue import time_limits
 from donut_hole.settings import Settings
-from donut_hole.worker.app import time_limits
 
 KUBERNETES_VERSION = "1.30.0"  # oldest minor still in wide use; the schemas ship in kubernetes-validate
 SCHEMAS = Path(__file__).resolve().parent / "schemas"

@@ -7,8 +7,9 @@ consumers look for such messages every second.
 
 import os
 
+import donut_hole.worker.app  # noqa: F401  # the worker hooks, as a real worker has them
+from donut_hole.queue import celery_config, make_celery
 from donut_hole.settings import get_settings
-from donut_hole.worker.app import celery_config, make_celery
 
 _settings = get_settings()
 _options = dict(celery_config(_settings)["broker_transport_options"])

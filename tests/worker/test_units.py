@@ -9,8 +9,8 @@ import pytest
 from donut_hole.documents.schemas import schema_note
 from donut_hole.model.predict import Prediction
 from donut_hole.model.tokens import build_tokenizer, field_tokens, json2token
+from donut_hole.queue import TASK_CALLBACK, celery_config, time_limits
 from donut_hole.settings import Settings
-from donut_hole.worker.app import TASK_CALLBACK, celery_config, time_limits
 from donut_hole.worker.batching import Grouper, chunked
 from donut_hole.worker.enqueue import safe_filename
 from donut_hole.worker.fields import field_rows, flatten_parse

@@ -35,7 +35,7 @@ def database(settings: Settings) -> Iterator[sessionmaker[Session]]:
 
 def purge(settings: Settings) -> None:
     """Drop whatever is left in the settings' queue, and kombu's keys for it when the broker is Redis."""
-    from donut_hole.worker.app import make_celery
+    from donut_hole.queue import make_celery
 
     with make_celery(settings).connection_for_write() as connection:
         connection.default_channel.queue_purge(settings.queue)
