@@ -31,7 +31,8 @@ from sqlalchemy.exc import DataError, OperationalError
 from donut_hole.api.request_id import HEADER, request_id_of
 from donut_hole.logs import log_event
 from donut_hole.storage import StorageError, TransientStorageError
-from donut_hole.worker.enqueue import BrokerUnavailable, BucketNotAllowed, EnqueueError
+from donut_hole.worker.enqueue import BucketNotAllowed, EnqueueError
+from donut_hole.worker.sending import BrokerUnavailable
 
 log = logging.getLogger("donut_hole.api")
 

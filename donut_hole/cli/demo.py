@@ -17,7 +17,8 @@ def demo(
 ) -> None:
     """Run the pipeline end to end on the embedded defaults: scans → queue → workers → SQLite → table."""
     from donut_hole.demo import DemoError, run_demo
-    from donut_hole.worker.enqueue import BrokerUnavailable, EnqueueError
+    from donut_hole.worker.enqueue import EnqueueError
+    from donut_hole.worker.sending import BrokerUnavailable
 
     try:
         run_demo(load_settings(), n=n, seed=seed, concurrency=concurrency, timeout_s=timeout, console=console)

@@ -225,18 +225,9 @@ def enqueue(
     from sqlalchemy.exc import OperationalError
 
     from donut_hole.services import Services
-    from donut_hole.worker.enqueue import (
-        BrokerUnavailable,
-        EnqueueError,
-        NotStored,
-        never_uploaded,
-        recover_stalled,
-        resend_queued,
-        retry_failed,
-        submit_files,
-        submit_prefix,
-        submit_uris,
-    )
+    from donut_hole.worker.enqueue import EnqueueError, NotStored, submit_files, submit_prefix, submit_uris
+    from donut_hole.worker.recovery import never_uploaded, recover_stalled, resend_queued, retry_failed
+    from donut_hole.worker.sending import BrokerUnavailable
 
     settings = load_settings()
     targets = targets or []

@@ -17,23 +17,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, exists, select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
-from donut_hole.db.models import Batch, BatchStatus, CallbackStatus, Document, DocumentStatus, utcnow
+from donut_hole.db.models import Batch, CallbackStatus, Document, utcnow
+from donut_hole.db.repository.batches import finished_sql
 
 CALLBACK_ERROR_MAX = 500
 LOST_TRY = "the last try did not end: its worker stopped during the POST"
 _CHUNK = 500
-
-
-def _finished() -> ColumnElement[bool]:
-    """SQL: the batch's listing is over and none of its documents is queued or processing."""
-    unfinished = exists().where(
-        Document.batch_id == Batch.id,
-        Document.status.in_([DocumentStatus.queued, DocumentStatus.processing]),
-    )
-    return and_(Batch.status != BatchStatus.expanding, ~unfinished)
 
 
 def mark_finished(
@@ -45,7 +37,7 @@ def mark_finished(
     Each batch is returned to one caller only: the one whose ``UPDATE`` changed it.
     """
     now = utcnow()
-    where: list[ColumnElement[bool]] = [Batch.callback_status == CallbackStatus.waiting.value, _finished()]
+    where: list[ColumnElement[bool]] = [Batch.callback_status == CallbackStatus.waiting.value, finished_sql()]
     chunks: list[tuple[str, list[str]] | None] = []
     if document_ids is None and batch_ids is None:
         chunks.append(None)

@@ -27,15 +27,13 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from datetime import timedelta
 from pathlib import Path, PurePosixPath
 
 from sqlalchemy.orm import Session
 
-from donut_hole.db import DocumentStatus, repository, session_scope
-from donut_hole.db.models import Document, utcnow
+from donut_hole.db import repository, session_scope
 from donut_hole.logs import log_event
-from donut_hole.queue import TASK_EXPAND, TASK_PROCESS, resend_after_s, stalled_after_s
+from donut_hole.queue import TASK_EXPAND
 from donut_hole.services import Services
 from donut_hole.settings import Settings
 from donut_hole.storage import (
@@ -48,7 +46,7 @@ from donut_hole.storage import (
     check_key,
     parse_s3_uri,
 )
-from donut_hole.worker.batching import chunked
+from donut_hole.worker.sending import PUBLISH_RETRY, BrokerUnavailable, send_stored
 from donut_hole.worker.webhook import CallbackNotAllowed, check_callback_url, notify_finished
 
 log = logging.getLogger("donut_hole.enqueue")
@@ -56,8 +54,6 @@ log = logging.getLogger("donut_hole.enqueue")
 MAX_DOCUMENTS = 100_000  # per call; larger sets go through an S3 prefix
 UPLOAD_PREFIX = "uploads"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-SEND_PAGE = 256  # documents sent between two records of sent_at
-_PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0}
 
 
 class EnqueueError(ValueError):
@@ -83,18 +79,6 @@ class NotStored(EnqueueError):
             f"{len(names)} file(s) of batch {batch_id} were not stored, the object store refused them "
             f"({error}): {', '.join(names)}; the batch holds the others. Enqueue these files again."
         )
-
-
-class BrokerUnavailable(RuntimeError):
-    """The batch is stored but its messages could not be sent; ``batch_id`` can be re-sent later."""
-
-    def __init__(self, batch_id: str, error: BaseException) -> None:
-        super().__init__(
-            f"batch {batch_id} is stored but the broker is unreachable ({error}); its documents stay "
-            "queued and a worker's watchdog sends them once the broker is back (or run "
-            f"`donut-hole enqueue --resend {batch_id}`)"
-        )
-        self.batch_id = batch_id
 
 
 # ------------------------------------------------------------------------------------------ entry points
@@ -164,7 +148,7 @@ def submit_prefix(
             args=[batch_id, prefix],
             queue=services.settings.queue,
             retry=True,
-            retry_policy=_PUBLISH_RETRY,
+            retry_policy=PUBLISH_RETRY,
         )
     except Exception as exc:  # kombu raises several connection error types
         raise BrokerUnavailable(batch_id, exc) from exc
@@ -244,7 +228,7 @@ def submit_uploads(
                 log, "upload.unstored", level=logging.WARNING, batch_id=batch_id, document_id=document_id
             )
             raise
-    _send(services, document_ids, batch_id=batch_id)
+    send_stored(services, document_ids, batch_id=batch_id)
     log_event(log, "batch.submitted", batch_id=batch_id, documents=len(document_ids), source="upload")
     return batch_id, document_ids
 
@@ -334,7 +318,7 @@ def submit_files(
         with session_scope(services.sessions) as session:
             for document_id, reason in changed.items():
                 repository.mark_failed(session, document_id=document_id, error=reason)
-    _send(services, stored, batch_id=batch_id)
+    send_stored(services, stored, batch_id=batch_id)
     if callback_url and not stored:  # every file refused: the batch is already finished
         notify_finished(services, batch_ids=[batch_id])
     failed = len(paths) - len(stored)
@@ -391,151 +375,6 @@ def _fail_unstored(services: Services, refused: dict[str, Exception]) -> None:
             repository.mark_failed(session, document_id=document_id, error=reason)
 
 
-def never_uploaded(services: Services, *, batch_id: str) -> list[str]:
-    """File names of the batch's documents whose upload the store refused (``not uploaded: ...``)."""
-    return [
-        document.uri.rsplit("/", 1)[-1]
-        for document in _documents(services, batch_id=batch_id)
-        if document.status == DocumentStatus.failed
-        and (document.error or "").startswith(repository.NOT_UPLOADED)
-    ]
-
-
-def resend_queued(services: Services, *, batch_id: str) -> int:
-    """Send messages again for the batch's documents that are still ``queued``; returns how many."""
-    queued = [
-        document.id
-        for document in _documents(services, batch_id=batch_id)
-        if document.status == DocumentStatus.queued
-    ]
-    _send(services, queued, batch_id=batch_id)
-    return len(queued)
-
-
-def _documents(services: Services, *, batch_id: str) -> list[Document]:
-    """The batch's documents (their rows alone), or :class:`EnqueueError` for a batch that does not exist."""
-    with session_scope(services.sessions) as session:
-        try:
-            documents = repository.batch_documents(session, batch_id=batch_id)
-        except repository.BatchNotFound as exc:
-            raise EnqueueError(str(exc)) from exc
-    return documents
-
-
-def retry_failed(services: Services, *, batch_id: str) -> int:
-    """Queue again the batch's documents that failed for a transient reason (``transient: ...`` in
-    ``error``: an outage longer than the retry budget); returns how many. Other failures (a corrupt image,
-    a missing object) would fail again and are left as they are. ``donut-hole enqueue --retry-failed``."""
-    # Sent before the commit: with the broker down nothing changes and the call can be made again.
-    with session_scope(services.sessions) as session:
-        try:
-            document_ids = repository.requeue_transient_failures(session, batch_id=batch_id)
-        except repository.BatchNotFound as exc:
-            raise EnqueueError(str(exc)) from exc
-        send_groups(services, document_ids, batch_id=batch_id)
-    log_event(log, "documents.retried", batch_id=batch_id, documents=len(document_ids))
-    return len(document_ids)
-
-
-def recover_stalled(services: Services, *, older_than_s: float | None = None) -> int:
-    """Send again the documents a vanished worker, a given-up sender or a broker outage left behind;
-    returns how many.
-
-    They are ``processing`` for longer than ``older_than_s`` (their worker stopped without finishing
-    them: killed, out of memory, a lost machine), ``queued`` with a last message older than
-    :func:`~donut_hole.queue.resend_after_s` (a retry whose worker vanished, or a task that gave up
-    while the database was down), or ``queued`` and never sent for ``unsent_after_s`` (the broker was
-    down when their batch was stored). The default age is
-    :func:`~donut_hole.queue.stalled_after_s`, past the hard time limit, so no live worker is still
-    reading them; a copy that still arrives later finds them done and skips them. Each worker runs this
-    once a minute (:mod:`.watchdog`); ``donut-hole enqueue --recover`` runs it by hand.
-    """
-    settings = services.settings
-    age_s = older_than_s if older_than_s is not None else stalled_after_s(settings)
-    waiting_s = resend_after_s(settings, older_than_s=older_than_s)
-    now = utcnow()
-    reason = (
-        f"sent again: no worker finished it (processing for more than {age_s:g} s, its message on its way "
-        f"for more than {waiting_s:g} s, or never sent: its worker was lost or the broker or database "
-        "was down)"
-    )
-    # The messages go out before the commit: if the broker is down the update is rolled back and the
-    # documents stay as they were for the next look, never 'queued' with no message on its way.
-    with session_scope(services.sessions) as session:
-        rows = repository.requeue_stalled(
-            session,
-            started_before=now - timedelta(seconds=age_s),
-            waiting_before=now - timedelta(seconds=waiting_s),
-            unsent_before=now - timedelta(seconds=settings.unsent_after_s),
-            reason=reason,
-        )
-        by_batch: dict[str, list[str]] = {}
-        for document_id, batch_id in rows:
-            by_batch.setdefault(batch_id, []).append(document_id)
-        for batch_id, document_ids in by_batch.items():
-            send_groups(services, sorted(document_ids), batch_id=batch_id)
-    for batch_id, document_ids in by_batch.items():
-        log_event(log, "documents.recovered", batch_id=batch_id, documents=len(document_ids))
-    return len(rows)
-
-
-# --------------------------------------------------------------------------------------------- sending
-
-
-def send_group(services: Services, document_ids: list[str]) -> None:
-    """One message: a group of document ids for one forward pass, on the settings' queue; then the
-    documents' ``sent_at`` (see :func:`mark_sent`)."""
-    services.celery.send_task(
-        TASK_PROCESS,
-        args=[document_ids],
-        queue=services.settings.queue,
-        retry=True,
-        retry_policy=_PUBLISH_RETRY,
-    )
-    mark_sent(services, document_ids)
-
-
-def mark_sent(services: Services, document_ids: Sequence[str]) -> None:
-    """Record that the documents' message is on its way (``sent_at``). Best effort: when the database
-    fails right now the documents look unsent, and a watchdog sends them once more, which is harmless (a
-    second message finds them done and skips them)."""
-    if not document_ids:
-        return
-    try:
-        with session_scope(services.sessions) as session:
-            repository.mark_sent(session, document_ids=document_ids)
-    except Exception as exc:  # the database is down: see above
-        log_event(log, "documents.sent_unrecorded", level=logging.WARNING, documents=len(document_ids),
-                  error=f"{type(exc).__name__}: {exc}")  # fmt: skip
-
-
-def send_groups(services: Services, document_ids: list[str], *, batch_id: str) -> None:
-    """Send ``document_ids`` in groups of ``batch_size`` over one broker connection."""
-    app, settings = services.celery, services.settings
-    try:
-        with app.producer_or_acquire() as producer:
-            for group in chunked(document_ids, settings.batch_size):
-                app.send_task(
-                    TASK_PROCESS,
-                    args=[group],
-                    queue=settings.queue,
-                    producer=producer,
-                    retry=True,
-                    retry_policy=_PUBLISH_RETRY,
-                )
-    except Exception as exc:  # kombu raises several connection error types
-        raise BrokerUnavailable(batch_id, exc) from exc
-
-
-def _send(services: Services, document_ids: list[str], *, batch_id: str) -> None:
-    """:func:`send_groups` for committed rows, then :func:`mark_sent`, a page at a time (a long batch
-    is not left looking unsent while it goes out)."""
-    size = services.settings.batch_size
-    for page in chunked(document_ids, size * max(1, SEND_PAGE // size)):  # whole groups per page
-        send_groups(services, page, batch_id=batch_id)
-        mark_sent(services, page)
-
-
 @contextmanager
 def _transaction(services: Services, session: Session | None) -> Iterator[Session]:
     """The caller's ``session``, committed when the block ends, or a new one of ``services``."""
@@ -570,7 +409,7 @@ def _submit(
         )
         batch_id, document_ids = batch.id, [document.id for document in batch.documents]
     # Committed: a worker that takes a message is sure to find its rows.
-    _send(services, document_ids, batch_id=batch_id)
+    send_stored(services, document_ids, batch_id=batch_id)
     log_event(log, "batch.submitted", batch_id=batch_id, documents=len(document_ids), source=source)
     return batch_id, document_ids
 

@@ -30,8 +30,8 @@ from donut_hole.queue import TASK_EXPAND, TASK_PROCESS, time_limits
 from donut_hole.settings import Settings
 from donut_hole.storage import TransientStorageError
 from donut_hole.worker import metrics, process, webhook
-from donut_hole.worker.enqueue import send_group
 from donut_hole.worker.runtime import get_runtime
+from donut_hole.worker.sending import send_group
 
 log = logging.getLogger("donut_hole.worker")
 

@@ -4,7 +4,7 @@ A worker killed without a shutdown (``kill -9``, the out-of-memory killer, a los
 documents of the group it was reading ``processing``. Redis and RabbitMQ give its unacknowledged message to
 another worker after the visibility timeout; the embedded SQLite transport never does, and those documents
 would wait for good. So the main process of every worker runs one daemon thread that calls
-:func:`~donut_hole.worker.enqueue.recover_stalled` when the worker is ready and then every
+:func:`~donut_hole.worker.recovery.recover_stalled` when the worker is ready and then every
 :func:`interval_s` seconds: documents ``processing`` for longer than ``DONUT_HOLE_STALLED_AFTER_S`` (default:
 the hard time limit + 60 s, when no live worker can still be reading them), those ``queued`` whose last
 message is older than the retry budget (a retry whose message went with such a worker, or a task that gave
@@ -32,7 +32,7 @@ from donut_hole.queue import settings_of, stalled_after_s
 from donut_hole.services import Services
 from donut_hole.settings import Settings
 from donut_hole.worker import webhook
-from donut_hole.worker.enqueue import recover_stalled
+from donut_hole.worker.recovery import recover_stalled
 
 log = logging.getLogger("donut_hole.worker")
 

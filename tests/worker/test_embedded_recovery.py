@@ -15,7 +15,8 @@ from worker_helpers import database, kill_while_reading, wait_for_batch
 from donut_hole.db import Document, Extraction, migrate, session_scope
 from donut_hole.services import Services
 from donut_hole.settings import Settings
-from donut_hole.worker.enqueue import recover_stalled, submit_files
+from donut_hole.worker.enqueue import submit_files
+from donut_hole.worker.recovery import recover_stalled
 
 
 def _documents(settings: Settings, batch_id: str) -> dict[str, tuple[str, int, int]]:

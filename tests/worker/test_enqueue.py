@@ -15,16 +15,15 @@ from donut_hole.db import migrate, repository, session_scope
 from donut_hole.services import Services
 from donut_hole.settings import Settings
 from donut_hole.worker.enqueue import (
-    BrokerUnavailable,
     BucketNotAllowed,
     EnqueueError,
-    recover_stalled,
-    resend_queued,
     submit_files,
     submit_prefix,
     submit_upload,
     submit_uris,
 )
+from donut_hole.worker.recovery import recover_stalled, resend_queued
+from donut_hole.worker.sending import BrokerUnavailable
 
 
 @pytest.fixture

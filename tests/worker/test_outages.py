@@ -24,7 +24,8 @@ from donut_hole.db import Document, Extraction, session_scope
 from donut_hole.services import Services
 from donut_hole.settings import Settings
 from donut_hole.storage import open_store
-from donut_hole.worker.enqueue import BrokerUnavailable, submit_uris
+from donut_hole.worker.enqueue import submit_uris
+from donut_hole.worker.sending import BrokerUnavailable
 
 pytestmark = pytest.mark.services
 
@@ -169,7 +170,7 @@ def test_past_the_budget_a_transient_failure_says_so_and_is_queued_again(
     direct: Settings, proxies: list[Proxy], start_worker: Any, scan_dir: Path
 ) -> None:
     """D2: an outage longer than the budget fails documents as transient; --retry-failed reads them."""
-    from donut_hole.worker.enqueue import retry_failed
+    from donut_hole.worker.recovery import retry_failed
 
     worker_settings, proxy = _via(direct, proxies, "s3", retry_budget_s=2)
     uris = _upload(direct, scan_dir, 4)

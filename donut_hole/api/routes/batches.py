@@ -27,7 +27,7 @@ from donut_hole.api.schemas import (
 )
 from donut_hole.db import Batch, repository
 from donut_hole.storage import StorageError, TransientStorageError
-from donut_hole.worker import enqueue, retention
+from donut_hole.worker import enqueue, recovery, retention
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], dependencies=[ApiKeyDep])
 
@@ -199,7 +199,7 @@ def retry_failed(batch_id: str, services: ServicesDep, session: SessionDep) -> B
     ``transient:``: an outage longer than the retry budget); other failures stay as they are."""
     if repository.get_batch(session, batch_id=batch_id) is None:
         raise HTTPException(404, detail="this batch does not exist")
-    enqueue.retry_failed(services, batch_id=batch_id)
+    recovery.retry_failed(services, batch_id=batch_id)
     session.expire_all()
     return batch_public(session, batch_id)
 
