@@ -31,7 +31,7 @@ from rich.table import Table
 
 from donut_hole.db import migrate, repository, session_scope
 from donut_hole.services import Services
-from donut_hole.settings import DEFAULT_MODEL_PATH, REPO_ROOT, Settings
+from donut_hole.settings import DEFAULT_MODEL_PATH, REPO_ROOT, Settings, without_credentials
 from donut_hole.worker.enqueue import submit_files
 
 KINDS = ("shipping_label", "bill_of_lading", "delivery_note")
@@ -385,9 +385,4 @@ def _relative(path: str) -> str:
 
 
 def _shown(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url.removeprefix("sqla+")).render_as_string(hide_password=True)
-    except Exception:  # not a SQLAlchemy URL (redis://...): show it without credentials
-        return url.split("@")[-1]
+    return without_credentials(url)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -205,6 +206,20 @@ class Settings(BaseSettings):
                 f"DONUT_HOLE_DATABASE_URL must be a sqlite or postgresql URL, got {self.database_url!r}"
             )
         return self
+
+
+def without_credentials(url: str) -> str:
+    """A URL as messages and logs show it: without its user name and password (any scheme).
+
+    >>> without_credentials("postgresql+psycopg://donut:s3cret@db.example.com:5432/donut")
+    'postgresql+psycopg://db.example.com:5432/donut'
+    >>> without_credentials("sqlite:///var/donut_hole.sqlite3")
+    'sqlite:///var/donut_hole.sqlite3'
+    """
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 @lru_cache(maxsize=1)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs the README's quickstart (between <!-- quickstart:start/end -->) and its curl example (between
-# <!-- curl-example:start/end -->) as they stand, in a scratch folder (and on a free port), and checks what
+# Runs the README's quickstart (between <!-- quickstart:start/end -->) and the curl example of
+# docs/pipeline.md (between <!-- curl-example:start/end -->) as they stand, in a scratch folder (and on a free port), and checks what
 # they printed: predict's lines; the read's fields, the batch's results and the search. `make test` runs
 # it; it needs the project's .venv and curl.
 set -euo pipefail
@@ -9,10 +9,10 @@ WORK=$(mktemp -d)
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cleanup() { pkill -P $$ >/dev/null 2>&1 || true; jobs -p | xargs -r kill >/dev/null 2>&1 || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-python3 - "$ROOT/README.md" "$PORT" "$ROOT" "$WORK" <<'PY'
+python3 - "$ROOT/README.md" "$PORT" "$ROOT" "$WORK" "$ROOT/docs/pipeline.md" <<'PY'
 import re, sys
-readme, port, root, work = sys.argv[1:]
-text = open(readme, encoding="utf-8").read()
+readme, port, root, work, pipeline = sys.argv[1:]
+text = open(readme, encoding="utf-8").read() + open(pipeline, encoding="utf-8").read()
 for name in ("quickstart", "curl-example"):
     block = re.search(rf"<!-- {name}:start -->\n```bash\n(.*?)```\n<!-- {name}:end -->", text, re.S)
     script = block.group(1).replace("8000", port).replace(".venv/bin/", f"{root}/.venv/bin/")

@@ -10,6 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 INTERNAL = re.compile(r"\bissues? \d+|\bissues? #\d+|\(#\d+\)", re.IGNORECASE)
 PLACES = [
     "README.md",
+    "CONTRIBUTING.md",
+    "docs/*.md",
     "benchmarks/**/*.md",
     "benchmarks/**/*.py",
     "checkpoints/**/*.md",

@@ -7,7 +7,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from donut_hole.settings import Settings, SettingsError, get_settings
+from donut_hole.settings import Settings, SettingsError, get_settings, without_credentials
 
 console = Console()
 err_console = Console(stderr=True)
@@ -29,5 +29,5 @@ def load_settings() -> Settings:
 
 def database_problem(settings: Settings, exc: Any) -> str:
     """A sentence for an ``OperationalError``: where the database is (no credentials) and what to check."""
-    where = settings.database_url.split("@")[-1]
+    where = without_credentials(settings.database_url)
     return f"cannot use the database {where}: {exc.orig}; is it running, and migrated (donut-hole migrate)?"

@@ -45,7 +45,7 @@ from donut_hole.compression.student import (
     resize_pixels,
 )
 from donut_hole.compression.student import student_processor as student_processor_for
-from donut_hole.compression.train import resolve_device, train
+from donut_hole.compression.train import train, training_device
 from donut_hole.compression.vocab import prune_vocabulary
 from donut_hole.evaluation.dataset import Sample, read_dataset
 from donut_hole.evaluation.evaluate import Evaluation, evaluate_reader
@@ -142,7 +142,7 @@ def compress(
     needs_train = steps > 0 or recipe.prune.vocabulary
     train_samples = read_dataset(train_dir) if needs_train and train_dir is not None else []
     val_samples = read_dataset(val_dir)
-    device = resolve_device(recipe.train.device)
+    device = training_device(recipe.train.device)
     teacher, processor = load_model(teacher_path, device=device, task_prompt=recipe.task_prompt)
 
     built = build_student(teacher, recipe)

@@ -37,7 +37,7 @@ from donut_hole.evaluation.dataset import Sample
 from donut_hole.evaluation.evaluate import evaluate_reader
 from donut_hole.evaluation.metrics import levenshtein
 from donut_hole.model.build import save_model
-from donut_hole.model.predict import DonutReader, cpu_has_bf16
+from donut_hole.model.predict import DonutReader, cpu_has_bf16, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,10 @@ def get_lr(
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def training_device(name: str) -> torch.device:
+    """The recipe's ``train.device`` as a torch device (:func:`donut_hole.model.predict.resolve_device`:
+    ``auto`` picks a GPU when there is one; ``cuda`` without one is a clear error)."""
+    return torch.device(resolve_device(name))
 
 
 class Objective(Protocol):
@@ -396,7 +396,7 @@ def train(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
+    device = training_device(config.device)
     torch.manual_seed(config.seed)
     model.to(device).train()  # type: ignore[arg-type]  # transformers types .to() as a decorated method
     vocab = processor.tokenizer.get_vocab()

@@ -11,6 +11,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from donut_hole.settings import without_credentials
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
@@ -44,7 +46,8 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
         kwargs.setdefault("pool_pre_ping", True)
         return create_engine(parsed, **kwargs)
     raise ValueError(
-        f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: use sqlite or postgresql"
+        f"unsupported database URL {without_credentials(parsed.render_as_string(hide_password=False))!r}: "
+        "use sqlite or postgresql"
     )
 
 
