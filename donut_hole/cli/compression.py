@@ -65,10 +65,10 @@ def train(
     task_prompt: TaskPrompt = None,
 ) -> None:
     """Train (from a preset) or fine-tune (from a model folder) a DONUT teacher."""
+    from donut_hole.compression.checkpoint import CheckpointError
     from donut_hole.compression.parallel import ParallelError
     from donut_hole.compression.recipe import RecipeError, TeacherRecipe, load_recipe
     from donut_hole.compression.teacher import RecipeDataError, train_teacher
-    from donut_hole.compression.train import CheckpointError
     from donut_hole.evaluation.dataset import DatasetError
     from donut_hole.model.build import ModelLoadError
 

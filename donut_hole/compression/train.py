@@ -8,7 +8,6 @@ resumed run sees exactly the batches it would have seen.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import signal
@@ -17,37 +16,40 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import DonutProcessor, VisionEncoderDecoderModel
 
 from donut_hole.compression import parallel
 from donut_hole.compression.averaging import WeightAverage
 from donut_hole.compression.batches import make_loader
-from donut_hole.compression.curriculum import READING_TASK_TOKEN, render
+from donut_hole.compression.checkpoint import (
+    CHECKPOINT,
+    RunState,
+    load_checkpoint,
+    save_checkpoint,
+)
 from donut_hole.compression.distill import ce_loss, shift_for_decoder
+from donut_hole.compression.monitor import (
+    append_jsonl,
+    evaluate_run,
+    reached_target,
+    reading_pages,
+)
 from donut_hole.compression.recipe import CurriculumConfig, TrainConfig
 from donut_hole.evaluation.dataset import Sample
-from donut_hole.evaluation.evaluate import evaluate_reader
-from donut_hole.evaluation.metrics import levenshtein
 from donut_hole.model.build import save_model
-from donut_hole.model.predict import DonutReader, cpu_has_bf16, resolve_device
+from donut_hole.model.predict import cpu_has_bf16, resolve_device
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
 PLAIN_EVERY_S = 60.0  # without a terminal, a progress line on stderr this often (at a log step)
 TRAIN_LOG = "train_log.jsonl"  # one line per log_every steps: step, loss (and its parts), lr, img/s
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot continue this run (made with another tokenizer)."""
 
 
 @contextmanager
@@ -143,79 +145,6 @@ class Pruner(Protocol):
     def apply_(self) -> Any: ...
 
 
-def score_model(
-    model: VisionEncoderDecoderModel,
-    processor: DonutProcessor,
-    samples: Sequence[Sample],
-    *,
-    batch_size: int,
-    max_new_tokens: int | None,
-) -> dict[str, Any]:
-    """Field F1 / nTED accuracy of the in-memory model on ``samples`` (no save needed), and the field F1 of
-    each document type (``f1_<type>``)."""
-    was_training = model.training
-    reader = DonutReader(model, processor, max_new_tokens=max_new_tokens)
-    evaluation = evaluate_reader(reader, samples, batch_size=batch_size, progress=False)
-    model.train(was_training)
-    by_type = {f"f1_{kind}": result.f1 for kind, result in evaluation.by_type().items()}
-    return {"f1": evaluation.result.f1, "ted_accuracy": evaluation.result.ted_accuracy} | by_type
-
-
-def reached_target(history: Sequence[dict[str, Any]], *, step: int, target_f1: float | None) -> bool:
-    """Whether the evaluation made at ``step`` (if any) reached ``target_f1``.
-
-    >>> reached_target([{"step": 5, "f1": 0.96}], step=5, target_f1=0.95)
-    True
-    """
-    if target_f1 is None or not history or history[-1]["step"] != step:
-        return False
-    return float(history[-1].get("f1", 0.0)) >= target_f1
-
-
-READING_VAL_SEED = 1000
-"""Seed of the held-out reading pages (the training curriculum's seed is another)."""
-
-
-def reading_pages(
-    curriculum: CurriculumConfig, processor: DonutProcessor, *, count: int
-) -> dict[str, list[tuple[Image.Image, str]]]:
-    """``count`` held-out (image, text) reading pages per reading level the curriculum uses."""
-    height, width = (
-        int(v) for v in (processor.image_processor.size["height"], processor.image_processor.size["width"])
-    )
-    levels = sorted(
-        {s.split("/", 1)[1] for stage in curriculum.stages for s in stage.mix if s.startswith("reading/")}
-    )
-    pages: dict[str, list[tuple[Image.Image, str]]] = {}
-    for level in levels:
-        rendered = [
-            render(f"reading/{level}", seed=READING_VAL_SEED, index=i, size=(width, height))
-            for i in range(count)
-        ]
-        pages[level] = [(r.image, r.target) for r in rendered]
-    return pages
-
-
-def reading_cer(
-    model: VisionEncoderDecoderModel,
-    processor: DonutProcessor,
-    pages: Sequence[tuple[Image.Image, str]],
-    *,
-    batch_size: int,
-    max_new_tokens: int | None,
-) -> float:
-    """Character error rate (edits / characters of the truth, over all pages) of greedy reading."""
-    reader = DonutReader(model, processor, max_new_tokens=max_new_tokens, task_token=READING_TASK_TOKEN)
-    edits = chars = 0
-    for i in range(0, len(pages), batch_size):
-        chunk = pages[i : i + batch_size]
-        read = reader.generate(reader.pixel_values([image for image, _ in chunk]))
-        for (_, truth), prediction in zip(chunk, read, strict=True):
-            edits += levenshtein(prediction.sequence, truth)
-            chars += len(truth)
-    return round(edits / max(1, chars), 4)
-
-
 def make_optimizer(
     model: VisionEncoderDecoderModel, objective: Any, config: TrainConfig
 ) -> torch.optim.AdamW:
@@ -227,72 +156,6 @@ def make_optimizer(
         {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98))
-
-
-@dataclass
-class RunState:
-    """What a checkpoint carries besides weights: steps done, evaluations, CPU-seconds so far."""
-
-    step: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    cpu_s: float = 0.0
-    average: WeightAverage | None = None  # the weights' mean over the schedule's end (train.average_last)
-
-
-def save_checkpoint(
-    path: Path,
-    run: RunState,
-    *,
-    model: VisionEncoderDecoderModel,
-    optimizer: torch.optim.Optimizer,
-    objective: Any,
-    config: TrainConfig,
-    vocab: dict[str, int],
-) -> None:
-    """Write a plain-dict checkpoint atomically (a crash never leaves half of one)."""
-    state = {
-        "step": run.step,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "history": run.history,
-        "config": config.model_dump(),
-        "vocab": vocab,  # the ids the weights mean; checked on resume
-        "cpu_s": run.cpu_s,
-    }
-    if hasattr(objective, "state_dict"):
-        state["objective"] = objective.state_dict()  # a training-only head
-    if run.average is not None:
-        state["average"] = run.average.state_dict()
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
-def load_checkpoint(
-    path: Path,
-    *,
-    model: VisionEncoderDecoderModel,
-    optimizer: torch.optim.Optimizer,
-    objective: Any,
-    vocab: dict[str, int],
-    device: torch.device,
-) -> RunState:
-    """Restore model, optimizer and objective from ``path``; refuse one made with another tokenizer."""
-    state = torch.load(path, map_location=device, weights_only=False)
-    if "vocab" in state and state["vocab"] != vocab:
-        raise CheckpointError(
-            f"{path} was trained with another tokenizer ({len(state['vocab'])} tokens, now {len(vocab)}): "
-            "resume with the same training data and recipe, or start a new run"
-        )
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if "objective" in state and hasattr(objective, "load_state_dict"):
-        objective.load_state_dict(state["objective"])
-    run = RunState(step=state["step"], history=state["history"], cpu_s=float(state.get("cpu_s", 0.0)))
-    if "average" in state:
-        run.average = WeightAverage()
-        run.average.load_state_dict(state["average"])
-    return run
 
 
 class Clock:
@@ -323,47 +186,6 @@ class Clock:
 
     def out_of_time(self) -> bool:
         return bool(self.time_limit_s) and self.elapsed() >= float(self.time_limit_s or 0)
-
-
-def evaluate_run(
-    model: VisionEncoderDecoderModel,
-    processor: DonutProcessor,
-    *,
-    step: int,
-    config: TrainConfig,
-    eval_set: Sequence[Sample],
-    reading_set: dict[str, list[tuple[Image.Image, str]]],
-    train_loss: float | None,
-    cpu_seconds: float,
-    on_eval: Callable[[int], dict[str, Any]] | None,
-) -> dict[str, Any]:
-    """One evaluation record: held-out field F1 / nTED, reading CER per level, and ``on_eval``'s fields."""
-    record: dict[str, Any] = {
-        "step": step,
-        "images": step * config.batch_size,
-        "cpu_hours": round(cpu_seconds / 3600, 4),
-        "train_loss": train_loss,
-    }
-    model.eval()
-    if eval_set:
-        record.update(
-            score_model(
-                model, processor, eval_set, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens
-            )
-        )
-    for level, pages in reading_set.items():
-        record[f"cer_{level}"] = reading_cer(
-            model, processor, pages, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens
-        )
-    model.train()
-    if on_eval is not None:
-        record.update(on_eval(step))
-    return record
-
-
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 def train(

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from donut_hole.compression.batches import StepSampler, collate, target_sequence
+from donut_hole.compression.checkpoint import CheckpointError
 from donut_hole.compression.recipe import TrainConfig
-from donut_hole.compression.train import CheckpointError, get_lr, train
+from donut_hole.compression.train import get_lr, train
 from donut_hole.documents.synth import generate
 from donut_hole.evaluation.dataset import read_dataset
 from donut_hole.model.build import load_model, new_model
@@ -298,7 +299,7 @@ def test_dataset_pixels_match_the_processor_on_scans_at_the_model_size(tmp_path)
 
 
 def test_reached_target_only_at_the_step_just_evaluated():
-    from donut_hole.compression.train import reached_target
+    from donut_hole.compression.monitor import reached_target
 
     history = [{"step": 4, "f1": 0.99}]
     assert reached_target(history, step=4, target_f1=0.95)
