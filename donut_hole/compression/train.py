@@ -316,7 +316,7 @@ def train_helper(payload: dict[str, Any], group: parallel.Group) -> None:
 
 @dataclass
 class _Main:
-    """What only the main process (a lone run, or rank 0) does: evaluate, checkpoint, log."""
+    """What only the main process (a lone run, or rank 0) needs: where the run lives, its held-out set."""
 
     out_dir: Path
     val_samples: Sequence[Sample]
@@ -324,6 +324,157 @@ class _Main:
     on_eval: Callable[[int], dict[str, Any]] | None
     progress: bool
     vocab: dict[str, int]
+
+
+class _Duties:
+    """Rank 0's duties in one object: evaluate, checkpoint (adding to the weights' mean), log, say why the
+    run stopped. On a helper rank (``main`` None) every duty is a no-op, so the loop has no rank branches."""
+
+    def __init__(
+        self,
+        main: _Main | None,
+        *,
+        model: VisionEncoderDecoderModel,
+        optimizer: torch.optim.Optimizer,
+        objective: Any,
+        run: RunState,
+        config: TrainConfig,
+        clock: Clock,
+        curriculum: CurriculumConfig | None,
+    ) -> None:
+        self.main, self.model, self.optimizer, self.objective = main, model, optimizer, objective
+        self.run, self.config, self.clock = run, config, clock
+        self.start = run.step
+        self.eval_set = list(main.val_samples)[: config.eval_samples] if main else []
+        self.reading_set = (
+            reading_pages(curriculum, main.own_processor, count=config.eval_samples)
+            if main and curriculum
+            else {}
+        )
+        self.average_from = math.ceil(config.steps * (1 - config.average_last))
+        self.losses: list[float] = []  # training loss per step
+        self.plain = bool(main and main.progress and not sys.stderr.isatty())  # no terminal: a line a minute
+        self.plain_at = time.monotonic()
+        self.bar: Progress | None = None
+        self.task: Any = None
+
+    @property
+    def active(self) -> bool:
+        return self.main is not None
+
+    def recent_loss(self) -> float | None:
+        return float(np.mean(self.losses[-self.config.log_every :])) if self.losses else None
+
+    def every_n(self, step: int, at: int) -> None:
+        """Evaluate and checkpoint the state before ``step``, every ``eval_every`` / ``checkpoint_every``."""
+        if self.main is None or step <= self.start:
+            return
+        if step % self.config.eval_every == 0:
+            self.evaluate(step)
+        if step % self.config.checkpoint_every == 0:
+            self.checkpoint(at)
+
+    def evaluate(self, step: int, **extra: Any) -> None:
+        if self.main is None:
+            return
+        record = (
+            evaluate_run(
+                self.model,
+                self.main.own_processor,
+                step=step,
+                config=self.config,
+                eval_set=self.eval_set,
+                reading_set=self.reading_set,
+                train_loss=self.recent_loss(),
+                cpu_seconds=self.clock.cpu_seconds(),
+                on_eval=self.main.on_eval,
+            )
+            | extra
+        )
+        self.run.history.append(record)
+        append_jsonl(self.main.out_dir / "history.jsonl", record)
+        log.info("eval %s", record)
+
+    def checkpoint(self, at: int | None = None) -> None:
+        """Save the run; at schedule step ``at`` in the averaged part of the schedule, add the weights to
+        the mean first."""
+        if self.main is None:
+            return
+        run = self.run
+        if run.average is not None and at is not None and at >= self.average_from:
+            run.average.add(self.model.state_dict(), step=run.step)
+        run.cpu_s = self.clock.cpu_seconds()
+        save_checkpoint(
+            self.main.out_dir / CHECKPOINT,
+            run,
+            model=self.model,
+            optimizer=self.optimizer,
+            objective=self.objective,
+            config=self.config,
+            vocab=self.main.vocab,
+        )
+
+    def log_step(self, step: int, lr: float, loss: float, parts: dict[str, float]) -> None:
+        """Record the step's loss; every ``log_every`` steps a line in the training log and the progress."""
+        self.losses.append(loss)
+        if self.main is None or step % self.config.log_every != 0:
+            return
+        config, run = self.config, self.run
+        rate = (run.step - self.start) / max(1e-9, self.clock.elapsed()) * config.batch_size
+        record = {
+            "step": step,
+            "images": run.step * config.batch_size,
+            "cpu_hours": round(self.clock.cpu_seconds() / 3600, 4),
+            "loss": loss,
+            "lr": lr,
+            "img_s": round(rate, 2),
+        }
+        append_jsonl(self.main.out_dir / TRAIN_LOG, record | {k: float(v) for k, v in parts.items()})
+        parts_text = " ".join(f"{k} {v:.3f}" for k, v in parts.items())
+        status = f"loss {self.recent_loss():.3f} {parts_text} lr {lr:.1e} {rate:.1f} img/s"
+        if self.bar is not None:
+            self.bar.update(self.task, status=status)
+        if self.plain and time.monotonic() - self.plain_at >= PLAIN_EVERY_S:
+            self.plain_at = time.monotonic()
+            left = (config.steps - run.step) * config.batch_size / max(rate, 1e-9)
+            print(
+                f"training: step {run.step}/{config.steps}, {record['images']:,} images, "
+                f"{status}, about {left / 60:.0f} min left",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def should_stop(self, step: int) -> str | None:
+        """``target`` or ``time`` when the run should end now (the main process decides), else None."""
+        if self.main is None:
+            return None
+        if reached_target(self.run.history, step=step, target_f1=self.config.target_f1):
+            return "target"
+        return "time" if self.clock.out_of_time() else None
+
+    def stopped(self, reason: str) -> None:
+        _log_stop(reason, self.run, self.config, self.main)
+
+    def save_interrupted(self) -> None:
+        """An interrupted run keeps its steps: the model is as the last finished step left it."""
+        if self.main is not None and self.run.step > self.start:
+            self.checkpoint()
+            self.stopped("interrupted")
+
+    def finish(self, pruner: Pruner | None) -> None:
+        """The last evaluation and checkpoint; with ``train.average_last``, the run goes on as the mean."""
+        run = self.run
+        if self.main is None or run.step <= self.start:
+            return
+        self.evaluate(run.step)
+        self.checkpoint(self.clock.schedule_step(run.step, self.config.steps))
+        if run.average is not None and run.average.count > 1:
+            run.average.apply_to(self.model)
+            if pruner is not None:
+                pruner.apply_()
+            log.info("averaged the weights of steps %s", run.average.steps)
+            self.evaluate(run.step, average_of=run.average.steps)
+            self.checkpoint()
 
 
 def _run(
@@ -341,8 +492,8 @@ def _run(
     device: torch.device,
     main: _Main | None,
 ) -> list[dict[str, Any]]:
-    """The steps from ``run.step`` to ``config.steps``: the same code on every rank; only ``main`` (None on
-    a helper rank) evaluates, checkpoints and logs."""
+    """The steps from ``run.step`` to ``config.steps``: the same code on every rank; rank 0's evaluations,
+    checkpoints and logs are :class:`_Duties` (no-ops on a helper rank, ``main`` None)."""
     start = run.step
     shard = (group.rank, group.world) if group is not None else (0, 1)
     loader = make_loader(
@@ -350,82 +501,38 @@ def _run(
     )
     autocast = autocast_for(device, config)
     params = [p for p in model.parameters() if p.requires_grad] + objective_parameters(objective)
-    eval_set = list(main.val_samples)[: config.eval_samples] if main else []
-    reading_set = (
-        reading_pages(curriculum, main.own_processor, count=config.eval_samples)
-        if main and curriculum
-        else {}
-    )
     clock = Clock(cpu_before=run.cpu_s, time_limit_s=config.time_limit_s)
-    running: list[float] = []  # training loss per step
-
-    def recent_loss() -> float | None:
-        return float(np.mean(running[-config.log_every :])) if running else None
-
-    def evaluate(step: int, **extra: Any) -> None:
-        assert main is not None
-        record = (
-            evaluate_run(
-                model,
-                main.own_processor,
-                step=step,
-                config=config,
-                eval_set=eval_set,
-                reading_set=reading_set,
-                train_loss=recent_loss(),
-                cpu_seconds=clock.cpu_seconds(),
-                on_eval=main.on_eval,
-            )
-            | extra
-        )
-        run.history.append(record)
-        append_jsonl(main.out_dir / "history.jsonl", record)
-        log.info("eval %s", record)
-
-    average_from = math.ceil(config.steps * (1 - config.average_last))
-
-    def checkpoint(at: int | None = None) -> None:
-        """Save the run; at schedule step ``at`` in the averaged part of the schedule, add the weights to
-        the mean first."""
-        assert main is not None
-        if run.average is not None and at is not None and at >= average_from:
-            run.average.add(model.state_dict(), step=run.step)
-        run.cpu_s = clock.cpu_seconds()
-        save_checkpoint(
-            main.out_dir / CHECKPOINT,
-            run,
-            model=model,
-            optimizer=optimizer,
-            objective=objective,
-            config=config,
-            vocab=main.vocab,
-        )
-
+    duties = _Duties(
+        main, model=model, optimizer=optimizer, objective=objective, run=run, config=config, clock=clock,
+        curriculum=curriculum,
+    )  # fmt: skip
     interrupted = False
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with (
         Progress(*columns, TextColumn("{task.fields[status]}"), disable=not (main and main.progress)) as bar,
         parallel.stop_flag() if group is not None else _stop_on_sigterm() as signalled,
     ):
-        task = bar.add_task("training", total=config.steps, completed=start, status="")
-        plain, plain_at = bool(main and main.progress and not sys.stderr.isatty()), time.monotonic()
+        duties.bar, duties.task = (
+            bar,
+            bar.add_task("training", total=config.steps, completed=start, status=""),
+        )
         try:
             for step, batch in enumerate(loader, start=start):
                 # 1. schedules: learning rate (and the pruner's density) for this step
                 at = clock.schedule_step(step, config.steps)
                 # 2. evaluate and checkpoint the state before this step, every N steps
-                if main and step > start and step % config.eval_every == 0:
-                    evaluate(step)
-                if main and step > start and step % config.checkpoint_every == 0:
-                    checkpoint(at)
+                duties.every_n(step, at)
                 if group is not None:  # all ranks agree on the schedule and on stopping, before the step
-                    target = reached_target(run.history, step=step, target_f1=config.target_f1)
-                    done = bool(main) and (target or clock.out_of_time())
+                    reason = duties.should_stop(step)
                     stop = signalled is not None and signalled.is_set()
-                    at, stopping, interrupted = group.control(at, stop=stop or done, interrupt=stop)
+                    at, stopping, interrupted = group.control(
+                        at, stop=stop or reason is not None, interrupt=stop
+                    )
                     if stopping:
-                        if not interrupted:  # an interruption is told once its checkpoint is written
-                            _log_stop("target" if target else "time", run, config, main)
+                        if (
+                            not interrupted and reason
+                        ):  # an interruption is told once its checkpoint is written
+                            duties.stopped(reason)
                         break
                 lr = get_lr(
                     at,
@@ -445,71 +552,32 @@ def _run(
                     loss, parts = objective(model, batch)
                 loss.backward()
                 values = {"loss": float(loss.detach()), **parts}
-                if group is not None:
-                    own_cpu = 0.0 if main else clock.own_seconds()
+                if group is not None:  # the sums carry each helper's CPU-seconds (rank 0 adds none)
+                    own_cpu = 0.0 if duties.active else clock.own_seconds()
                     summed = group.average_gradients(params, [*values.values(), own_cpu])
                     values = {k: v / group.world for k, v in zip(values, summed, strict=False)}
-                    if main:
-                        clock.helpers_s = summed[-1]  # the helpers' CPU-seconds in this session
+                    clock.helpers_s = summed[-1]  # the helpers' CPU-seconds in this session
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 if pruner is not None:
                     pruner.apply_()
                 run.step = step + 1
-                running.append(values.pop("loss"))
                 # 4. log
-                if main and step % config.log_every == 0:
-                    rate = (run.step - start) / max(1e-9, clock.elapsed()) * config.batch_size
-                    record = {
-                        "step": step,
-                        "images": run.step * config.batch_size,
-                        "cpu_hours": round(clock.cpu_seconds() / 3600, 4),
-                        "loss": running[-1],
-                        "lr": lr,
-                        "img_s": round(rate, 2),
-                    }
-                    append_jsonl(main.out_dir / TRAIN_LOG, record | {k: float(v) for k, v in values.items()})
-                    parts_text = " ".join(f"{k} {v:.3f}" for k, v in values.items())
-                    status = f"loss {recent_loss():.3f} {parts_text} lr {lr:.1e} {rate:.1f} img/s"
-                    bar.update(task, status=status)
-                    if plain and time.monotonic() - plain_at >= PLAIN_EVERY_S:  # no terminal: a line
-                        plain_at = time.monotonic()
-                        left = (config.steps - run.step) * config.batch_size / max(rate, 1e-9)
-                        print(
-                            f"training: step {run.step}/{config.steps}, {record['images']:,} images, "
-                            f"{status}, about {left / 60:.0f} min left",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                bar.advance(task)
+                duties.log_step(step, lr, values.pop("loss"), values)
+                bar.advance(duties.task)
                 # 5. stop early (a lone run; a group decides at the start of the next step)
-                if group is None and reached_target(run.history, step=step, target_f1=config.target_f1):
-                    _log_stop("target", run, config, main)
-                    break
-                if group is None and clock.out_of_time():
-                    _log_stop("time", run, config, main)
+                if group is None and (reason := duties.should_stop(step)) is not None:
+                    duties.stopped(reason)
                     break
         except (KeyboardInterrupt, parallel.ParallelError):
-            if main and run.step > start:  # the model is as the last finished step left it
-                checkpoint()
-                _log_stop("interrupted", run, config, main)
+            duties.save_interrupted()
             raise
-        if main and interrupted:  # a signal stopped the group: keep the steps, skip the final evaluation
-            if run.step > start:
-                checkpoint()
-                _log_stop("interrupted", run, config, main)
+        if interrupted and duties.active:  # a signal stopped the group: keep the steps, no final evaluation
+            duties.save_interrupted()
             raise KeyboardInterrupt
-        if main and run.step > start:
-            evaluate(run.step)
-            checkpoint(clock.schedule_step(run.step, config.steps))
-            if run.average is not None and run.average.count > 1:  # the run goes on as the mean
-                run.average.apply_to(model)
-                if pruner is not None:
-                    pruner.apply_()
-                log.info("averaged the weights of steps %s", run.average.steps)
-                evaluate(run.step, average_of=run.average.steps)
-                checkpoint()
+        if not interrupted:
+            duties.finish(pruner)
     return run.history
 
 
