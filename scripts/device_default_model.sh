@@ -30,11 +30,11 @@ export PY=${PY:-python3} DH=${DH:-python3 -m donut_hole}
 status=0
 case "$PHASE" in
     teacher)  # then the teacher's held-out evaluation, the first answer to "does it read?"
-        TEACHER_ONLY=1 TEACHER_S=${TEACHER_S:-300} scripts/train_default_model.sh "$RUN" "$N_TRAIN" &&
+        $DH train-default --teacher-only --teacher-seconds "${TEACHER_S:-300}" --n-train "$N_TRAIN" "$RUN" &&
             $DH evaluate --model "$RUN/teacher/model" --data "$RUN/val-pages" --max-new-tokens 192 \
                 --out "$RUN/teacher/evaluation.json" || status=$? ;;
     student)
-        STUDENT_ONLY=1 STUDENT_S=${STUDENT_S:-150} scripts/train_default_model.sh "$RUN" "$N_TRAIN" ||
+        $DH train-default --student-only --student-seconds "${STUDENT_S:-150}" --n-train "$N_TRAIN" "$RUN" ||
             status=$? ;;
     *) echo "unknown phase $PHASE: teacher or student" >&2; exit 2 ;;
 esac

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -126,3 +127,112 @@ def compress(
         raise fail(str(exc)) from exc
     console.print(report.comparison())
     console.print(f"\n{report.summary()}\nwrote {out / 'report.md'} and {out / 'model'}")
+
+
+def train_default(
+    run: Annotated[
+        Path, typer.Argument(help="Run folder: teacher/, anneal/, student/, the held-out sets.")
+    ] = Path("runs/default"),
+    n_train: Annotated[
+        int,
+        typer.Option(min=1, help="Scans of a training folder, for recipes that do not render their data."),
+    ] = 12000,
+    save: Annotated[
+        bool,
+        typer.Option(
+            "--save",
+            help="Keep the run in checkpoints/ (curves, logs, run.json, a finished student's model; the "
+            "resumable checkpoint.pt beside them, never committed) and stop.",
+        ),
+    ] = False,
+    anneal: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Only anneal a copy of the teacher's newest checkpoint over N steps, evaluate it."
+        ),
+    ] = None,
+    teacher_recipe: Annotated[Path, typer.Option(help="Teacher recipe.")] = Path("configs/teacher-cpu.yaml"),
+    student_recipe: Annotated[Path, typer.Option(help="Student recipe.")] = Path(
+        "configs/donut-hole-cpu.yaml"
+    ),
+    keep: Annotated[Path, typer.Option(help="Where the teacher's run is kept.")] = Path(
+        "checkpoints/teacher-cpu"
+    ),
+    student_keep: Annotated[
+        Path | None, typer.Option(help="Where a distillation is kept; default: checkpoints/<student recipe>.")
+    ] = None,
+    n_val: Annotated[int, typer.Option(min=1, help="Held-out scans (seed 1000).")] = 500,
+    from_scratch: Annotated[
+        bool,
+        typer.Option("--from-scratch", help="Ignore the committed checkpoints (about 10 hours on 2 cores)."),
+    ] = False,
+    smoke: Annotated[
+        bool, typer.Option("--smoke", help="A few steps of every phase, to check the chain.")
+    ] = False,
+    teacher_only: Annotated[bool, typer.Option("--teacher-only", help="Stop after the teacher.")] = False,
+    student_only: Annotated[
+        bool,
+        typer.Option("--student-only", help="Distil from the run's (or the committed annealed) teacher."),
+    ] = False,
+    init: Annotated[
+        str | None, typer.Option(help="Start the teacher from this model folder (a new batch order).")
+    ] = None,
+    teacher_seconds: Annotated[
+        float | None, typer.Option(min=1, help="Train the teacher this long (schedules follow the time).")
+    ] = None,
+    student_seconds: Annotated[
+        float | None, typer.Option(min=1, help="Distil the student this long (schedules follow the time).")
+    ] = None,
+    anneal_steps: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Steps of the teacher's anneal; default 1000 for a rendering recipe, else 0."
+        ),
+    ] = None,
+    anneal_size: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Input size of the anneal; default 672 for a rendering recipe, 0: the recipe's."
+        ),
+    ] = None,
+) -> None:
+    """Train the default models, resumably: teacher → anneal → DONUT-hole student → evaluation.
+
+    Stop it any time (SIGTERM or Ctrl-C: each phase checkpoints first); the same command goes on. A run
+    goes on from the committed checkpoints (checkpoints/teacher-cpu, checkpoints/<student recipe>) when it
+    has none of its own. `donut-hole ship --run RUN` ships the result.
+    """
+    from donut_hole.compression.chain import Chain, ChainError
+
+    size: int | None = -1 if anneal_size is None else (anneal_size or None)
+    chain = Chain(
+        run=run,
+        n_train=n_train,
+        teacher_recipe=teacher_recipe,
+        student_recipe=student_recipe,
+        keep=keep,
+        student_keep=student_keep,
+        n_val=n_val,
+        from_scratch=from_scratch,
+        smoke=smoke,
+        teacher_only=teacher_only,
+        student_only=student_only,
+        init=init,
+        teacher_seconds=teacher_seconds,
+        student_seconds=student_seconds,
+        anneal_steps=anneal_steps,
+        anneal_size=size,
+        invocation=" ".join(["donut-hole train-default", *sys.argv[2:]]),
+    )
+    try:
+        if save:
+            for folder in chain.save():
+                console.print(
+                    f"kept the run in {folder} (commit all but checkpoint.pt; the next run goes on from it)"
+                )
+        elif anneal is not None:
+            chain.anneal_only(anneal)
+        else:
+            chain.train()
+    except (ChainError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from exc

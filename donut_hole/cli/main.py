@@ -23,6 +23,7 @@ COMMANDS: tuple[Callable[..., Any], ...] = (
     models.calibrate,
     compression.train,
     compression.compress,
+    compression.train_default,
     models.ship,
     demo.demo,
     pipeline.worker,

@@ -12,7 +12,7 @@ from donut_hole.model.build import new_model, save_model
 
 runner = CliRunner()
 COMMANDS = [
-    "synth", "evaluate", "predict", "calibrate", "train", "compress", "ship",
+    "synth", "evaluate", "predict", "calibrate", "train", "compress", "train-default", "ship",
     "demo", "worker", "enqueue", "results", "export", "batches", "delete", "purge", "migrate", "api",
 ]  # fmt: skip
 
