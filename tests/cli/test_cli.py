@@ -188,7 +188,7 @@ def test_every_command_is_registered_once_in_the_documented_order() -> None:
     from donut_hole.cli.main import COMMANDS as functions
 
     assert list(get_command(app).commands) == COMMANDS  # type: ignore[attr-defined]
-    assert [f.__name__ for f in functions] == COMMANDS
+    assert [f.__name__.replace("_", "-") for f in functions] == COMMANDS
 
 
 def test_predict_and_evaluate_read_with_the_configured_model_by_default(dataset, model_dir, monkeypatch):
@@ -226,3 +226,16 @@ def test_long_commands_show_progress_without_a_terminal(tmp_path, dataset, model
     )
     assert synthesized.exit_code == 0, synthesized.output
     assert "synth shipping_label: 200/200 (100%)" in synthesized.stderr
+
+
+def test_train_default_says_what_it_cannot_do(tmp_path: Path) -> None:
+    """The training chain's command: --save with no run to keep, --anneal with no teacher: one line each."""
+    run = tmp_path / "run"
+    saved = runner.invoke(app, ["train-default", "--save", "--keep", str(tmp_path / "k"), str(run)])
+    assert saved.exit_code == 2 and "nothing to keep" in " ".join(saved.output.split())
+    from donut_hole.compression.chain import Chain
+
+    chain = Chain(run=run, smoke=True)
+    assert chain.renders(Path("configs/teacher-cpu.yaml")) and not chain.renders(Path("configs/tiny.yaml"))
+    assert (chain.n_val, chain.anneal_steps, chain.anneal_size, chain.from_kept) == (4, 2, 672, False)
+    assert Chain(run=run).from_kept and Chain(run=run).student_keep == Path("checkpoints/donut-hole-cpu")
