@@ -107,54 +107,20 @@ class Chain:
 
     # ------------------------------------------------------------------------------------------- phases
 
+    def synth(self, folder: str, *, n: int, seed: int, square: bool) -> Path:
+        """``RUN/folder``: ``n`` scans of all kinds for ``seed`` (at 448x448, or in their own page shapes)."""
+        out = self.path(folder)
+        if not (out / "metadata.jsonl").is_file():
+            size = ["--width", "448", "--height", "448"] if square else []
+            self.call("synth", "--kind", "all", "--n", str(n), "--seed", str(seed), *size, "--out", str(out))
+        return out
+
     def synth_val(self) -> None:
-        if not self.path("val", "metadata.jsonl").is_file():
-            self.call(
-                "synth",
-                "--kind",
-                "all",
-                "--n",
-                str(self.n_val),
-                "--seed",
-                "1000",
-                "--width",
-                "448",
-                "--height",
-                "448",
-                "--out",
-                str(self.path("val")),
-            )
-        if not self.path("val-pages", "metadata.jsonl").is_file():
-            self.call(
-                "synth",
-                "--kind",
-                "all",
-                "--n",
-                str(self.n_val),
-                "--seed",
-                "1000",
-                "--out",
-                str(self.path("val-pages")),
-            )
+        self.synth("val", n=self.n_val, seed=1000, square=True)
+        self.synth("val-pages", n=self.n_val, seed=1000, square=False)
 
     def synth_train(self) -> list[str]:
-        if not self.path("train", "metadata.jsonl").is_file():
-            self.call(
-                "synth",
-                "--kind",
-                "all",
-                "--n",
-                str(self.n_train),
-                "--seed",
-                "0",
-                "--width",
-                "448",
-                "--height",
-                "448",
-                "--out",
-                str(self.path("train")),
-            )
-        return ["--train", str(self.path("train"))]
+        return ["--train", str(self.synth("train", n=self.n_train, seed=0, square=True))]
 
     def evaluate_both(self, folder: Path) -> None:
         """``folder/model`` on both held-out sets, unless read since it was saved."""
