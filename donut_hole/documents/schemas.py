@@ -205,8 +205,9 @@ def validate_document(kind: str, data: Mapping[str, Any]) -> LogisticsDocument:
 def schema_note(data: dict[str, Any]) -> str | None:
     """``None`` when a parse is a valid document of its kind, else ``"schema: <readable reason>"``.
 
-    >>> schema_note({"document_type": "shipping_label", "carrier": "DHL"})[:31]
-    'schema: shipping_label lacks tr'
+    >>> note = schema_note({"document_type": "shipping_label", "carrier": "DHL"})
+    >>> note.startswith("schema: shipping_label"), schema_note({"text_sequence": "x"})[:33]
+    (True, 'schema: cannot tell the document ')
     """
     try:
         validate_document(detect_kind(data), data)
