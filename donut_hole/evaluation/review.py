@@ -24,7 +24,7 @@ from donut_hole.documents.schemas import schema_note
 from donut_hole.evaluation.dataset import Sample
 from donut_hole.evaluation.metrics import flatten, normalize_dict
 from donut_hole.model import locate
-from donut_hole.model.confidence import Calibration, expected_calibration_error
+from donut_hole.model.confidence import Calibration, expected_calibration_error, reliability_bins
 from donut_hole.model.predict import DonutReader
 from donut_hole.model.readings import FieldReading, field_readings
 from donut_hole.progress import track
@@ -214,21 +214,8 @@ def reliability(
     pages: Sequence[ReadPage], *, raw: bool = False, bins: int = 10
 ) -> list[tuple[float, float, int]]:
     """(mean confidence, accuracy, fields) per confidence bin, for a reliability plot."""
-    pairs = [
-        (f.raw if raw else f.confidence, ok) for p in pages for f, ok in zip(p.fields, p.right, strict=True)
-    ]
-    out = []
-    for b in range(bins):
-        inside = [(c, r) for c, r in pairs if b / bins <= c < (b + 1) / bins or (b == bins - 1 and c >= 1.0)]
-        if inside:
-            out.append(
-                (
-                    sum(c for c, _ in inside) / len(inside),
-                    sum(r for _, r in inside) / len(inside),
-                    len(inside),
-                )
-            )
-    return out
+    confidences = [f.raw if raw else f.confidence for p in pages for f in p.fields]
+    return reliability_bins(confidences, [ok for p in pages for ok in p.right], bins=bins)
 
 
 def groups(pages: Sequence[ReadPage]) -> Iterator[tuple[str, list[ReadPage]]]:

@@ -219,6 +219,28 @@ def load_calibration(folder: str | Path) -> Calibration | None:
     return Calibration.from_json(json.loads(path.read_text(encoding="utf-8")))
 
 
+def reliability_bins(
+    confidences: Sequence[float], right: Sequence[bool], *, bins: int = 10
+) -> list[tuple[float, float, int]]:
+    """(mean confidence, share right, fields) of each non-empty equal-width confidence bin (1.0 in the last).
+
+    >>> reliability_bins([0.9, 0.9, 0.1], [True, False, False])
+    [(0.1, 0.0, 1), (0.9, 0.5, 2)]
+    """
+    out = []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        inside = [
+            (c, r)
+            for c, r in zip(confidences, right, strict=True)
+            if lo <= c < hi or (b == bins - 1 and c >= 1.0)
+        ]
+        if inside:
+            mean = sum(c for c, _ in inside) / len(inside)
+            out.append((mean, sum(r for _, r in inside) / len(inside), len(inside)))
+    return out
+
+
 def expected_calibration_error(
     confidences: Sequence[float], right: Sequence[bool], *, bins: int = 10
 ) -> float:
@@ -229,16 +251,5 @@ def expected_calibration_error(
     """
     if not confidences:
         return 0.0
-    total = 0.0
-    for b in range(bins):
-        lo, hi = b / bins, (b + 1) / bins
-        inside = [
-            (c, r)
-            for c, r in zip(confidences, right, strict=True)
-            if lo <= c < hi or (b == bins - 1 and c == 1.0)
-        ]
-        if inside:
-            accuracy = sum(r for _, r in inside) / len(inside)
-            mean = sum(c for c, _ in inside) / len(inside)
-            total += len(inside) * abs(accuracy - mean)
-    return round(total / len(confidences), 6)
+    binned = reliability_bins(confidences, right, bins=bins)
+    return round(sum(n * abs(accuracy - mean) for mean, accuracy, n in binned) / len(confidences), 6)

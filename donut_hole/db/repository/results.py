@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -150,17 +151,13 @@ def save_review(
     latest = latest_extractions(session, document_ids=[document_id]).get(document_id)
     if latest is None:
         raise InvalidInput("this document has no reading to review yet")
-    sent: dict[str, list[str]] = {}
-    for name, value in values:
-        sent.setdefault(name, []).append(value)
-    stored: dict[str, int] = {}
-    for field in latest.fields:
-        stored[field.name] = stored.get(field.name, 0) + 1
-    if {name: len(v) for name, v in sent.items()} != stored:
+    sent = _by_path(values)
+    if Counter({name: len(v) for name, v in sent.items()}) != Counter(f.name for f in latest.fields):
         raise InvalidInput(
             "the fields sent are not the reading's: send every field of the document's latest reading "
             f"({len(latest.fields)} fields), with its key path"
         )
+    data = replace_leaves(latest.data, sent)  # before the pops below (it reads its own copy)
     ordered = [(field.name, sent[field.name].pop(0), field.box) for field in latest.fields]
     rows = [_field_row(name, value, 1.0, box) for name, value, box in ordered]
     now = utcnow()
@@ -170,7 +167,7 @@ def save_review(
         source=ExtractionSource.reviewer.value,
         reviewer=_clip(reviewer, 255) or "reviewer",
         raw_sequence="",
-        data=replace_leaves(latest.data, _by_path([(name, value) for name, value, _ in ordered])),
+        data=data,
         confidence=1.0,
         latency_ms=None,
         note=None,
